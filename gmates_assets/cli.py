@@ -1,0 +1,140 @@
+"""`gmates` command line: sync, status, ui, release verify.
+
+Runs are recorded in the Dagster instance at $DAGSTER_HOME (default `.dagster_home/`), so everything `gmates
+sync` builds shows in the UI (`gmates ui`), and the artifact store lives at $GMATES_HOME (default `.gmates/`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_MANIFEST = "data_manifests/demo.yaml"
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
+def ensure_dagster_home() -> Path:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
+def _instance():
+    import dagster as dg
+
+    ensure_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def _definitions(manifest: str):
+    from .defs import build_definitions
+
+    return build_definitions(manifest)
+
+
+def cmd_sync(args) -> int:
+    from .defs.sync import sync
+
+    defs = _definitions(args.manifest)
+    with _instance() as instance:
+        report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True))
+    built = report.executed
+    print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
+          else "sync: everything is fresh; nothing to do")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .defs.sync import asset_statuses
+
+    defs = _definitions(args.manifest)
+    with _instance() as instance:
+        statuses = asset_statuses(defs, instance)
+    if args.json:
+        print(json.dumps([s.as_json() for s in statuses], indent=2))
+        return 0
+    width = max((len(s.asset) + len(s.partition or "") + 2 for s in statuses), default=10)
+    for s in statuses:
+        name = f"{s.asset}[{s.partition}]" if s.partition else s.asset
+        print(f"{name:<{width}}  {s.status}")
+        for cause in s.causes:
+            print(f"{'':<{width}}    - {cause}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it."""
+    ensure_dagster_home()
+    os.environ["GMATES_MANIFEST"] = str(Path(args.manifest).resolve())
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])
+    return 0  # not reached
+
+
+def cmd_release_verify(args) -> int:
+    from .core.release import verify_release
+
+    problems = verify_release(args.dir)
+    if problems:
+        print(f"release {args.dir} does NOT verify:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    print(f"release {args.dir} verifies: every file and the content hash match")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gmates", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sync", help="materialize stale or missing assets and partitions until all are fresh")
+    p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
+    p.add_argument("--select", nargs="+", metavar="ASSET",
+                   help="only these assets (and what they need upstream)")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("status", help="fresh / stale / missing per asset and partition, with causes")
+    p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")
+    p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("release", help="dataset releases")
+    rsub = p.add_subparsers(dest="release_command", required=True)
+    v = rsub.add_parser("verify", help="re-hash a release and name every file that differs")
+    v.add_argument("dir")
+    v.set_defaults(func=cmd_release_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # a clear one-line error for users; tracebacks with GMATES_DEBUG=1
+        if os.environ.get("GMATES_DEBUG"):
+            raise
+        from .core.manifest import ManifestError
+
+        if isinstance(exc, ManifestError):
+            print(str(exc), file=sys.stderr)
+        else:
+            print(f"gmates {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

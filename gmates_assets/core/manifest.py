@@ -1,0 +1,455 @@
+"""The build manifest: one YAML file that declares a whole dataset build.
+
+Every asset declares which sections it reads; its Dagster code version folds in `fingerprint()` of exactly
+those sections, so editing one value marks only the dependent assets stale. Fields marked `volatile` (commit
+intervals, worker counts) do not change any result and are left out of fingerprints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .hashing import stable_hash
+
+VOLATILE = {"volatile": True}
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file, the dotted field and what was expected."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------- sources
+class DemoSection(Section):
+    """Parameters of the generated demo corpus (used by `format: demo` shards, reference and tasks)."""
+
+    seed: int = 7
+    n_docs: int = Field(3000, ge=10)
+    n_shards: int = Field(2, ge=1)
+    n_reference: int = Field(48, ge=4)
+    n_heldout_reference: int = Field(48, ge=4)
+    n_eval_items: int = Field(60, ge=4)
+    n_heldout_text: int = Field(100, ge=4)
+
+
+class ShardSource(Section):
+    """One pool shard: a partition of `documents`, `tokenized_pool`, `embeddings` and `influence_scores`."""
+
+    name: str = Field(pattern=_NAME_RE)
+    format: Literal["jsonl", "parquet", "text", "hf", "demo"]
+    paths: list[str] = Field(default_factory=list, description="files or globs, relative to the manifest")
+    text_field: str = "text"
+    text_mode: Literal["line", "file"] = "line"
+    sha256: Optional[dict[str, str]] = None
+    # Hugging Face datasets
+    dataset: Optional[str] = None
+    config: Optional[str] = None
+    split: str = "train"
+    revision: Optional[str] = None
+    data_files: Optional[list[str]] = Field(None, description="for builder datasets such as 'json'")
+    streaming: bool = False
+    limit: Optional[int] = Field(None, ge=1)
+    trust_remote_code: bool = False
+    # demo
+    demo_shard: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _format_fields(self) -> "ShardSource":
+        if self.format in ("jsonl", "parquet", "text") and not self.paths:
+            raise ValueError(f"format '{self.format}' needs at least one entry in paths")
+        if self.format == "hf" and not self.dataset:
+            raise ValueError("format 'hf' needs dataset (a hub name or a local dataset folder)")
+        return self
+
+
+class TextSetSource(Section):
+    """A jsonl file of examples (reference set, held-out text) or the demo generator's."""
+
+    format: Literal["jsonl", "demo"] = "demo"
+    path: Optional[str] = None
+    sha256: Optional[str] = None
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    text_field: str = "text"
+    max_examples: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_for_jsonl(self) -> "TextSetSource":
+        if self.format == "jsonl" and not self.path:
+            raise ValueError("format 'jsonl' needs path")
+        return self
+
+
+class SourcesSection(Section):
+    on_bad_record: Literal["error", "skip"] = "error"
+    shards: list[ShardSource] = Field(min_length=1)
+    reference: TextSetSource = TextSetSource()
+    heldout_reference: TextSetSource = TextSetSource()
+
+    @field_validator("shards")
+    @classmethod
+    def _unique_names(cls, shards: list[ShardSource]) -> list[ShardSource]:
+        names = [s.name for s in shards]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"shard names must be unique, repeated: {dupes}")
+        return shards
+
+
+# ------------------------------------------------------------------------------------- tokens, vectors
+class TokenizerSection(Section):
+    kind: Literal["train_bpe", "pretrained"] = "train_bpe"
+    name: Optional[str] = Field(None, description="hub name or local folder (kind: pretrained)")
+    revision: Optional[str] = None
+    vocab_size: int = Field(2048, ge=260)
+    train_max_docs: int = Field(5000, ge=10)
+    max_tokens: int = Field(128, ge=8)
+    add_eos: bool = True
+    trust_remote_code: bool = False
+    batch_size: int = Field(1000, ge=1, json_schema_extra=VOLATILE)
+
+    @model_validator(mode="after")
+    def _name_for_pretrained(self) -> "TokenizerSection":
+        if self.kind == "pretrained" and not self.name:
+            raise ValueError("kind 'pretrained' needs name")
+        return self
+
+
+BUILTIN_ENCODER = "builtin:all-MiniLM-L6-v2"
+
+
+class EncoderSection(Section):
+    model: str = BUILTIN_ENCODER
+    revision: Optional[str] = None
+    max_length: int = Field(256, ge=8)
+    chunk_size: int = Field(128, ge=8)
+    pooling: Literal["mean", "cls"] = "mean"
+    chunk_special_tokens: Literal["every_chunk", "paper"] = "every_chunk"
+    padding_chunks: Literal["skip", "include"] = "skip"
+    batch_size: int = Field(64, ge=1)
+    trust_remote_code: bool = False
+    commit_every_docs: int = Field(512, ge=1, json_schema_extra=VOLATILE)
+
+    @model_validator(mode="after")
+    def _chunks_divide(self) -> "EncoderSection":
+        if self.max_length % self.chunk_size:
+            raise ValueError(f"max_length ({self.max_length}) must be a multiple of chunk_size ({self.chunk_size})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- language models
+class LMArchitectureSpec(Section):
+    family: Literal["llama", "gpt_neox"] = "llama"
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_seq_len: int = Field(128, ge=8)
+
+
+class OptimSpec(Section):
+    lr: float = Field(3e-3, gt=0)
+    min_lr: float = Field(3e-5, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.033, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    z_loss: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class ProbeSection(Section):
+    checkpoint: Optional[str] = Field(None, description="a user-supplied checkpoint folder instead of warm-up")
+    model: LMArchitectureSpec = LMArchitectureSpec()
+    optim: OptimSpec = OptimSpec()
+    total_steps: int = Field(300, ge=1, description="length of the warm-up schedule (stage 1)")
+    save_step: int = Field(150, ge=1, description="the probe checkpoint is taken here (S = 2)")
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(128, ge=8)
+    sample_docs: Optional[int] = Field(None, ge=1, description="random sample of pool documents; all if unset")
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1, json_schema_extra=VOLATILE)
+
+    @model_validator(mode="after")
+    def _save_within_schedule(self) -> "ProbeSection":
+        if self.save_step > self.total_steps:
+            raise ValueError(f"save_step ({self.save_step}) must be <= total_steps ({self.total_steps})")
+        return self
+
+
+class OracleSection(Section):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    rollouts: int = Field(128, ge=1, description="random rollouts per seed")
+    rollout_length: int = Field(5, ge=1)
+    pool_size: int = Field(1000, ge=2, description="documents in the probe pool")
+    pool_seed: int = 0
+    lr: Union[Literal["checkpoint"], float] = "checkpoint"
+    reference_batch_size: int = Field(64, ge=1)
+    commit_every_rollouts: int = Field(16, ge=1, json_schema_extra=VOLATILE)
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be unique")
+        return seeds
+
+
+class RelationalSection(Section):
+    mode: Literal["adapter", "finetune"] = "adapter"
+    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(40, ge=1)
+    rollouts_per_step: int = Field(16, ge=1)
+    heldout_fraction: float = Field(0.15, gt=0, lt=1)
+    split_seed: int = 1234
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["linear", "cosine"] = "linear"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    eval_every: int = Field(10, ge=1)
+    label_stats: Literal["train", "all"] = "train"
+    seed: int = 0
+
+
+class BootstrapSection(Section):
+    enabled: bool = Field(True, description="false = the no-bootstrap ablation (DIM-init is final)")
+    beam_k: int = Field(3, ge=1)
+    rollouts_per_direction: int = Field(100, ge=1)
+    step0: Literal["predicted", "reference-quirk"] = "predicted"
+
+
+class ClusteringSection(Section):
+    k: int = Field(16, ge=1)
+    niter: int = Field(25, ge=1)
+    seed: int = 1234
+    max_points_per_centroid: int = Field(256, ge=1)
+    space: Literal["influence", "semantic"] = "influence"
+
+
+SELECTION_METHODS = ("group_mates", "mates", "random", "no_relation", "no_clustering", "semantic_clusters")
+
+
+class SelectionSection(Section):
+    ratio: float = Field(0.5, gt=0, le=1)
+    methods: list[Literal[SELECTION_METHODS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["group_mates", "mates", "random"], min_length=1
+    )
+    relation_params: Literal["learned", "fixed"] = Field(
+        "learned", description="fixed = tau = alpha = 1.0 as hard-coded in the original code"
+    )
+    budget_rounding: Literal["exact", "floor"] = "exact"
+    mates_gumbel: bool = False
+    mates_tau: float = Field(0.5, gt=0)
+    seed: int = 0
+    global_greedy_max_docs: int = Field(20000, ge=1)
+    workers: int = Field(2, ge=1, json_schema_extra=VOLATILE)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_methods(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError("methods must be unique")
+        return methods
+
+
+class PretrainSection(Section):
+    init: Literal["probe", "scratch"] = "probe"
+    model: LMArchitectureSpec = LMArchitectureSpec()
+    optim: OptimSpec = OptimSpec()
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seq_len: int = Field(128, ge=8)
+    seed: int = 0
+    checkpoint_every: int = Field(50, ge=1, json_schema_extra=VOLATILE)
+
+
+class TaskSource(Section):
+    name: str = Field(pattern=_NAME_RE)
+    kind: Literal["multiple_choice", "schema", "language_modeling"]
+    path: Optional[str] = Field(None, description="jsonl file; unset = the demo generator's task of this name")
+    sha256: Optional[str] = None
+    shots: int = Field(0, ge=0)
+    random_baseline: float = Field(0.0, ge=0, lt=1)
+    length_normalize: bool = False
+    max_items: Optional[int] = Field(None, ge=1)
+
+
+class EvalSection(Section):
+    tasks: list[TaskSource] = Field(default_factory=list)
+    heldout_text: TextSetSource = TextSetSource()
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskSource]) -> list[TaskSource]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+        return tasks
+
+
+class ReleaseSection(Section):
+    method: str = "group_mates"
+    name: str = Field("gmates-selection", pattern=_NAME_RE)
+    license: str = "other"
+    description: str = ""
+    rows_per_shard: int = Field(50_000, ge=1)
+
+
+class Manifest(Section):
+    name: str = Field(pattern=_NAME_RE)
+    demo: DemoSection = DemoSection()
+    sources: SourcesSection
+    tokenizer: TokenizerSection = TokenizerSection()
+    encoder: EncoderSection = EncoderSection()
+    probe: ProbeSection = ProbeSection()
+    oracle: OracleSection = OracleSection()
+    relational: RelationalSection = RelationalSection()
+    bootstrap: BootstrapSection = BootstrapSection()
+    clustering: ClusteringSection = ClusteringSection()
+    selection: SelectionSection = SelectionSection()
+    pretrain: PretrainSection = PretrainSection()
+    eval: EvalSection = EvalSection()
+    release: ReleaseSection = ReleaseSection()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Manifest":
+        if self.release.method not in self.selection.methods:
+            raise ValueError(
+                f"release.method '{self.release.method}' is not one of selection.methods {self.selection.methods}"
+            )
+        if self.pretrain.init == "probe" and self.pretrain.model != self.probe.model:
+            raise ValueError("pretrain.init 'probe' continues the probe model, so pretrain.model must equal probe.model")
+        if self.oracle.pool_size < self.oracle.rollout_length:
+            raise ValueError("oracle.pool_size must be at least oracle.rollout_length")
+        return self
+
+
+# ------------------------------------------------------------------------------------ loading, errors
+class LoadedManifest:
+    """A validated manifest plus where it came from (paths in it are relative to its folder)."""
+
+    def __init__(self, manifest: Manifest, path: Optional[Path], text: str):
+        self.manifest, self.path, self.text = manifest, path, text
+        self.base_dir = path.parent if path else Path.cwd()
+
+    def resolve(self, relative: str) -> Path:
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate)
+
+    def fingerprint(self, *sections: str) -> str:
+        return fingerprint(self.manifest, *sections)
+
+
+def _node_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Dotted path -> 1-based line in the YAML text, for error messages."""
+    lines = {prefix: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            lines.update(_node_lines(value_node, prefix + (str(key_node.value),)))
+            lines.setdefault(prefix + (str(key_node.value),), key_node.start_mark.line + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_node_lines(item, prefix + (index,)))
+    return lines
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> Optional[int]:
+    for cut in range(len(loc), -1, -1):
+        key = tuple(str(p) if not isinstance(p, int) else p for p in loc[:cut])
+        if key in lines:
+            return lines[key]
+    return None
+
+
+def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+    problems = []
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_for(lines, loc)
+        where = f"{source}:{line}" if line else source
+        if item["type"] == "extra_forbidden":
+            what = "unknown key (not part of the manifest schema; check its spelling)"
+        elif item["type"] == "missing":
+            what = "required field is missing"
+        else:
+            what = f"{item['msg']} (got {item.get('input')!r})"
+        problems.append(f"{where}: {dotted}: {what}")
+    return "invalid build manifest:\n  " + "\n  ".join(problems)
+
+
+def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = None) -> LoadedManifest:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: a build manifest must be a YAML mapping at the top level")
+    lines = _node_lines(node) if node is not None else {}
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_format_validation_error(exc, source, lines)) from None
+    return LoadedManifest(manifest, path, text)
+
+
+def load_manifest(path: str | Path) -> LoadedManifest:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: build manifest not found")
+    resolved = path.resolve()
+    return parse_manifest(resolved.read_text(encoding="utf-8"), source=str(path), path=resolved)
+
+
+# ------------------------------------------------------------------------------------------ fingerprints
+def _semantic_dump(model: BaseModel) -> dict[str, Any]:
+    """The values of a section that can change a result: volatile fields dropped, recursively."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("volatile"):
+            continue
+        value = getattr(model, name)
+        out[name] = _semantic_value(value)
+    return out
+
+
+def _semantic_value(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _semantic_dump(value)
+    if isinstance(value, (list, tuple)):
+        return [_semantic_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _semantic_value(v) for k, v in value.items()}
+    return value
+
+
+def section_value(manifest: Manifest, dotted: str) -> Any:
+    value: Any = manifest
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def fingerprint(manifest: Manifest, *sections: str) -> str:
+    """Stable hash of the semantic values of the named (dotted) sections; independent of key order,
+    float formatting and fields that cannot change a result."""
+    if not sections:
+        raise ValueError("fingerprint needs at least one section name")
+    payload = {s: _semantic_value(section_value(manifest, s)) for s in sorted(set(sections))}
+    return stable_hash(payload)
+
+
+def section_names() -> list[str]:
+    return [n for n in Manifest.model_fields if n != "name"]

@@ -1,0 +1,46 @@
+"""The Dagster shell: `build_definitions(manifest_path)` turns a build manifest into Definitions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ..core.manifest import load_manifest
+from .partitions import partitions_for
+from .resources import GmatesResource
+
+DEFAULT_MANIFEST = "data_manifests/demo.yaml"
+
+
+def _asset_modules():
+    from .assets import pool
+
+    return [pool.pool_assets]
+
+
+def _checks(manifest, parts) -> list:
+    try:
+        from .checks import asset_checks
+    except ImportError:
+        return []
+    return asset_checks(manifest, parts)
+
+
+def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
+    path = Path(manifest_path).resolve()
+    manifest = load_manifest(path).manifest
+    parts = partitions_for(manifest)
+    assets = [a for factory in _asset_modules() for a in factory(manifest, parts)]
+    automation = dg.AutomationConditionSensorDefinition(
+        "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=15,
+        description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
+                    "version changed), after 'Reload definitions'.")
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=_checks(manifest, parts),
+        sensors=[automation],
+        resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
+        executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+    )

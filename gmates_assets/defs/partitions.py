@@ -1,0 +1,31 @@
+"""Partition definitions, derived from the manifest: pool shards, oracle seeds, selection methods."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from ..core.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Partitions:
+    shards: dg.StaticPartitionsDefinition
+    seeds: dg.StaticPartitionsDefinition
+    methods: dg.StaticPartitionsDefinition
+
+
+def seed_key(seed: int) -> str:
+    return f"seed{seed}"
+
+
+def seed_from_key(key: str) -> int:
+    return int(key.removeprefix("seed"))
+
+
+def partitions_for(manifest: Manifest) -> Partitions:
+    return Partitions(
+        shards=dg.StaticPartitionsDefinition([s.name for s in manifest.sources.shards]),
+        seeds=dg.StaticPartitionsDefinition([seed_key(s) for s in manifest.oracle.seeds]),
+        methods=dg.StaticPartitionsDefinition(list(manifest.selection.methods)),
+    )
