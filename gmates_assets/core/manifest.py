@@ -30,12 +30,20 @@ class Section(BaseModel):
 class DemoSection(Section):
     """Parameters of the generated demo corpus (used by `format: demo` shards, reference and tasks)."""
 
-    seed: int = 7
+    seed: int = Field(7, ge=0)
     n_docs: int = Field(3000, ge=10)
     n_shards: int = Field(2, ge=1)
+    frac_target: float = Field(0.35, ge=0, le=1)
+    frac_offdomain: float = Field(0.35, ge=0, le=1)
+    frac_junk: float = Field(0.10, ge=0, le=1)
+    frac_near_dup: float = Field(0.20, ge=0, le=1)
+    near_dup_min_size: int = Field(3, ge=2)
+    near_dup_max_size: int = Field(8, ge=2)
+    near_dup_target_share: float = Field(0.75, ge=0, le=1)
+    n_entities: int = Field(48, ge=1)
     n_reference: int = Field(48, ge=4)
     n_heldout_reference: int = Field(48, ge=4)
-    n_eval_items: int = Field(60, ge=4)
+    n_eval: int = Field(48, ge=4, description="items per eval task")
     n_heldout_text: int = Field(100, ge=4)
 
 
@@ -131,7 +139,7 @@ class EncoderSection(Section):
     max_length: int = Field(256, ge=8)
     chunk_size: int = Field(128, ge=8)
     pooling: Literal["mean", "cls"] = "mean"
-    chunk_special_tokens: Literal["every_chunk", "paper"] = "every_chunk"
+    cls_rule: Literal["every", "paper"] = Field("every", description="every chunk framed by CLS/SEP, or only the first (paper)")
     padding_chunks: Literal["skip", "include"] = "skip"
     batch_size: int = Field(64, ge=1)
     trust_remote_code: bool = False

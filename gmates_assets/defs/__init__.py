@@ -14,9 +14,9 @@ DEFAULT_MANIFEST = "data_manifests/demo.yaml"
 
 
 def _asset_modules():
-    from .assets import pool
+    from .assets import influence, pool, selection
 
-    return [pool.pool_assets]
+    return [pool.pool_assets, influence.influence_assets, selection.selection_assets]
 
 
 def _checks(manifest, parts) -> list:

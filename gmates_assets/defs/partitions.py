@@ -29,3 +29,19 @@ def partitions_for(manifest: Manifest) -> Partitions:
         seeds=dg.StaticPartitionsDefinition([seed_key(s) for s in manifest.oracle.seeds]),
         methods=dg.StaticPartitionsDefinition(list(manifest.selection.methods)),
     )
+
+
+SHARD_ASSETS = {"pool_source", "documents", "tokenized_pool", "embeddings", "influence_scores"}
+SEED_ASSETS = {"oracle_random", "oracle_bootstrap"}
+METHOD_ASSETS = {"selected_subset", "pretrained_checkpoint", "eval_scores"}
+
+
+def partition_keys_of(manifest: Manifest, asset: str) -> list[str]:
+    """All partition keys of a partitioned asset (the same lists `partitions_for` builds)."""
+    if asset in SHARD_ASSETS:
+        return [s.name for s in manifest.sources.shards]
+    if asset in SEED_ASSETS:
+        return [seed_key(s) for s in manifest.oracle.seeds]
+    if asset in METHOD_ASSETS:
+        return list(manifest.selection.methods)
+    raise KeyError(f"{asset} is not partitioned")

@@ -20,6 +20,7 @@ import dagster as dg
 from ..core.manifest import LoadedManifest
 from ..core.progress import ProgressFn, RateMeter
 from ..core.store import Artifact, ArtifactStore
+from .partitions import partition_keys_of
 from .resources import GmatesResource
 from .versioning import code_version
 
@@ -100,24 +101,23 @@ def _latest_data_version(instance, asset: str, partition: Optional[str], is_sour
     return record.asset_event.tags.get("dagster/data_version")
 
 
-def _dep_partitions(dep: Dep, own_partition: Optional[str], instance, context) -> list[Optional[str]]:
+def _dep_partitions(dep: Dep, own_partition: Optional[str], manifest) -> list[Optional[str]]:
     if dep.partitions is None:
         return [None]
     if dep.partitions == "same":
         return [own_partition]
     if dep.partitions == "all":
-        upstream_def = context.repository_def.asset_graph.get(dg.AssetKey(dep.asset)).partitions_def
-        return list(upstream_def.get_partition_keys(dynamic_partitions_store=instance))
+        return list(partition_keys_of(manifest, dep.asset))
     return list(dep.partitions)
 
 
-def resolve_inputs(context, store: ArtifactStore, deps: Sequence[Dep], partition: Optional[str]):
+def resolve_inputs(context, store: ArtifactStore, deps: Sequence[Dep], partition: Optional[str], manifest):
     """-> (content hashes by dep and partition for the key, artifacts by dep and partition)."""
     versions: dict[str, dict[str, str]] = {}
     artifacts: dict[str, dict[Optional[str], Artifact]] = {}
     for dep in deps:
         versions[dep.asset], artifacts[dep.asset] = {}, {}
-        for pk in _dep_partitions(dep, partition, context.instance, context):
+        for pk in _dep_partitions(dep, partition, manifest):
             version = _latest_data_version(context.instance, dep.asset, pk, dep.source)
             where = f"{dep.asset}[{pk}]" if pk else dep.asset
             if version is None:
@@ -137,16 +137,18 @@ def run_step(
     compute: Callable[[Step, Path], dict[str, Any]],
     resumable: bool = False,
     extra_key: Optional[dict] = None,
+    checks: Optional[Callable[[Artifact], list]] = None,
 ) -> dg.MaterializeResult:
     """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions.
 
     `extra_key`: input identities that are not Dagster assets (e.g. a source file's hash computed now).
+    `checks`: asset checks evaluated on the stored artifact, so they run on a reuse too.
     """
     store = gm.store()
     manifest = gm.manifest().manifest
     partition = context.partition_key if context.has_partition_key else None
     version = code_version(manifest, asset)
-    input_versions, artifacts = resolve_inputs(context, store, deps, partition)
+    input_versions, artifacts = resolve_inputs(context, store, deps, partition, manifest)
     key = store.input_key(asset, version, {**input_versions, **(extra_key or {})}, partition)
     artifact = store.get(asset, key)
     reused = artifact is not None
@@ -172,5 +174,6 @@ def run_step(
             "content_hash": artifact.content_hash,
             "artifact_path": dg.MetadataValue.path(str(artifact.path)),
         },
+        check_results=checks(artifact) if checks else None,
     )
 

@@ -34,8 +34,10 @@ def gmates_asset(
     deps: Iterable = (),
     partitions_def: Optional[dg.PartitionsDefinition] = None,
     kinds: Iterable[str] = (),
+    check_specs: Sequence[dg.AssetCheckSpec] = (),
 ):
     return dg.asset(
+        check_specs=list(check_specs) or None,
         name=name,
         group_name=group,
         description=description,

@@ -107,7 +107,7 @@ def pool_assets(manifest, parts: Partitions) -> list:
             values, offsets = tokenize.tokenize_documents(
                 tok, [d.text for d in docs], section.max_tokens, section.add_eos, section.batch_size,
                 progress=step.progress("tokenize"))
-            tokenize.write_ragged_zarr(out / "tokens.zarr", values, offsets)
+            tokenize.write_ragged_zarr(out, values, offsets)
             lengths = np.diff(offsets)
             return {"dagster/row_count": len(docs), "tokens": int(values.size),
                     "mean_tokens_per_doc": round(float(lengths.mean()) if len(lengths) else 0.0, 2),
@@ -124,12 +124,14 @@ def pool_assets(manifest, parts: Partitions) -> list:
         def compute(step, out: Path) -> dict:
             docs = sources.read_documents_parquet(step.input("documents").file("documents.parquet"))
             model, tok = encode.load_encoder(_encoder_location(section), section.revision, section.trust_remote_code)
-            summary = encode.embed_documents(
+            encode.embed_documents(
                 model, tok, [d.text for d in docs], max_length=section.max_length, chunk_size=section.chunk_size,
                 pooling=section.pooling, batch_size=section.batch_size, out_dir=out,
                 chunk_docs=section.commit_every_docs, padding_chunks=section.padding_chunks,
-                chunk_special_tokens=section.chunk_special_tokens, progress=step.progress("embed"))
-            return {"dagster/row_count": len(docs), "encoder": section.model, **(summary or {})}
+                cls_rule=section.cls_rule, progress=step.progress("embed"))
+            mask = encode.read_embeddings(out)["chunk_mask"]
+            return {"dagster/row_count": len(docs), "encoder": section.model, "dim": int(model.config.hidden_size),
+                    "chunks_per_doc_mean": round(float(mask.sum(axis=1).mean()), 3) if len(mask) else 0.0}
 
         return run_step(context, gmates, "embeddings", [Dep("documents", "same")], compute, resumable=True,
                         extra_key={"encoder": encoder_identity(section)})
