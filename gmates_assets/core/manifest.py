@@ -286,7 +286,8 @@ class TaskSource(Section):
     sha256: Optional[str] = None
     shots: int = Field(0, ge=0)
     random_baseline: float = Field(0.0, ge=0, lt=1)
-    length_normalize: bool = False
+    length_normalize: Literal["token", "char", "none"] = Field(
+        "token", description="token: mean log-likelihood per token (llm-foundry); char: per character; none: sum")
     max_items: Optional[int] = Field(None, ge=1)
 
 

@@ -14,9 +14,10 @@ DEFAULT_MANIFEST = "data_manifests/demo.yaml"
 
 
 def _asset_modules():
-    from .assets import influence, pool, selection
+    from .assets import influence, pool, release, selection, training
 
-    return [pool.pool_assets, influence.influence_assets, selection.selection_assets]
+    return [pool.pool_assets, influence.influence_assets, selection.selection_assets, training.training_assets,
+            release.release_assets]
 
 
 def _checks(manifest, parts) -> list:

@@ -1,0 +1,190 @@
+"""Training stage: the target LM trained on each method's selection, scored on held-out tasks, compared."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from ...core import evaluation, lm
+from ...core.hashing import stable_hash
+from ...core.plots import grouped_bar_plot
+from ..artifacts import doc_ids, token_lists
+from ..partitions import Partitions
+from ..runtime import Dep, md, png_md, run_step, table
+from ..wiring import demo_params, heldout_texts, reference_examples, textset_identity
+from .common import GmatesResource, all_of, gmates_asset, same_partition
+from .influence import lm_architecture, optim_config
+
+GROUP = "training"
+MODEL_DIR = "model"
+
+
+def eval_inputs_identity(loaded) -> str:
+    """Content identity of everything eval reads besides the model: task files, held-out sets."""
+    from ...core.hashing import sha256_file
+
+    tasks = {}
+    for task in loaded.manifest.eval.tasks:
+        tasks[task.name] = sha256_file(loaded.resolve(task.path)) if task.path else "demo"
+    return stable_hash({"tasks": tasks, "heldout_text": textset_identity(loaded, "heldout_text"),
+                        "heldout_reference": textset_identity(loaded, "heldout_reference"),
+                        "demo": loaded.manifest.demo if not all(t.path for t in loaded.manifest.eval.tasks) else None},
+                       64)
+
+
+def _task_specs(step, out: Path) -> list[evaluation.TaskSpec]:
+    """Task specs; demo tasks are written into the artifact so every score names the exact file it used."""
+    section = step.manifest.eval
+    demo_tasks = None
+    specs = []
+    for task in section.tasks:
+        if task.path:
+            path = step.loaded.resolve(task.path)
+        else:
+            from ...core.demo_corpus import generate_eval_tasks
+
+            demo_tasks = demo_tasks or generate_eval_tasks(demo_params(step.loaded))
+            if task.name not in demo_tasks:
+                raise ValueError(f"eval.tasks: {task.name!r} has no path and is not a demo task {sorted(demo_tasks)}")
+            path = out / "tasks" / f"{task.name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in demo_tasks[task.name]))
+        specs.append(evaluation.TaskSpec(name=task.name, path=str(path), kind=task.kind, shots=task.shots,
+                                         random_baseline=task.random_baseline, length_normalize=task.length_normalize,
+                                         seed=section.seed, max_items=task.max_items))
+    return specs
+
+
+def _selected_tokens(step) -> list[np.ndarray]:
+    """Token rows of the selected documents, in pool order (independent of the method's ranking)."""
+    selected = set(pl.read_parquet(step.input("selected_subset").file("selected.parquet"))["doc_id"].to_list())
+    keep = [i for i, d in enumerate(doc_ids(step)) if d in selected]
+    tokens = token_lists(step)
+    return [tokens[i] for i in keep]
+
+
+def _pretrain(step, out: Path) -> dict:
+    section = step.manifest.pretrain
+    tok_dir = step.input("lm_tokenizer").path
+    tok = lm_tokenizer_obj(tok_dir)
+    sequences = lm.pack_sequences(_selected_tokens(step), section.seq_len, int(tok.eos_token_id))
+    start_state, start_step = None, 0
+    if section.init == "probe":
+        start_state = step.input("probe_checkpoint").path
+        start_step = int(lm.read_checkpoint_meta(start_state)["step"])
+    model = lm.build_causal_lm(lm_architecture(section.model, len(tok)), section.seed)
+    summary = lm.train_lm(model, sequences, optim_config(section.optim, start_step + section.steps),
+                          steps=section.steps, batch_size=section.batch_size, seed=section.seed,
+                          out_dir=out / "train", checkpoint_every=section.checkpoint_every,
+                          progress=step.progress("pretrain"), start_state=start_state)
+    lm.save_hf_pretrained(model, str(tok_dir), out / MODEL_DIR)
+    shutil.rmtree(out / "train")  # resumable training state; the released model is the HF folder
+    losses = list(summary.losses)
+    from ...core.plots import line_plot
+
+    return {"init": section.init, "start_step": start_step, "steps": section.steps,
+            "packed_sequences": int(len(sequences)), "tokens_seen": int(summary.tokens_seen),
+            "final_loss": round(float(losses[-1]), 4) if losses else None,
+            "loss_curve": png_md(line_plot({"train loss": losses}, f"{step.partition}: pretraining loss"))}
+
+
+def lm_tokenizer_obj(tok_dir):
+    from ...core.tokenize import load_lm_tokenizer
+
+    return load_lm_tokenizer(str(tok_dir))
+
+
+def _evaluate(step, out: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    section = step.manifest.eval
+    model_dir = step.input("pretrained_checkpoint").path / MODEL_DIR
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tok = lm_tokenizer_obj(model_dir)
+    specs = _task_specs(step, out)
+    results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
+                                        progress=step.progress("eval"))
+    results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
+                                                          batch_size=section.batch_size)
+    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len)
+    batches = lm.make_reference_batches(pairs, section.batch_size, int(tok.pad_token_id or tok.eos_token_id))
+    results["heldout_reference_loss"] = lm.reference_loss(model, batches)
+    results["core_version"] = "gmates-centered-v1 (random baselines from the manifest)"
+    (out / "scores.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n")
+    rows = [{"task": name, "accuracy": round(r["accuracy"], 4), "centered": round(r["centered_accuracy"], 4),
+             "items": r["n_items"]} for name, r in results["tasks"].items()]
+    return {"core": round(float(results["core"]), 4), "heldout_perplexity": round(results["heldout_perplexity"], 3),
+            "heldout_reference_loss": round(results["heldout_reference_loss"], 4), "tasks": table(rows)}
+
+
+def _comparison_rows(scores: dict[str, dict]) -> list[dict]:
+    base = scores.get("random")
+    rows = []
+    for method, result in scores.items():
+        row = {"method": method}
+        row.update({task: round(r["centered_accuracy"], 4) for task, r in result["tasks"].items()})
+        row["core"] = round(result["core"], 4)
+        row["perplexity"] = round(result["heldout_perplexity"], 3)
+        row["heldout_ref_loss"] = round(result["heldout_reference_loss"], 4)
+        if base is not None and abs(base["core"]) > 1e-12:
+            row["core_vs_random_%"] = round(100 * (result["core"] - base["core"]) / abs(base["core"]), 2)
+        if base is not None:
+            row["ppl_vs_random_%"] = round(100 * (result["heldout_perplexity"] - base["heldout_perplexity"])
+                                           / base["heldout_perplexity"], 2)
+        rows.append(row)
+    return rows
+
+
+def _markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def training_assets(manifest, parts: Partitions) -> list:
+    @dg.observable_source_asset(name="eval_tasks", group_name=GROUP, tags={"gmates/stage": GROUP},
+                                description="Eval task files, held-out text and held-out reference set (content hash).",
+                                metadata={"manifest_sections": "eval.tasks, eval.heldout_text, sources.heldout_reference"})
+    def eval_tasks(context, gmates: GmatesResource):
+        return dg.DataVersion(eval_inputs_identity(gmates.manifest()))
+
+    @gmates_asset(manifest, "pretrained_checkpoint", group=GROUP, partitions_def=parts.methods,
+                  deps=[same_partition("selected_subset"), all_of("tokenized_pool"), all_of("documents"),
+                        "probe_checkpoint", "lm_tokenizer"], kinds={"pytorch", "huggingface"},
+                  description="The target LM trained on this method's selection (same token budget and seed).")
+    def pretrained_checkpoint(context, gmates: GmatesResource):
+        deps = [Dep("selected_subset", "same"), Dep("tokenized_pool", "all"), Dep("documents", "all"),
+                Dep("probe_checkpoint"), Dep("lm_tokenizer")]
+        return run_step(context, gmates, "pretrained_checkpoint", deps, _pretrain, resumable=True)
+
+    @gmates_asset(manifest, "eval_scores", group=GROUP, partitions_def=parts.methods,
+                  deps=[same_partition("pretrained_checkpoint"), "eval_tasks"], kinds={"json"},
+                  description="Log-likelihood task accuracies, centered accuracy, core score and held-out perplexity.")
+    def eval_scores(context, gmates: GmatesResource):
+        identity = eval_inputs_identity(gmates.manifest())
+        return run_step(context, gmates, "eval_scores", [Dep("pretrained_checkpoint", "same")], _evaluate,
+                        extra_key={"eval_inputs": identity})
+
+    @gmates_asset(manifest, "method_comparison", group=GROUP, deps=[all_of("eval_scores")], kinds={"csv", "png"},
+                  description="The paper's table in miniature: every method's scores side by side, vs random.")
+    def method_comparison(context, gmates: GmatesResource):
+        def compute(step, out: Path) -> dict:
+            scores = {m: json.loads(step.input("eval_scores", m).file("scores.json").read_text())
+                      for m in step.manifest.selection.methods}
+            rows = _comparison_rows(scores)
+            pl.DataFrame(rows).write_csv(out / "comparison.csv")
+            groups = {m: {**{t: r["centered_accuracy"] for t, r in s["tasks"].items()}, "core": s["core"]}
+                      for m, s in scores.items()}
+            png = grouped_bar_plot(groups, "centered accuracy by task and method")
+            (out / "comparison.png").write_bytes(png)
+            return {"comparison": md(_markdown_table(rows)), "plot": png_md(png, "method comparison"),
+                    "best_core": max(rows, key=lambda r: r["core"])["method"]}
+
+        return run_step(context, gmates, "method_comparison", [Dep("eval_scores", "all")], compute)
+
+    return [eval_tasks, pretrained_checkpoint, eval_scores, method_comparison]
