@@ -56,7 +56,7 @@ def cmd_status(args) -> int:
 
     defs = _definitions(args.manifest)
     with _instance() as instance:
-        statuses = asset_statuses(defs, instance)
+        statuses = asset_statuses(defs, instance, observe=not args.no_observe)
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return 0
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="fresh / stale / missing per asset and partition, with causes")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")

@@ -59,8 +59,13 @@ def _partition_keys(node, instance) -> list[Optional[str]]:
 
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
-                   assets: Optional[Iterable[str]] = None) -> list[PartitionStatus]:
-    """Status of every materializable asset partition, in topological order."""
+                   assets: Optional[Iterable[str]] = None, observe: bool = False) -> list[PartitionStatus]:
+    """Status of every materializable asset partition, in topological order.
+
+    `observe`: hash the external sources first, so edited files show up as stale causes.
+    """
+    if observe:
+        observe_sources(defs, instance)
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     wanted = set(assets) if assets is not None else None

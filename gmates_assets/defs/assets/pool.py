@@ -78,7 +78,10 @@ def pool_assets(manifest, parts: Partitions) -> list:
 
         return run_step(context, gmates, "documents", [], compute, extra_key={"source_content": content})
 
-    @gmates_asset(manifest, "lm_tokenizer", group=GROUP, deps=[all_of("documents")], kinds={"huggingface"},
+    trains_on_pool = manifest.tokenizer.kind == "train_bpe"  # a pretrained tokenizer does not read the pool
+
+    @gmates_asset(manifest, "lm_tokenizer", group=GROUP, deps=[all_of("documents")] if trains_on_pool else [],
+                  kinds={"huggingface"},
                   description="The LM tokenizer: a byte-level BPE trained on the pool, or any HF tokenizer.")
     def lm_tokenizer(context, gmates: GmatesResource):
         section = gmates.manifest().manifest.tokenizer
@@ -93,7 +96,7 @@ def pool_assets(manifest, parts: Partitions) -> list:
             tokenize.save_tokenizer_dir(tok, out)
             return {"kind": "train_bpe", "trained_on_docs": len(texts), "vocab_size": tok.get_vocab_size()}
 
-        return run_step(context, gmates, "lm_tokenizer", [Dep("documents", "all")], compute,
+        return run_step(context, gmates, "lm_tokenizer", [Dep("documents", "all")] if trains_on_pool else [], compute,
                         extra_key={"tokenizer": tokenizer_identity(section)})
 
     @gmates_asset(manifest, "tokenized_pool", group=GROUP, partitions_def=parts.shards,

@@ -1,0 +1,85 @@
+"""Helpers for tests that build the asset graph through `sync` in throwaway homes."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import dagster as dg
+import yaml
+
+from gmates_assets.defs import build_definitions
+from gmates_assets.defs.sync import FRESH, asset_statuses, sync
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS_MANIFEST = ROOT / "data_manifests" / "tests.yaml"
+
+
+@dataclass
+class Build:
+    """A manifest, an artifact store and a Dagster instance directory, all under one temp folder."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.yaml"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    @classmethod
+    def create(cls, root: Path, manifest_text: str) -> "Build":
+        build = cls(root)
+        root.mkdir(parents=True, exist_ok=True)
+        build.manifest.write_text(manifest_text)
+        build.dagster_home.mkdir(exist_ok=True)
+        (build.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        return build
+
+    def copy_to(self, root: Path) -> "Build":
+        """An independent copy (store, instance, manifest): lets one full build serve many edit tests."""
+        shutil.copytree(self.root, root)
+        return Build(root)
+
+    def defs(self) -> dg.Definitions:
+        return build_definitions(self.manifest, home=str(self.store))
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(str(self.dagster_home))
+
+    def sync(self, select: Optional[Iterable[str]] = None):
+        with self.instance() as instance:
+            return sync(self.defs(), instance, select=select)
+
+    def not_fresh(self, assets: Optional[Iterable[str]] = None) -> set[tuple[str, Optional[str]]]:
+        with self.instance() as instance:
+            return {(s.asset, s.partition) for s in asset_statuses(self.defs(), instance, assets, observe=True)
+                    if s.status != FRESH}
+
+    def edit(self, dotted: str, value) -> None:
+        data = yaml.safe_load(self.manifest.read_text())
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+        self.manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def latest_metadata(self, asset: str, partition: Optional[str] = None) -> dict:
+        with self.instance() as instance:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+                limit=1).records
+            event = records[0].asset_materialization
+            return {k: v.value for k, v in event.metadata.items()}
+
+
+def assets_of(items) -> set[str]:
+    return {asset for asset, _ in items}
