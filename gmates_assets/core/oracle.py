@@ -280,8 +280,7 @@ def probe_rollouts(
         set_lr(optimizer, float(lr_policy))
     lr_used = float(optimizer.param_groups[0]["lr"])
 
-    tokens = torch.from_numpy(data.tokens).to(device)
-    labels = torch.from_numpy(data.labels).to(device)
+    tokens, labels, rollout_rows = (torch.tensor(a, device=device) for a in (data.tokens, data.labels, rollouts))
     chunk_progress = ChunkProgress(out, fingerprint)
     n_chunks = -(-n_rollouts // chunk_rollouts)
     computed = resumed = 0
@@ -295,7 +294,7 @@ def probe_rollouts(
             else:
                 deltas = []
                 for r in range(lo, hi):
-                    idx = torch.from_numpy(rollouts[r]).to(device)
+                    idx = rollout_rows[r]
                     deltas.append(prober.run(tokens[idx], labels[idx], base_loss))
                 frame = _chunk_frame(rollout_ids[lo:hi], seed, rollouts[lo:hi], doc_ids, deltas, base_loss)
                 atomic_write_bytes(_chunk_path(out, chunk), _parquet_bytes(frame))
