@@ -187,16 +187,20 @@ def influence_assets(manifest, parts: Partitions) -> list:
         def compute(step, out: Path) -> dict:
             section = step.manifest.oracle
             tokens = token_lists(step)
-            if section.pool_size > len(tokens):
-                raise ValueError(f"oracle.pool_size ({section.pool_size}) exceeds the pool ({len(tokens)} documents)")
-            items = oracle.sample_probe_pool(len(tokens), section.pool_size, section.pool_seed)
+            # A training row needs at least 2 tokens; shorter documents can never be probed.
+            eligible = np.array([i for i, t in enumerate(tokens) if len(t) >= 2], dtype=np.int64)
+            if section.pool_size > len(eligible):
+                raise ValueError(f"oracle.pool_size ({section.pool_size}) exceeds the {len(eligible)} pool documents "
+                                 f"with at least 2 tokens")
+            items = eligible[oracle.sample_probe_pool(len(eligible), section.pool_size, section.pool_seed)]
             eos, pad = _special_ids(_tokenizer(step))
             seqs = lm.document_sequences([tokens[i] for i in items], step.manifest.probe.seq_len, pad)
             save_file({"tokens": seqs.tokens, "labels": seqs.labels}, str(out / "sequences.safetensors"))
             ids = doc_ids(step)
             pl.DataFrame({"item": np.arange(len(items), dtype=np.int64), "global_index": items.astype(np.int64),
                           "doc_id": [ids[i] for i in items]}).write_parquet(out / "probe_pool.parquet")
-            return {"dagster/row_count": int(len(items)), "pool_documents": len(tokens)}
+            return {"dagster/row_count": int(len(items)), "pool_documents": len(tokens),
+                    "too_short_to_probe": int(len(tokens) - len(eligible))}
 
         return run_step(context, gmates, "probe_pool",
                         [Dep("tokenized_pool", "all"), Dep("documents", "all"), Dep("lm_tokenizer")], compute)
