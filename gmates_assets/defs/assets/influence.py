@@ -77,7 +77,7 @@ def _features(step, mode: str) -> dict[str, np.ndarray]:
     """Per probe-pool item inputs of the influence model: cached chunk vectors (adapter) or encoder ids."""
     items = _probe_items(step)
     if mode == "adapter":
-        return gather_embeddings(step, items)
+        return _adapter_features(step, gather_embeddings(step, items))
     from ...core.encode import chunk_encoder_inputs, load_encoder
     from .pool import _encoder_location
 
@@ -85,6 +85,13 @@ def _features(step, mode: str) -> dict[str, np.ndarray]:
     texts = _texts_for(step, items)
     _, enc_tok = load_encoder(_encoder_location(section), section.revision, section.trust_remote_code)
     return chunk_encoder_inputs(enc_tok, texts, section.max_length, section.chunk_size, section.cls_rule)
+
+
+def _adapter_features(step, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """With padding_chunks 'include' the paper averages over every chunk, padding ones too (quirk §4.4)."""
+    if step.manifest.encoder.padding_chunks == "include":
+        return {"chunks": arrays["chunks"]}
+    return arrays
 
 
 def _texts_for(step, items: np.ndarray) -> list[str]:
@@ -339,7 +346,7 @@ def influence_assets(manifest, parts: Partitions) -> list:
 def _shard_features(step, shard: str, mode: str) -> dict[str, np.ndarray]:
     if mode == "adapter":
         group = zarr.open_group(str(step.input("embeddings", shard).file("embeddings.zarr")), mode="r")
-        return {"chunks": group["chunks"][...], "chunk_mask": group["chunk_mask"][...]}
+        return _adapter_features(step, {"chunks": group["chunks"][...], "chunk_mask": group["chunk_mask"][...]})
     from ...core.encode import chunk_encoder_inputs, load_encoder
     from .pool import _encoder_location
 
