@@ -55,7 +55,7 @@ def test_full_build_is_fresh_and_complete(full_build):
 def test_selection_sizes_equal_across_methods_and_checks_pass(full_build):
     sizes = {m: full_build.latest_metadata("selected_subset", m)["dagster/row_count"]
              for m in ("group_mates", "mates", "random")}
-    assert len(set(sizes.values())) == 1 and next(iter(sizes.values())) == 240  # ratio 0.5 of 480 documents
+    assert len(set(sizes.values())) == 1 and next(iter(sizes.values())) == 160  # ratio 0.5 of 320 documents
 
 
 def test_no_edit_computes_nothing(edited):
@@ -105,7 +105,7 @@ def test_selection_ratio_edit_recomputes_selection_only(edited):
     assert assets_of(edited.not_fresh()) == {"selected_subset"}
     report = edited.sync(select=["selected_subset"])
     assert assets_of(report.executed) == {"selected_subset"}
-    assert edited.latest_metadata("selected_subset", "mates")["dagster/row_count"] == 192
+    assert edited.latest_metadata("selected_subset", "mates")["dagster/row_count"] == 128
 
 
 def test_clustering_k_edit_recomputes_clustering_and_selection_only(edited):

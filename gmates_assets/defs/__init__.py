@@ -20,14 +20,6 @@ def _asset_modules():
             release.release_assets]
 
 
-def _checks(manifest, parts) -> list:
-    try:
-        from .checks import asset_checks
-    except ImportError:
-        return []
-    return asset_checks(manifest, parts)
-
-
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
     path = Path(manifest_path).resolve()
     manifest = load_manifest(path).manifest
@@ -40,7 +32,6 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
                     "version changed), after 'Reload definitions'.")
     return dg.Definitions(
         assets=assets,
-        asset_checks=_checks(manifest, parts),
         sensors=[automation],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
