@@ -80,16 +80,9 @@ def cmd_ui(args) -> int:
 
 
 def cmd_release_verify(args) -> int:
-    from .core.release import verify_release
+    from .core.release import main_verify
 
-    problems = verify_release(args.dir)
-    if problems:
-        print(f"release {args.dir} does NOT verify:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 1
-    print(f"release {args.dir} verifies: every file and the content hash match")
-    return 0
+    return main_verify([args.dir])
 
 
 def build_parser() -> argparse.ArgumentParser:
