@@ -85,6 +85,29 @@ def cmd_release_verify(args) -> int:
     return main_verify([args.dir])
 
 
+def cmd_release_export(args) -> int:
+    """Copy the latest materialized dataset_release out of the store (then verify the copy)."""
+    import shutil
+
+    import dagster as dg
+
+    from .core.release import main_verify
+
+    with _instance() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
+    if event is None:
+        print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
+        return 1
+    source = Path(event.asset_materialization.metadata["artifact_path"].value) / "release"
+    target = Path(args.dir)
+    if target.exists() and any(target.iterdir()):
+        print(f"{target} exists and is not empty", file=sys.stderr)
+        return 1
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    print(f"exported {source} -> {target}")
+    return main_verify([str(target)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmates", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = rsub.add_parser("verify", help="re-hash a release and name every file that differs")
     v.add_argument("dir")
     v.set_defaults(func=cmd_release_verify)
+    e = rsub.add_parser("export", help="copy the latest dataset_release out of the store, then verify it")
+    e.add_argument("dir")
+    e.set_defaults(func=cmd_release_export)
     return parser
 
 

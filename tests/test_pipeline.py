@@ -150,3 +150,17 @@ def test_release_verify_names_a_changed_shard(full_build, tmp_path):
     shard.write_bytes(bytes(raw))
     problems = verify_release(copy)
     assert problems and any(shard.name in p for p in problems)
+
+
+def test_cli_exports_a_verified_release_and_status_json(full_build, tmp_path, monkeypatch, capsys):
+    from gmates_assets.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(full_build.dagster_home))
+    monkeypatch.setenv("GMATES_HOME", str(full_build.store))
+    assert main(["release", "export", str(tmp_path / "out")]) == 0
+    assert verify_release(tmp_path / "out") == []
+    assert pl.read_parquet(str(tmp_path / "out" / "data" / "*.parquet")).height == 160
+    capsys.readouterr()
+    assert main(["status", "--manifest", str(full_build.manifest), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes"} == set(rows[0])
