@@ -120,9 +120,14 @@ def _model_metadata(trained: relational.TrainedModel, prefix: str) -> dict:
            for k, v in trained.metrics.items() if isinstance(v, (int, float))}
     out[f"{prefix}_tau"] = round(float(trained.tau), 4)
     out[f"{prefix}_alpha"] = round(float(trained.alpha), 4)
-    curves = {k: v for k, v in trained.curves.items() if isinstance(v, list) and v and isinstance(v[0], (int, float))}
-    if curves:
-        out[f"{prefix}_curves"] = png_md(line_plot(curves, f"{prefix} training"), f"{prefix} curves")
+    curves = trained.curves
+    if curves.get("step") and curves.get("eval_step"):
+        losses = {"train loss": curves["train_loss"], "held-out loss": curves["eval_loss"]}
+        steps = {"train loss": curves["step"], "held-out loss": curves["eval_step"]}
+        out[f"{prefix}_loss_curve"] = png_md(line_plot(losses, f"{prefix}: MSE on z-scored labels", x=steps), "loss")
+        out[f"{prefix}_spearman_curve"] = png_md(line_plot(
+            {"held-out Spearman": curves["eval_spearman"]}, f"{prefix}: held-out Spearman",
+            x={"held-out Spearman": curves["eval_step"]}), "spearman")
     return out
 
 
