@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: demo test ui install clean
 
 $(STAMP): pyproject.toml
@@ -21,7 +23,11 @@ demo: $(STAMP)
 	$(BIN)/gmates sync --manifest data_manifests/demo.yaml
 	$(BIN)/gmates status --manifest data_manifests/demo.yaml
 
-test: $(STAMP)
+# The UI test drives Debian's chromium through Playwright (never `playwright install`: no browser downloads).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 ui: $(STAMP)
