@@ -1,0 +1,387 @@
+"""Drive `dagster dev` from tests: start it in its own process group, talk GraphQL, stop it and prove it is gone.
+
+No dagster import here: the test only sees what a user of the UI sees (HTTP, GraphQL, the browser).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+LOCATION = "gmates"
+REPOSITORY = "__repository__"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reset_signals() -> None:
+    # Background jobs on these machines can inherit SIGINT/SIGTERM as ignored; dagster dev would then never stop.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+# ------------------------------------------------------------------------------------------ the server
+@dataclass
+class DagsterDev:
+    """`dagster dev` on 127.0.0.1:<port> with a private DAGSTER_HOME and GMATES_HOME, in its own process group."""
+
+    manifest: Path
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: Optional[subprocess.Popen] = None
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.workdir / "dagster_home"
+
+    @property
+    def gmates_home(self) -> Path:
+        return self.workdir / "gmates_home"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "dagster_dev.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.update(GMATES_MANIFEST=str(self.manifest), GMATES_HOME=str(self.gmates_home),
+                   DAGSTER_HOME=str(self.dagster_home), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   DAGSTER_DISABLE_TELEMETRY="1")
+        return env
+
+    def start(self) -> "DagsterDev":
+        self.dagster_home.mkdir(parents=True, exist_ok=True)
+        self.gmates_home.mkdir(parents=True, exist_ok=True)
+        (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+        exe = Path(sys.executable).parent / "dagster"  # the venv's, even when the venv is not activated
+        cmd = [str(exe) if exe.is_file() else "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+               "-h", "127.0.0.1", "-p", str(self.port)]
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_reset_signals)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        """Wait for /server_info and for the code location to be loaded; return the server info."""
+        deadline = time.monotonic() + timeout
+        info = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dagster dev exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                if info is None:
+                    with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as r:
+                        info = json.loads(r.read())
+                if location_loaded(self.gql):
+                    return info
+            except (urllib.error.URLError, ConnectionError, TimeoutError, GraphQLError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"dagster dev not ready after {timeout}s; log:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    def gql(self, query: str, variables: Optional[dict] = None, timeout: float = 120) -> dict:
+        return graphql(f"{self.url}/graphql", query, variables, timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGINT the process group (dagster dev shuts its children down), then TERM, then KILL what is left."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and (self.proc.poll() is None or processes_in_group(pgid)):
+                time.sleep(0.3)
+            if self.proc.poll() is not None and not processes_in_group(pgid):
+                break
+        self.proc.wait(timeout=5)
+
+    def our_processes(self) -> list[tuple[int, str]]:
+        """Live processes whose environment names our DAGSTER_HOME (webserver, daemon, code servers, runs)."""
+        return processes_with_env(f"DAGSTER_HOME={self.dagster_home}")
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+def processes_with_env(needle: str) -> list[tuple[int, str]]:
+    found, raw = [], needle.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if raw in environ.split(b"\0") and state[state.rindex(")") + 2] != "Z":
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+# ------------------------------------------------------------------------------------------ sockets
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses of LISTEN sockets on `port`, from /proc/net/tcp{,6} (as "ip" strings)."""
+    out = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            cols = line.split()
+            addr_hex, port_hex = cols[1].split(":")
+            if cols[3] == "0A" and int(port_hex, 16) == port:
+                out.append(_proc_net_ip(addr_hex, width))
+    return out
+
+
+def _proc_net_ip(addr_hex: str, width: int) -> str:
+    raw = bytes.fromhex(addr_hex)
+    # /proc/net stores each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if width == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, words)
+
+
+def non_loopback_ipv4() -> list[str]:
+    """This machine's IPv4 addresses other than 127.0.0.0/8 (from /proc/net/fib_trie's local host routes)."""
+    addrs, last = set(), None
+    try:
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            line = line.strip()
+            if line.startswith("|--"):
+                last = line[3:].strip()
+            elif "/32 host LOCAL" in line and last and not last.startswith("127."):
+                addrs.add(last)
+    except FileNotFoundError:
+        pass
+    return sorted(addrs)
+
+
+def can_connect(host: str, port: int, timeout: float = 2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ GraphQL
+class GraphQLError(RuntimeError):
+    pass
+
+
+def graphql(url: str, query: str, variables: Optional[dict] = None, timeout: float = 120) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            payload = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise GraphQLError(f"HTTP {exc.code}: {exc.read()[:2000]!r}") from exc
+    if payload.get("errors"):
+        raise GraphQLError(json.dumps(payload["errors"])[:2000])
+    return payload["data"]
+
+
+Gql = Callable[..., dict]
+
+
+def location_loaded(gql: Gql) -> bool:
+    data = gql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
+                   name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }""")
+    for entry in data["workspaceOrError"].get("locationEntries", []):
+        if entry["name"] == LOCATION and entry["loadStatus"] == "LOADED":
+            err = entry["locationOrLoadError"]
+            if err and err["__typename"] == "PythonError":
+                raise RuntimeError(f"code location {LOCATION} failed to load: {err['message']}")
+            return True
+    return False
+
+
+ASSET_NODES = """{ assetNodes { assetKey { path } groupName description isMaterializable isObservable opVersion
+  kinds isPartitioned partitionKeys dependedByKeys { path }
+  metadataEntries { label ... on TextMetadataEntry { text } } } }"""
+
+
+def asset_nodes(gql: Gql) -> dict[str, dict]:
+    return {"/".join(n["assetKey"]["path"]): n for n in gql(ASSET_NODES)["assetNodes"]}
+
+
+CAUSE_FIELDS = "reason category key { path } partitionKey dependency { path } dependencyPartitionKey"
+
+
+def _per_asset(gql: Gql, nodes: dict[str, dict], fields_for: Callable[[dict], str]) -> dict[str, dict]:
+    """One request, one aliased assetNodeOrError per asset; returns {asset: the requested fields}."""
+    names = sorted(nodes)
+    parts = [f'a{i}: assetNodeOrError(assetKey: {{path: {json.dumps(nodes[n]["assetKey"]["path"])}}}) '
+             f"{{ __typename ... on AssetNode {{ {fields_for(nodes[n])} }} }}" for i, n in enumerate(names)]
+    data = gql("{ " + "\n".join(parts) + " }")
+    return {n: data[f"a{i}"] for i, n in enumerate(names)}
+
+
+def _partitions(node: dict) -> list[Optional[str]]:
+    return list(node["partitionKeys"]) if node["isPartitioned"] else [None]
+
+
+def descendants(nodes: dict[str, dict], name: str) -> set[str]:
+    seen, todo = set(), [name]
+    while todo:
+        for child in nodes[todo.pop()]["dependedByKeys"]:
+            child_name = "/".join(child["path"])
+            if child_name not in seen:
+                seen.add(child_name)
+                todo.append(child_name)
+    return seen
+
+
+def stale_status(gql: Gql, nodes: dict[str, dict]) -> dict[tuple[str, Optional[str]], tuple[str, list]]:
+    """(asset, partition or None) -> (FRESH|STALE|MISSING, causes) for every materializable asset partition."""
+    wanted = {n: v for n, v in nodes.items() if v["isMaterializable"]}
+
+    def fields(node):
+        if not node["isPartitioned"]:
+            return f"staleStatus staleCauses {{ {CAUSE_FIELDS} }}"
+        keys = json.dumps(node["partitionKeys"])
+        return (f"staleStatusByPartition(partitions: {keys}) "
+                f"staleCausesByPartition(partitions: {keys}) {{ {CAUSE_FIELDS} }}")
+
+    out = {}
+    for name, data in _per_asset(gql, wanted, fields).items():
+        node = wanted[name]
+        if node["isPartitioned"]:
+            for pk, status, causes in zip(node["partitionKeys"], data["staleStatusByPartition"],
+                                          data["staleCausesByPartition"]):
+                out[(name, pk)] = (status, causes)
+        else:
+            out[(name, None)] = (data["staleStatus"], data["staleCauses"])
+    return out
+
+
+def materialization_counts(gql: Gql, nodes: dict[str, dict]) -> dict[tuple[str, Optional[str]], int]:
+    """(asset, partition or None) -> number of materialization events recorded."""
+    wanted = {n: v for n, v in nodes.items() if v["isMaterializable"]}
+    data = _per_asset(gql, wanted, lambda _n: "assetMaterializations(limit: 1000) { partition runId }")
+    out = {}
+    for name, fields in data.items():
+        events = fields.get("assetMaterializations") or []
+        for pk in _partitions(wanted[name]):
+            out[(name, pk)] = sum(1 for e in events if e["partition"] == pk)
+    return out
+
+
+RUN_FIELDS = "runId status tags { key value } assetSelection { path } startTime endTime"
+
+
+def runs(gql: Gql, limit: int = 500) -> list[dict]:
+    data = gql(f"""{{ runsOrError(limit: {limit}) {{ __typename ... on Runs {{ results {{ {RUN_FIELDS} }} }} }} }}""")
+    return data["runsOrError"]["results"]
+
+
+def backfills(gql: Gql) -> list[dict]:
+    data = gql("""{ partitionBackfillsOrError(limit: 100) { ... on PartitionBackfills { results {
+                  id status isAssetBackfill numPartitions } } } }""")
+    return data["partitionBackfillsOrError"]["results"]
+
+
+def run_logs(gql: Gql, run_id: str) -> list[str]:
+    messages, cursor = [], None
+    while True:
+        data = gql("""query($id: ID!, $after: String) { logsForRun(runId: $id, afterCursor: $after) {
+                      __typename ... on EventConnection { events { __typename ... on MessageEvent { message } }
+                      cursor hasMore } } }""", {"id": run_id, "after": cursor})
+        conn = data["logsForRun"]
+        messages += [e["message"] for e in conn["events"] if "message" in e]
+        cursor = conn["cursor"]
+        if not conn["hasMore"]:
+            return messages
+
+
+def set_sensor(gql: Gql, name: str, running: bool) -> str:
+    """Start or stop a sensor (what the toggle in the UI does); returns its new status."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+    data = gql("""query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+                  sensorState { id selectorId status } } } }""", {"s": selector})
+    state = data["sensorOrError"]["sensorState"]
+    if running:
+        res = gql("""mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename
+                     ... on Sensor { sensorState { status } } ... on PythonError { message } } }""", {"s": selector})
+        return res["startSensor"]["sensorState"]["status"]
+    res = gql("""mutation($id: String!, $sid: String!) { stopSensor(id: $id, jobSelectorId: $sid) { __typename
+                 ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }""",
+              {"id": state["id"], "sid": state["selectorId"]})
+    return res["stopSensor"]["instigationState"]["status"]
+
+
+def sensor_status(gql: Gql, name: str) -> str:
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+    data = gql("""query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+                  sensorState { status } } } }""", {"s": selector})
+    return data["sensorOrError"]["sensorState"]["status"]
+
+
+def sensor_ticks(gql: Gql, name: str, limit: int = 10) -> list[dict]:
+    """Latest ticks first: status, timestamp (epoch s), runIds, requestedAssetMaterializationCount."""
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+    data = gql("""query($s: SensorSelector!, $n: Int) { sensorOrError(sensorSelector: $s) { ... on Sensor {
+                  sensorState { ticks(limit: $n) { status timestamp runIds requestedAssetMaterializationCount } } } } }""",
+               {"s": selector, "n": limit})
+    return data["sensorOrError"]["sensorState"]["ticks"]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
