@@ -2,7 +2,8 @@
 import os
 from pathlib import Path
 
-from gmates_assets.defs import build_definitions
+os.environ.setdefault("GMATES_MANIFEST", str(Path(__file__).resolve().parent / "data_manifests" / "demo.yaml"))
 
-_here = Path(__file__).resolve().parent
-defs = build_definitions(os.environ.get("GMATES_MANIFEST", str(_here / "data_manifests" / "demo.yaml")))
+from gmates_assets.code_location import defs  # noqa: E402  (reads GMATES_MANIFEST)
+
+__all__ = ["defs"]

@@ -39,12 +39,24 @@ def _definitions(manifest: str):
     return build_definitions(manifest)
 
 
+def _runs(defs, instance, manifest: str):
+    """Where a wave's runs execute: `execution.launcher` in the manifest (in_process or instance)."""
+    from .defs.launch import InProcessRuns, InstanceRuns
+
+    gm = defs.resources["gmates"]
+    execution = gm.manifest().manifest.execution
+    if execution.launcher == "instance":
+        return InstanceRuns(instance, str(Path(manifest).resolve()), str(gm.store().root), execution.max_concurrent,
+                            execution.gpus)
+    return InProcessRuns(defs, instance)
+
+
 def cmd_sync(args) -> int:
     from .defs.sync import sync
 
     defs = _definitions(args.manifest)
-    with _instance() as instance:
-        report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True))
+    with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
+        report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True), runs=runs)
     built = report.executed
     print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
           else "sync: everything is fresh; nothing to do")

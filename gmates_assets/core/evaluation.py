@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from gmates_assets.core.progress import ProgressFn
+from .devices import resolve_device
 
 TASK_KINDS = ("multiple_choice", "schema", "language_modeling")
 NORMALIZATIONS = ("token", "char", "none")
@@ -255,12 +256,6 @@ def build_requests(spec: TaskSpec, items: Sequence[dict]) -> list[Request]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Scoring
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 
 def _model_max_length(model: Any) -> int:
     config = getattr(model, "config", None)

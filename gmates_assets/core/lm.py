@@ -30,6 +30,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .hashing import hash_dir, stable_hash
 from .progress import ProgressFn, atomic_write_text
+from .devices import resolve_device
 
 IGNORE_INDEX = -100
 FAMILIES = ("llama", "gpt_neox")
@@ -41,12 +42,6 @@ OPTIMIZER_META_FILE = "optimizer.json"  # written last: its presence marks a com
 CONFIG_FILE = "config.json"
 CHECKPOINT_FORMAT = "gmates-adamw-checkpoint-v1"
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "step")
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextlib.contextmanager

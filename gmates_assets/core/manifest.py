@@ -314,8 +314,26 @@ class ReleaseSection(Section):
     rows_per_shard: int = Field(50_000, ge=1)
 
 
+class ExecutionSection(Section):
+    """Where and how runs execute. None of it changes a result, so none of it enters a code version."""
+
+    launcher: Literal["in_process", "instance"] = Field(
+        "in_process", json_schema_extra=VOLATILE,
+        description="in_process: `gmates sync` runs each step in its own process, one after another; instance: it "
+                    "submits runs through the Dagster instance's run coordinator and launcher (dagster.yaml)")
+    max_concurrent: int = Field(2, ge=1, json_schema_extra=VOLATILE, description="runs in flight at once")
+    executor: str = Field(
+        "multiprocess", json_schema_extra=VOLATILE,
+        description="executor inside a launched run: in_process, multiprocess, or module:attribute of any Dagster "
+                    "executor (e.g. dagster_k8s:k8s_job_executor)")
+    device: str = Field("auto", json_schema_extra=VOLATILE, description="auto (cuda when available), cpu, cuda, cuda:N")
+    gpus: list[int] = Field(default_factory=list, json_schema_extra=VOLATILE,
+                            description="GPU ids handed to concurrent runs round robin (run tag gmates/gpu)")
+
+
 class Manifest(Section):
     name: str = Field(pattern=_NAME_RE)
+    execution: ExecutionSection = ExecutionSection()
     demo: DemoSection = DemoSection()
     sources: SourcesSection
     tokenizer: TokenizerSection = TokenizerSection()

@@ -91,6 +91,15 @@ def _eos_id(tokenizer) -> int:
     return int(eos)
 
 
+def special_ids(tokenizer) -> tuple[int, int]:
+    """(eos, pad) ids of an HF tokenizer; pad falls back to eos only when the tokenizer has none (id 0 is an id)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the LM tokenizer has no end-of-sequence token")
+    pad = tokenizer.pad_token_id
+    return int(eos), int(eos if pad is None else pad)
+
+
 def _batch_encoder(tokenizer):
     """texts -> list of id lists, without special tokens (EOS is appended by tokenize_documents)."""
     rust = _rust_tokenizer(tokenizer)

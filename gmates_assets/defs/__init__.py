@@ -1,38 +1,45 @@
 """The Dagster shell: `build_definitions(manifest_path)` turns a build manifest into Definitions."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
 import dagster as dg
 
 from ..core.manifest import load_manifest
-from .partitions import partitions_for
+from .factory import dagster_assets, graph_for
 from .resources import GmatesResource
 
 DEFAULT_MANIFEST = "data_manifests/demo.yaml"
 
 
-def _asset_modules():
-    from .assets import influence, pool, release, selection, training
-
-    return [pool.pool_assets, influence.influence_assets, selection.selection_assets, training.training_assets,
-            release.release_assets]
-
-
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
     path = Path(manifest_path).resolve()
-    manifest = load_manifest(path).manifest
-    parts = partitions_for(manifest)
-    assets = [a for factory in _asset_modules() for a in factory(manifest, parts)]
+    loaded = load_manifest(path)
+    graph = graph_for(loaded)
     automation = dg.AutomationConditionSensorDefinition(
         "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
                     "version changed), after 'Reload definitions'.")
     return dg.Definitions(
-        assets=assets,
+        assets=dagster_assets(graph),
         sensors=[automation],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
-        executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+        executor=executor_for(loaded.manifest.execution),
     )
+
+
+def executor_for(execution) -> dg.ExecutorDefinition:
+    """The executor inside a run: in_process, multiprocess (max_concurrent steps), or any `module:attribute`
+    Dagster executor (e.g. `dagster_k8s:k8s_job_executor`, configured in the run's config or dagster.yaml)."""
+    if execution.executor == "in_process":
+        return dg.in_process_executor
+    if execution.executor == "multiprocess":
+        return dg.multiprocess_executor.configured({"max_concurrent": execution.max_concurrent})
+    module, _, attribute = execution.executor.partition(":")
+    if not attribute:
+        raise ValueError(f"execution.executor: expected in_process, multiprocess or module:attribute, "
+                         f"got {execution.executor!r}")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,32 +1,35 @@
-"""Reading stored artifacts back, across shards in manifest order (the global document index)."""
+"""Reading stored shard artifacts back across the pool, in pool order (the global document index)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator
 
 import numpy as np
 import polars as pl
 import zarr
 
-
-def shard_order(step) -> list[str]:
-    return [s.name for s in step.manifest.sources.shards]
+ZARR_NAMES = {"embeddings": "embeddings.zarr", "influence_scores": "scores.zarr"}
 
 
 def doc_ids(step) -> list[str]:
     out: list[str] = []
-    for shard in shard_order(step):
-        frame = pl.read_parquet(step.input("documents", shard).file("documents.parquet"), columns=["doc_id"])
-        out.extend(frame["doc_id"].to_list())
+    for artifact in step.shards("documents").values():
+        out.extend(pl.read_parquet(artifact.file("documents.parquet"), columns=["doc_id"])["doc_id"].to_list())
     return out
 
 
-def token_lists(step, shards: Sequence[str] | None = None) -> list[np.ndarray]:
+def iter_token_shards(step) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(shard, values, offsets) of the tokenized pool, one shard at a time."""
     from ..core.tokenize import read_ragged_zarr
 
+    for shard, artifact in step.shards("tokenized_pool").items():
+        values, offsets = read_ragged_zarr(artifact.path)
+        yield shard, values, offsets
+
+
+def token_lists(step) -> list[np.ndarray]:
     out: list[np.ndarray] = []
-    for shard in shards or shard_order(step):
-        values, offsets = read_ragged_zarr(step.input("tokenized_pool", shard).path)
+    for _, values, offsets in iter_token_shards(step):
         out.extend(values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1))
     return out
 
@@ -50,29 +53,24 @@ class ShardRows:
 
 
 def shard_rows(step, asset: str = "embeddings") -> ShardRows:
-    sizes = [_zarr_rows(step, asset, shard) for shard in shard_order(step)]
-    return ShardRows(shard_order(step), np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
+    sizes = step.shard_rows(asset)
+    return ShardRows(list(sizes), np.concatenate([[0], np.cumsum(list(sizes.values()))[:-1]]).astype(np.int64))
 
 
-def _zarr_group(step, asset: str, shard: str):
-    name = {"embeddings": "embeddings.zarr", "influence_scores": "scores.zarr"}[asset]
-    return zarr.open_group(str(step.input(asset, shard).file(name)), mode="r")
-
-
-def _zarr_rows(step, asset: str, shard: str) -> int:
-    group = _zarr_group(step, asset, shard)
-    return int(group["pooled" if asset == "embeddings" else "s"].shape[0])
+def zarr_group(artifact, asset: str):
+    return zarr.open_group(str(artifact.file(ZARR_NAMES[asset])), mode="r")
 
 
 def gather_embeddings(step, global_index: np.ndarray, arrays=("chunks", "chunk_mask")) -> dict[str, np.ndarray]:
     """Rows of the embeddings arrays for these global document indices, in request order."""
     rows = shard_rows(step)
+    shards = step.shards("embeddings")
     out: dict[str, np.ndarray] = {}
     for shard, positions, local in rows.locate(np.asarray(global_index, dtype=np.int64)):
-        group = _zarr_group(step, "embeddings", shard)
+        group = zarr_group(shards[shard], "embeddings")
         order = np.argsort(local, kind="stable")
         for name in arrays:
-            block = group[name].oindex[local[order]] if len(local) else None
+            block = group[name].oindex[local[order]]
             if name not in out:
                 out[name] = np.zeros((len(global_index),) + group[name].shape[1:], dtype=group[name].dtype)
             out[name][positions[order]] = block
@@ -81,4 +79,4 @@ def gather_embeddings(step, global_index: np.ndarray, arrays=("chunks", "chunk_m
 
 def read_all(step, asset: str, name: str) -> np.ndarray:
     """One array concatenated over all shards (e.g. influence_scores `h`, embeddings `pooled`)."""
-    return np.concatenate([np.asarray(_zarr_group(step, asset, shard)[name][...]) for shard in shard_order(step)])
+    return np.concatenate([np.asarray(zarr_group(a, asset)[name][...]) for a in step.shards(asset).values()])

@@ -1,9 +1,12 @@
 """The one code path every asset runs through: resolve inputs, reuse or build, report versions.
 
-1. Upstream artifacts are found by the data versions Dagster recorded for them (= their content hashes).
-2. input_key = hash(asset, code version, partition, those content hashes); a stored artifact with that key is
-   reused without computing (metadata `reused: true`), which makes re-runs and reverted edits nearly free.
-3. Otherwise the compute function fills a work directory that the store commits atomically.
+1. Upstream artifacts are found by the data versions Dagster recorded for them (= their content hashes);
+   observable sources contribute their observed data versions.
+2. input_key = hash(asset, code version, partition, those versions, non-asset identities); a stored artifact
+   with that key is reused without computing (metadata `reused: true`), so re-runs and reverts are nearly free.
+3. Otherwise the compute function fills a work directory that the store commits atomically. It sees the
+   manifest through a recording view; reading a field outside the asset's declared sections fails the step
+   (the cache key would ignore that field).
 4. The materialization reports data_version = content hash, so identical bytes leave downstream fresh.
 """
 from __future__ import annotations
@@ -11,31 +14,24 @@ from __future__ import annotations
 import base64
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import dagster as dg
 
 from ..core.manifest import LoadedManifest
+from ..core.manifest_access import ManifestView, undeclared_reads
 from ..core.progress import ProgressFn, RateMeter
 from ..core.store import Artifact, ArtifactStore
-from .partitions import partition_keys_of
+from .graph import AssetGraph
 from .resources import GmatesResource
-from .versioning import code_version
+
+INDEX_FILE = "index.json"
+GPU_TAG = "gmates/gpu"
 
 
 class UpstreamMissing(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Dep:
-    """An upstream asset. `partitions`: "same" (identity), "all", a list of keys, or None (unpartitioned)."""
-
-    asset: str
-    partitions: Any = None
-    source: bool = False
 
 
 # ------------------------------------------------------------------------------ JSON-able metadata
@@ -66,16 +62,30 @@ def _to_dagster(value: Any) -> Any:
 
 # ------------------------------------------------------------------------------ step context
 class Step:
-    """What a compute function sees: manifest, store, resolved inputs, logging and progress."""
+    """What a compute function sees: the manifest (recorded), the store, resolved inputs, logging, progress."""
 
-    def __init__(self, context, gm: GmatesResource, asset: str, inputs: dict[str, dict[Optional[str], Artifact]]):
+    def __init__(self, context, loaded: LoadedManifest, store: ArtifactStore, graph: AssetGraph, asset: str,
+                 partition: Optional[str], inputs: dict[str, dict[Optional[str], Artifact]]):
         self.context = context
-        self.loaded: LoadedManifest = gm.manifest()
-        self.manifest = self.loaded.manifest
-        self.store: ArtifactStore = gm.store()
+        self.raw_loaded = loaded  # unrecorded: only for what the cache key already covers (identities)
+        self._view = ManifestView(loaded.manifest)
+        self.loaded = LoadedManifest(self._view, loaded.path, "")  # type: ignore[arg-type]
+        self.manifest = self._view
+        self.store = store
+        self.graph = graph
         self.asset = asset
-        self.partition: Optional[str] = context.partition_key if context.has_partition_key else None
+        self.partition = partition
         self._inputs = inputs
+
+    @property
+    def device(self) -> str:
+        """The GPU `gmates sync` assigned to this run (run tag gmates/gpu), else `execution.device`."""
+        gpu = self.context.run.tags.get(GPU_TAG)
+        return f"cuda:{gpu}" if gpu is not None else self.manifest.execution.device
+
+    @property
+    def manifest_reads(self) -> set[str]:
+        return self._view.reads
 
     def input(self, asset: str, partition: Optional[str] = None) -> Artifact:
         by_partition = self._inputs[asset]
@@ -86,6 +96,16 @@ class Step:
     def inputs(self, asset: str) -> dict[Optional[str], Artifact]:
         return self._inputs[asset]
 
+    def shards(self, asset: str) -> dict[str, Artifact]:
+        """Every shard's artifact of a shard-partitioned asset, in pool order, as listed by its index."""
+        index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
+        return {row["shard"]: self.store.require_by_content(asset, row["content_hash"], row["shard"])
+                for row in index["shards"]}
+
+    def shard_rows(self, asset: str) -> dict[str, int]:
+        index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
+        return {row["shard"]: int(row["rows"]) for row in index["shards"]}
+
     def log(self, message: str) -> None:
         self.context.log.info(message)
 
@@ -94,77 +114,73 @@ class Step:
 
 
 # ------------------------------------------------------------------------------ version resolution
-def _latest_data_version(instance, asset: str, partition: Optional[str], is_source: bool) -> Optional[str]:
+def latest_data_version(instance, asset: str, partition: Optional[str], is_source: bool) -> Optional[str]:
     record = instance.get_latest_data_version_record(dg.AssetKey(asset), is_source, partition)
     if record is None:
         return None
     return record.asset_event.tags.get("dagster/data_version")
 
 
-def _dep_partitions(dep: Dep, own_partition: Optional[str], manifest) -> list[Optional[str]]:
-    if dep.partitions is None:
-        return [None]
-    if dep.partitions == "same":
-        return [own_partition]
-    if dep.partitions == "all":
-        return list(partition_keys_of(manifest, dep.asset))
-    return list(dep.partitions)
-
-
-def resolve_inputs(context, store: ArtifactStore, deps: Sequence[Dep], partition: Optional[str], manifest):
-    """-> (content hashes by dep and partition for the key, artifacts by dep and partition)."""
+def input_versions(instance, graph: AssetGraph, asset: str, partition: Optional[str]) -> dict[str, dict[str, str]]:
+    """Data versions of everything `asset[partition]` reads, by input asset and partition ("" = unpartitioned)."""
     versions: dict[str, dict[str, str]] = {}
-    artifacts: dict[str, dict[Optional[str], Artifact]] = {}
-    for dep in deps:
-        versions[dep.asset], artifacts[dep.asset] = {}, {}
-        for pk in _dep_partitions(dep, partition, manifest):
-            version = _latest_data_version(context.instance, dep.asset, pk, dep.source)
-            where = f"{dep.asset}[{pk}]" if pk else dep.asset
+    for inp in graph.inputs(asset):
+        is_source = graph[inp.asset].is_source
+        versions[inp.asset] = {}
+        for pk in graph.input_partitions(inp, partition):
+            version = latest_data_version(instance, inp.asset, pk, is_source)
+            where = f"{inp.asset}[{pk}]" if pk else inp.asset
             if version is None:
-                verb = "observed" if dep.source else "materialized"
+                verb = "observed" if is_source else "materialized"
                 raise UpstreamMissing(f"{where} has not been {verb} yet; run `gmates sync` or materialize it first")
-            versions[dep.asset][pk or ""] = version
-            if not dep.source:
-                artifacts[dep.asset][pk] = store.require_by_content(dep.asset, version, pk)
-    return versions, artifacts
+            versions[inp.asset][pk or ""] = version
+    return versions
 
 
-def run_step(
-    context,
-    gm: GmatesResource,
-    asset: str,
-    deps: Sequence[Dep],
-    compute: Callable[[Step, Path], dict[str, Any]],
-    resumable: bool = False,
-    extra_key: Optional[dict] = None,
-    checks: Optional[Callable[[Artifact], list]] = None,
-) -> dg.MaterializeResult:
-    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions.
+def input_key(instance, store: ArtifactStore, graph: AssetGraph, loaded: LoadedManifest, asset: str,
+              partition: Optional[str], versions: dict) -> str:
+    decl = graph[asset]
+    identity = decl.identity(loaded, instance, graph) if decl.identity else {}
+    return store.input_key(asset, graph.code_version(asset), {**versions, **identity}, partition)
 
-    `extra_key`: input identities that are not Dagster assets (e.g. a source file's hash computed now).
-    `checks`: asset checks evaluated on the stored artifact, so they run on a reuse too.
-    """
-    store = gm.store()
-    manifest = gm.manifest().manifest
+
+def _artifacts(store: ArtifactStore, graph: AssetGraph, versions: dict) -> dict[str, dict[Optional[str], Artifact]]:
+    out: dict[str, dict[Optional[str], Artifact]] = {}
+    for asset, by_partition in versions.items():
+        if graph[asset].is_source:
+            continue
+        out[asset] = {pk or None: store.require_by_content(asset, v, pk or None) for pk, v in by_partition.items()}
+    return out
+
+
+def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.MaterializeResult:
+    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions."""
+    decl = graph[asset]
+    store, loaded = gm.store(), gm.manifest()
     partition = context.partition_key if context.has_partition_key else None
-    version = code_version(manifest, asset)
-    input_versions, artifacts = resolve_inputs(context, store, deps, partition, manifest)
-    key = store.input_key(asset, version, {**input_versions, **(extra_key or {})}, partition)
+    versions = input_versions(context.instance, graph, asset, partition)
+    key = input_key(context.instance, store, graph, loaded, asset, partition, versions)
     artifact = store.get(asset, key)
     reused = artifact is not None
     if reused:
         context.log.info(f"reusing stored artifact {key[:12]} for {asset}{f'[{partition}]' if partition else ''}")
         metadata = dict(artifact.record.get("metadata", {}))
     else:
-        step = Step(context, gm, asset, artifacts)
+        step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions))
         started = time.monotonic()
         # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
-        record: dict[str, Any] = {"code_version": version, "inputs": input_versions}
-        with store.build(asset, key, partition, record=record, resumable=resumable) as work_dir:
-            metadata = compute(step, work_dir)
+        record: dict[str, Any] = {"code_version": graph.code_version(asset), "inputs": versions}
+        with store.build(asset, key, partition, record=record, resumable=decl.resumable) as work_dir:
+            metadata = decl.compute(step, work_dir)
+            _require_declared(decl, step.manifest_reads)
             metadata["compute_seconds"] = round(time.monotonic() - started, 3)
+            metadata["manifest_fields_read"] = sorted(step.manifest_reads)
             record["metadata"] = json.loads(json.dumps(metadata, default=str))
         artifact = store.get(asset, key)
+    checks = None
+    if decl.check_fn:
+        check_step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions))
+        checks = decl.check_fn(check_step, artifact)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(artifact.content_hash),
         metadata={
@@ -174,6 +190,24 @@ def run_step(
             "content_hash": artifact.content_hash,
             "artifact_path": dg.MetadataValue.path(str(artifact.path)),
         },
-        check_results=checks(artifact) if checks else None,
+        check_results=checks,
     )
 
+
+def _require_declared(decl, reads: set[str]) -> None:
+    undeclared = undeclared_reads(reads, decl.sections)
+    if undeclared:
+        raise RuntimeError(
+            f"{decl.name} read manifest fields outside its declared sections {list(decl.sections)}: {undeclared}. "
+            f"Its cache key would ignore them; add them to the asset's declaration (AssetDecl.sections).")
+
+
+def write_shard_index(step: Step, out: Path) -> dict:
+    """An aggregator's artifact: every shard's content hash and row count, in pool order."""
+    source = step.asset.removesuffix("_index")
+    by_shard = step.inputs(source)
+    rows = [{"shard": shard, "content_hash": by_shard[shard].content_hash,
+             "rows": int(by_shard[shard].record.get("metadata", {}).get("dagster/row_count", 0))}
+            for shard in step.graph.partition_keys(source)]
+    (out / INDEX_FILE).write_text(json.dumps({"asset": source, "shards": rows}, indent=1, sort_keys=True) + "\n")
+    return {"shards": len(rows), "dagster/row_count": sum(r["rows"] for r in rows)}

@@ -1,51 +1,18 @@
-"""One decorator for every gmates asset: versions, grouping, automation and UI metadata in one place."""
+"""Declarations shared by the stage modules."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
-
-import dagster as dg
-
-from ...core.manifest import Manifest
-from ..automation import sync_condition
-from ..resources import GmatesResource
-from ..versioning import code_version, owner_sections
-
-__all__ = ["gmates_asset", "GmatesResource", "all_of", "same_partition", "only"]
+from ..declare import AssetDecl, Input
+from ..runtime import write_shard_index
 
 
-def all_of(asset: str) -> dg.AssetDep:
-    return dg.AssetDep(asset, partition_mapping=dg.AllPartitionMapping())
+def shard_index(asset: str, group: str) -> AssetDecl:
+    """`<asset>_index`: the aggregator every whole-pool reader depends on instead of the shards themselves.
 
-
-def same_partition(asset: str) -> dg.AssetDep:
-    return dg.AssetDep(asset, partition_mapping=dg.IdentityPartitionMapping())
-
-
-def only(asset: str, keys: Sequence[str]) -> dg.AssetDep:
-    return dg.AssetDep(asset, partition_mapping=dg.SpecificPartitionsPartitionMapping(list(keys)))
-
-
-def gmates_asset(
-    manifest: Manifest,
-    name: str,
-    *,
-    group: str,
-    description: str,
-    deps: Iterable = (),
-    partitions_def: Optional[dg.PartitionsDefinition] = None,
-    kinds: Iterable[str] = (),
-    check_specs: Sequence[dg.AssetCheckSpec] = (),
-):
-    return dg.asset(
-        check_specs=list(check_specs) or None,
-        name=name,
-        group_name=group,
-        description=description,
-        deps=list(deps),
-        partitions_def=partitions_def,
-        code_version=code_version(manifest, name),
-        automation_condition=sync_condition(),
-        kinds=set(kinds) | {"python"},
-        tags={"gmates/stage": group},
-        metadata={"manifest_sections": owner_sections(name)},
-    )
+    Its content is each shard's content hash, so its data version changes exactly when a shard's does. Dagster
+    carries staleness across an edge from 100 or more partitions only through such an unpartitioned asset
+    (its own staleness is checked by `sync` from the recorded input key), so edits propagate at any shard count.
+    """
+    return AssetDecl(
+        f"{asset}_index", group,
+        f"Every shard's {asset} artifact (content hash, rows) in pool order: what whole-pool steps read.",
+        compute=write_shard_index, inputs=(Input(asset, "all"),), kinds=frozenset({"json"}))

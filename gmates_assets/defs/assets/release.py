@@ -1,7 +1,6 @@
 """Release stage: the chosen method's selection as a verifiable, lineage-tracked parquet dataset."""
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import dagster as dg
@@ -9,55 +8,48 @@ import numpy as np
 import polars as pl
 
 from ...core import release as rel
-from ...core.manifest import fingerprint
-from ..artifacts import read_all, shard_order
-from ..partitions import Partitions, partition_keys_of
-from ..runtime import Dep, run_step
-from .common import GmatesResource, all_of, gmates_asset, only
+from ...core.manifest import _semantic_value, fingerprint, section_value
+from ..artifacts import read_all
+from ..declare import AssetDecl, Input
 
 GROUP = "release"
 RELEASE_DIR = "release"
-PACKAGES = ("gmates", "dagster", "torch", "transformers", "tokenizers", "polars", "numpy", "faiss-cpu", "zarr",
-            "safetensors")
-# What the selection was built from: the lineage recorded in the release (training/eval do not shape it).
-LINEAGE_ASSETS = ("pool_source", "documents", "lm_tokenizer", "tokenized_pool", "embeddings", "probe_checkpoint",
-                  "probe_pool", "reference_set", "oracle_random", "relational_model_init", "bootstrap_rollouts",
-                  "oracle_bootstrap", "relational_model", "influence_scores", "cluster_assignments", "selected_subset")
-SOURCE_ASSETS = {"pool_source", "reference_set", "user_probe_checkpoint"}
 
 
-def _package_versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+def _release_method(manifest) -> list[str]:
+    return [manifest.release.method]
 
 
-def _lineage(context, manifest, method: str) -> tuple[dict, dict]:
-    """(content lineage: code and data versions per asset partition, volatile: run ids)."""
+def _lineage_sections(graph, asset: str) -> list[str]:
+    """The manifest sections that shaped the release: its own and those of every ancestor."""
+    names = {asset} | graph.ancestors(asset)
+    return sorted({s for name in names for s in graph[name].sections})
+
+
+def release_lineage(loaded, instance, graph) -> dict:
+    """Code and data versions of every ancestor asset partition, and the manifest sections they read.
+
+    Part of the release's cache key, so the recorded lineage is always that of the inputs it was built from.
+    """
+    method = loaded.manifest.release.method
     assets, runs = {}, {}
-    for asset in LINEAGE_ASSETS:
-        if asset == "selected_subset":
-            keys = [method]
-        else:
-            try:
-                keys = partition_keys_of(manifest, asset)
-            except KeyError:
-                keys = [None]
+    for name in sorted(graph.ancestors("dataset_release")):
+        keys = [method] if name == "selected_subset" else graph.partition_keys(name)
         for key in keys:
-            record = context.instance.get_latest_data_version_record(dg.AssetKey(asset), asset in SOURCE_ASSETS, key)
+            record = instance.get_latest_data_version_record(dg.AssetKey(name), graph[name].is_source, key)
             if record is None:
                 continue
             tags = record.asset_event.tags or {}
             entry = {"data_version": tags.get("dagster/data_version")}
             if "dagster/code_version" in tags:
                 entry["code_version"] = tags["dagster/code_version"]
-            assets.setdefault(asset, {})[key or "__all__"] = entry
-            runs.setdefault(asset, {})[key or "__all__"] = record.run_id
-    return assets, runs
+            assets.setdefault(name, {})[key or "__all__"] = entry
+            runs.setdefault(name, {})[key or "__all__"] = record.run_id
+    sections = _lineage_sections(graph, "dataset_release")
+    build_manifest = {"fingerprint": fingerprint(loaded.manifest, *sections),
+                      "sections": {s: _semantic_value(section_value(loaded.manifest, s)) for s in sections}}
+    return {"lineage": {"build_manifest": build_manifest, "assets": assets, "method": method},
+            "run_ids": runs, "packages": rel.package_versions()}
 
 
 def _seeds(manifest) -> dict:
@@ -69,8 +61,8 @@ def _seeds(manifest) -> dict:
 
 def _release_table(step, method: str) -> pl.DataFrame:
     selected = pl.read_parquet(step.input("selected_subset", method).file("selected.parquet"))
-    docs = pl.concat([pl.read_parquet(step.input("documents", s).file("documents.parquet"),
-                                      columns=["doc_id", "text", "source"]) for s in shard_order(step)])
+    docs = pl.concat([pl.read_parquet(a.file("documents.parquet"), columns=["doc_id", "text", "source"])
+                      for a in step.shards("documents").values()])
     scores = pl.DataFrame({"doc_id": docs["doc_id"], "influence_score": read_all(step, "influence_scores", "s")
                            .astype(np.float64)})
     clusters = pl.read_parquet(step.input("cluster_assignments").file("assignments.parquet"),
@@ -80,37 +72,30 @@ def _release_table(step, method: str) -> pl.DataFrame:
             .select(["doc_id", "text", "source", "influence_score", "cluster"]))
 
 
-def release_assets(manifest, parts: Partitions) -> list:
-    method = manifest.release.method
+def build_dataset_release(step, out: Path) -> dict:
+    section = step.manifest.release
+    identity = release_lineage(step.raw_loaded, step.context.instance, step.graph)
+    lineage = {**identity["lineage"], "seeds": _seeds(step.raw_loaded.manifest),
+               "volatile": {"dagster_run_ids": identity["run_ids"]}}
+    card = {"pretty_name": section.name, "description": section.description or f"{section.method} selection",
+            "method": section.method, "license": section.license}
+    summary = rel.write_release(out / RELEASE_DIR, _release_table(step, section.method), section.rows_per_shard,
+                                lineage, card)
+    return {"dagster/row_count": summary.n_rows, "shards": summary.n_shards,
+            "release_content_hash": summary.content_hash, "selected_ids_sha256": summary.selected_ids_sha256,
+            "verify_with": f"gmates release verify <artifact_path>/{RELEASE_DIR}"}
 
-    @gmates_asset(manifest, "dataset_release", group=GROUP,
-                  deps=[only("selected_subset", [method]), all_of("documents"), all_of("influence_scores"),
-                        "cluster_assignments"], kinds={"parquet", "huggingface"},
-                  description="The chosen selection as parquet shards + manifest.json (lineage, hashes) + dataset card.")
-    def dataset_release(context, gmates: GmatesResource):
-        loaded = gmates.manifest()
-        lineage_assets, run_ids = _lineage(context, loaded.manifest, method)
 
-        def compute(step, out: Path) -> dict:
-            section = step.manifest.release
-            lineage = {
-                "build_manifest": {"fingerprint": fingerprint(step.manifest, *[f for f in type(step.manifest).model_fields
-                                                                            if f != "name"]),
-                                   "text": step.loaded.text},
-                "assets": lineage_assets, "seeds": _seeds(step.manifest), "method": method,
-                "volatile": {"dagster_run_ids": run_ids},
-            }
-            card = {"pretty_name": section.name, "description": section.description or f"{method} selection",
-                    "method": method, "license": section.license}
-            summary = rel.write_release(out / RELEASE_DIR, _release_table(step, method), section.rows_per_shard,
-                                        lineage, card)
-            return {"dagster/row_count": summary.n_rows, "shards": summary.n_shards,
-                    "release_content_hash": summary.content_hash, "selected_ids_sha256": summary.selected_ids_sha256,
-                    "verify_with": f"gmates release verify <artifact_path>/{RELEASE_DIR}"}
+def _release_identity(loaded, instance, graph) -> dict:
+    identity = release_lineage(loaded, instance, graph)
+    return {"lineage": identity["lineage"], "packages": identity["packages"]}
 
-        deps = [Dep("selected_subset", [method]), Dep("documents", "all"), Dep("influence_scores", "all"),
-                Dep("cluster_assignments")]
-        return run_step(context, gmates, "dataset_release", deps, compute,
-                        extra_key={"lineage": lineage_assets, "packages": _package_versions()})
 
-    return [dataset_release]
+DECLS = [
+    AssetDecl("dataset_release", GROUP,
+              "The chosen selection as parquet shards + manifest.json (lineage, hashes) + dataset card.",
+              compute=build_dataset_release, identity=_release_identity, sections=("release",),
+              inputs=(Input("selected_subset", _release_method), Input("documents_index"),
+                      Input("influence_scores_index"), Input("cluster_assignments")),
+              kinds=frozenset({"parquet", "huggingface"})),
+]

@@ -7,36 +7,32 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ...core import relational
+from ...core import methods, relational
 from ...core import selection as sel
 from ...core.plots import bar_plot, histograms
 from ..artifacts import doc_ids, read_all
-from ..partitions import Partitions
-from ..runtime import Dep, png_md, run_step
-from .common import GmatesResource, all_of, gmates_asset
+from ..declare import METHODS, Check, AssetDecl, Input
+from ..runtime import png_md
 
 GROUP = "selection"
 
 
-def _cluster(x: np.ndarray, section) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(centroids, assignment, similarity, member lists in §3.5 order)."""
-    centroids = sel.spherical_kmeans(x, section.k, section.niter, section.seed, section.max_points_per_centroid)
-    assignment, similarity = sel.assign_clusters(x, centroids, return_similarity=True)
-    members = sel.cluster_member_order(x, centroids, assignment, similarity)
-    return centroids, assignment, similarity, members
+def _cluster_config(section) -> methods.ClusterConfig:
+    return methods.ClusterConfig(section.k, section.niter, section.seed, section.max_points_per_centroid)
 
 
-def _members_from_table(frame: pl.DataFrame, k: int) -> list[np.ndarray]:
-    ordered = frame.sort(["cluster", "member_rank"])
-    members = [np.zeros(0, np.int64)] * k
-    for (cluster,), part in ordered.group_by(["cluster"], maintain_order=True):
-        members[int(cluster)] = part["doc_index"].to_numpy().astype(np.int64)
-    return members
+def _selection_config(section) -> methods.SelectionConfig:
+    return methods.SelectionConfig(
+        ratio=section.ratio, budget_rounding=section.budget_rounding, mates_gumbel=section.mates_gumbel,
+        mates_tau=section.mates_tau, seed=section.seed, global_greedy_max_docs=section.global_greedy_max_docs,
+        workers=section.workers)
 
 
-def _budgets(members: list[np.ndarray], section) -> np.ndarray:
-    rounding = "largest_remainder" if section.budget_rounding == "exact" else "floor"
-    return sel.cluster_budgets([len(m) for m in members], section.ratio, rounding=rounding)
+def _stored_members(step) -> list[np.ndarray]:
+    frame = pl.read_parquet(step.input("cluster_assignments").file("assignments.parquet"),
+                            columns=["doc_index", "cluster", "member_rank"])
+    return methods.members_from_ranks(frame["doc_index"].to_numpy(), frame["cluster"].to_numpy(),
+                                      frame["member_rank"].to_numpy(), step.manifest.clustering.k)
 
 
 def _relation_params(step) -> tuple[float, float]:
@@ -46,45 +42,51 @@ def _relation_params(step) -> tuple[float, float]:
     return float(trained.tau), float(trained.alpha)
 
 
-def select_for_method(step, method: str) -> tuple[sel.SelectionResult, dict]:
-    section = step.manifest.selection
-    h = read_all(step, "influence_scores", "h")
-    s = read_all(step, "influence_scores", "s")
-    table = pl.read_parquet(step.input("cluster_assignments").file("assignments.parquet"))
-    members = _members_from_table(table, step.manifest.clustering.k)
-    budgets = _budgets(members, section)
-    n_select = int(budgets.sum())  # the same count for every method
-    if method == "semantic_clusters":
-        members = _cluster(read_all(step, "embeddings", "pooled"), step.manifest.clustering)[3]
-        budgets = sel.cluster_budgets([len(m) for m in members], section.ratio, total=n_select)
+def _pool_scores(step) -> methods.PoolScores:
     tau, alpha = _relation_params(step)
-    info = {"tau": round(tau, 5), "alpha": round(alpha, 5), "n_select": n_select}
-    if method in ("group_mates", "semantic_clusters"):
-        result = sel.group_greedy_select(h, s, members, budgets, tau, alpha, workers=section.workers,
-                                         progress=step.progress("greedy"))
-    elif method == "no_relation":
-        result = sel.no_relation_select(s, members, budgets)
-    elif method == "no_clustering":
-        result = sel.global_greedy_select(h, s, n_select, tau, alpha, max_docs=section.global_greedy_max_docs)
-    elif method == "mates":
-        s_ind = read_all(step, "influence_scores", "s_individual")
-        result = sel.mates_select(s_ind, n_select, gumbel=section.mates_gumbel, tau=section.mates_tau, seed=section.seed)
-    elif method == "random":
-        result = sel.random_select(len(s), n_select, section.seed)
-    else:
-        raise ValueError(f"unknown selection method {method!r}")
-    return result, {**info, "budgets": budgets, "members": members, "s": s}
+    return methods.PoolScores(
+        h=lambda: read_all(step, "influence_scores", "h"), s=read_all(step, "influence_scores", "s"),
+        members=_stored_members(step), tau=tau, alpha=alpha,
+        s_individual=lambda: read_all(step, "influence_scores", "s_individual"),
+        semantic_members=lambda: methods.cluster(read_all(step, "embeddings", "pooled"),
+                                                 _cluster_config(step.manifest.clustering)).members)
 
 
-def _selection_metadata(result: sel.SelectionResult, info: dict, method: str) -> dict:
-    s, members = info["s"], info["members"]
+# ------------------------------------------------------------------------------------------ compute
+def build_cluster_assignments(step, out: Path) -> dict:
+    section = step.manifest.clustering
+    source = ("influence_scores", "h") if section.space == "influence" else ("embeddings", "pooled")
+    x = read_all(step, *source)
+    result = methods.cluster(x, _cluster_config(section))
+    sel.save_centroid_index(result.centroids, out / "centroids.faiss")
+    pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64), "doc_id": doc_ids(step),
+                  "cluster": result.assignment.astype(np.int64), "similarity": result.similarity.astype(np.float32),
+                  "member_rank": methods.member_ranks(result.members, len(x))}).write_parquet(out / "assignments.parquet")
+    sizes = np.array([len(m) for m in result.members])
+    return {"dagster/row_count": int(len(x)), "k": section.k, "space": section.space,
+            "largest_cluster": int(sizes.max()), "smallest_cluster": int(sizes.min()),
+            "empty_clusters": int((sizes == 0).sum()),
+            "cluster_sizes": png_md(histograms({"cluster size": sizes}, "cluster-size histogram", bins=20))}
+
+
+def build_selected_subset(step, out: Path) -> dict:
+    method = step.partition
+    pool = _pool_scores(step)
+    result = methods.select(method, pool, _selection_config(step.manifest.selection), step.progress("select"))
+    result.to_polars(doc_ids(step)).write_parquet(out / "selected.parquet")
+    return _selection_metadata(result, pool, method)
+
+
+def _selection_metadata(result: sel.SelectionResult, pool: methods.PoolScores, method: str) -> dict:
+    s, members = pool.s, pool.members
     chosen = np.zeros(len(s), dtype=bool)
     chosen[result.indices] = True
     sizes = np.array([len(m) for m in members])
     fraction = {str(c): float(chosen[m].mean()) if len(m) else 0.0 for c, m in enumerate(members)}
     return {
         "dagster/row_count": int(len(result)), "method": method, "pool_documents": int(len(s)),
-        "selected_fraction": round(len(result) / max(len(s), 1), 4), "tau": info["tau"], "alpha": info["alpha"],
+        "selected_fraction": round(len(result) / max(len(s), 1), 4), "tau": round(pool.tau, 5),
+        "alpha": round(pool.alpha, 5),
         "mean_s_selected": round(float(s[chosen].mean()), 4) if chosen.any() else None,
         "mean_s_rejected": round(float(s[~chosen].mean()), 4) if (~chosen).any() else None,
         "selected_fraction_per_cluster": png_md(bar_plot(fraction, f"{method}: selected fraction per cluster")),
@@ -94,84 +96,35 @@ def _selection_metadata(result: sel.SelectionResult, info: dict, method: str) ->
     }
 
 
-def _selection_checks(step_ids: list[str], expected: int):
-    def checks(artifact) -> list[dg.AssetCheckResult]:
-        ids = pl.read_parquet(artifact.file("selected.parquet"))["doc_id"]
-        unknown = int((~ids.is_in(pl.Series(step_ids))).sum())
-        duplicates = int(len(ids) - ids.n_unique())
-        return [
-            dg.AssetCheckResult(check_name="no_duplicate_ids", passed=duplicates == 0,
-                                metadata={"duplicates": duplicates}),
-            dg.AssetCheckResult(check_name="selection_size_exact", passed=len(ids) == expected,
-                                metadata={"selected": len(ids), "expected": expected}),
-            dg.AssetCheckResult(check_name="ids_exist_in_documents", passed=unknown == 0,
-                                metadata={"unknown_ids": unknown}),
-        ]
-
-    return checks
-
-
-SELECTION_CHECKS = [dg.AssetCheckSpec(name, asset="selected_subset", blocking=True, description=text) for name, text in (
-    ("no_duplicate_ids", "every selected doc_id appears once"),
-    ("selection_size_exact", "the selection has exactly the budgeted number of documents"),
-    ("ids_exist_in_documents", "every selected doc_id is a document of the pool"))]
-
-
-def selection_assets(manifest, parts: Partitions) -> list:
-    @gmates_asset(manifest, "cluster_assignments", group=GROUP,
-                  deps=[all_of("influence_scores"), all_of("embeddings"), all_of("documents")], kinds={"faiss", "parquet"},
-                  description="Spherical k-means on the influence representations h (§3.5); member order per cluster.")
-    def cluster_assignments(context, gmates: GmatesResource):
-        def compute(step, out: Path) -> dict:
-            section = step.manifest.clustering
-            source = ("influence_scores", "h") if section.space == "influence" else ("embeddings", "pooled")
-            x = read_all(step, *source)
-            centroids, assignment, similarity, members = _cluster(x, section)
-            sel.save_centroid_index(centroids, out / "centroids.faiss")
-            rank = np.zeros(len(x), dtype=np.int64)
-            for m in members:
-                rank[m] = np.arange(len(m))
-            pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64), "doc_id": doc_ids(step),
-                          "cluster": assignment.astype(np.int64), "similarity": similarity.astype(np.float32),
-                          "member_rank": rank}).write_parquet(out / "assignments.parquet")
-            sizes = np.array([len(m) for m in members])
-            return {"dagster/row_count": int(len(x)), "k": section.k, "space": section.space,
-                    "largest_cluster": int(sizes.max()), "smallest_cluster": int(sizes.min()),
-                    "empty_clusters": int((sizes == 0).sum()),
-                    "cluster_sizes": png_md(histograms({"cluster size": sizes}, "cluster-size histogram", bins=20))}
-
-        return run_step(context, gmates, "cluster_assignments",
-                        [Dep("influence_scores", "all"), Dep("embeddings", "all"), Dep("documents", "all")], compute)
-
-    @gmates_asset(manifest, "selected_subset", group=GROUP, partitions_def=parts.methods,
-                  deps=["cluster_assignments", "relational_model", all_of("influence_scores"), all_of("embeddings"),
-                        all_of("documents")],
-                  kinds={"parquet"}, check_specs=SELECTION_CHECKS,
-                  description="The selected documents of one method (Group-MATES, MATES, random, ablations).")
-    def selected_subset(context, gmates: GmatesResource):
-        def compute(step, out: Path) -> dict:
-            result, info = select_for_method(step, step.partition)
-            result.to_polars(doc_ids(step)).write_parquet(out / "selected.parquet")
-            return _selection_metadata(result, info, step.partition)
-
-        deps = [Dep("cluster_assignments"), Dep("relational_model"), Dep("influence_scores", "all"),
-                Dep("embeddings", "all"), Dep("documents", "all")]
-        return run_step(context, gmates, "selected_subset", deps, compute, checks=_checks_for(context, gmates))
-
-    return [cluster_assignments, selected_subset]
-
-
-def _checks_for(context, gmates):
+def check_selection(step, artifact) -> list[dg.AssetCheckResult]:
     """Expected size and known ids, read independently of the selection from the upstream artifacts."""
-    from ..runtime import resolve_inputs
+    ids = pl.read_parquet(artifact.file("selected.parquet"))["doc_id"]
+    known = pl.Series(doc_ids(step))
+    expected = int(methods.budgets(_stored_members(step), _selection_config(step.manifest.selection)).sum())
+    unknown = int((~ids.is_in(known)).sum())
+    duplicates = int(len(ids) - ids.n_unique())
+    return [
+        dg.AssetCheckResult(check_name="no_duplicate_ids", passed=duplicates == 0, metadata={"duplicates": duplicates}),
+        dg.AssetCheckResult(check_name="selection_size_exact", passed=len(ids) == expected,
+                            metadata={"selected": len(ids), "expected": expected}),
+        dg.AssetCheckResult(check_name="ids_exist_in_documents", passed=unknown == 0, metadata={"unknown_ids": unknown}),
+    ]
 
-    deps = [Dep("documents", "all"), Dep("cluster_assignments")]
-    manifest = gmates.manifest().manifest
-    _, artifacts = resolve_inputs(context, gmates.store(), deps, None, manifest)
-    ids: list[str] = []
-    for shard in (s.name for s in manifest.sources.shards):
-        path = artifacts["documents"][shard].file("documents.parquet")
-        ids.extend(pl.read_parquet(path, columns=["doc_id"])["doc_id"].to_list())
-    table = pl.read_parquet(artifacts["cluster_assignments"][None].file("assignments.parquet"))
-    expected = int(_budgets(_members_from_table(table, manifest.clustering.k), manifest.selection).sum())
-    return _selection_checks(ids, expected)
+
+# ------------------------------------------------------------------------------------------ declarations
+_POOL = (Input("influence_scores_index"), Input("embeddings_index"), Input("documents_index"))
+
+DECLS = [
+    AssetDecl("cluster_assignments", GROUP,
+              "Spherical k-means on the influence representations h (§3.5); member order per cluster.",
+              compute=build_cluster_assignments, inputs=_POOL, sections=("clustering",),
+              kinds=frozenset({"faiss", "parquet"})),
+    AssetDecl("selected_subset", GROUP,
+              "The selected documents of one method (Group-MATES, MATES, random, ablations).",
+              compute=build_selected_subset, partitioning=METHODS,
+              inputs=(Input("cluster_assignments"), Input("relational_model")) + _POOL,
+              sections=("selection", "clustering"), kinds=frozenset({"parquet"}), check_fn=check_selection,
+              checks=(Check("no_duplicate_ids", "every selected doc_id appears once"),
+                      Check("selection_size_exact", "the selection has exactly the budgeted number of documents"),
+                      Check("ids_exist_in_documents", "every selected doc_id is a document of the pool"))),
+]

@@ -5,25 +5,24 @@ import json
 import shutil
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import polars as pl
 
 from ...core import evaluation, lm
 from ...core.hashing import stable_hash
-from ...core.plots import grouped_bar_plot
+from ...core.plots import grouped_bar_plot, line_plot
+from ...core.tokenize import load_lm_tokenizer, special_ids
 from ..artifacts import doc_ids, token_lists
-from ..partitions import Partitions
-from ..runtime import Dep, md, png_md, run_step, table
+from ..declare import METHODS, AssetDecl, Input
+from ..runtime import md, png_md, table
 from ..wiring import demo_params, heldout_texts, reference_examples, textset_identity
-from .common import GmatesResource, all_of, gmates_asset, same_partition
 from .influence import lm_architecture, optim_config
 
 GROUP = "training"
 MODEL_DIR = "model"
 
 
-def eval_inputs_identity(loaded) -> str:
+def observe_eval_inputs(loaded) -> str:
     """Content identity of everything eval reads besides the model: task files, held-out sets."""
     from ...core.hashing import sha256_file
 
@@ -70,8 +69,8 @@ def _selected_tokens(step) -> list[np.ndarray]:
 def _pretrain(step, out: Path) -> dict:
     section = step.manifest.pretrain
     tok_dir = step.input("lm_tokenizer").path
-    tok = lm_tokenizer_obj(tok_dir)
-    sequences = lm.pack_sequences(_selected_tokens(step), section.seq_len, int(tok.eos_token_id))
+    tok = load_lm_tokenizer(str(tok_dir))
+    sequences = lm.pack_sequences(_selected_tokens(step), section.seq_len, special_ids(tok)[0])
     start_state, start_step = None, 0
     if section.init == "probe":
         start_state = step.input("probe_checkpoint").path
@@ -80,22 +79,14 @@ def _pretrain(step, out: Path) -> dict:
     summary = lm.train_lm(model, sequences, optim_config(section.optim, start_step + section.steps),
                           steps=section.steps, batch_size=section.batch_size, seed=section.seed,
                           out_dir=out / "train", checkpoint_every=section.checkpoint_every,
-                          progress=step.progress("pretrain"), start_state=start_state)
+                          progress=step.progress("pretrain"), start_state=start_state, device=step.device)
     lm.save_hf_pretrained(model, str(tok_dir), out / MODEL_DIR)
     shutil.rmtree(out / "train")  # resumable training state; the released model is the HF folder
     losses = list(summary.losses)
-    from ...core.plots import line_plot
-
     return {"init": section.init, "start_step": start_step, "steps": section.steps,
             "packed_sequences": int(len(sequences)), "tokens_seen": int(summary.tokens_seen),
             "final_loss": round(float(losses[-1]), 4) if losses else None,
             "loss_curve": png_md(line_plot({"train loss": losses}, f"{step.partition}: pretraining loss"))}
-
-
-def lm_tokenizer_obj(tok_dir):
-    from ...core.tokenize import load_lm_tokenizer
-
-    return load_lm_tokenizer(str(tok_dir))
 
 
 def _evaluate(step, out: Path) -> dict:
@@ -104,14 +95,14 @@ def _evaluate(step, out: Path) -> dict:
     section = step.manifest.eval
     model_dir = step.input("pretrained_checkpoint").path / MODEL_DIR
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    tok = lm_tokenizer_obj(model_dir)
+    tok = load_lm_tokenizer(str(model_dir))
     specs = _task_specs(step, out)
     results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
-                                        progress=step.progress("eval"))
+                                        progress=step.progress("eval"), device=step.device)
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
-                                                          batch_size=section.batch_size)
+                                                          batch_size=section.batch_size, device=step.device)
     pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len)
-    batches = lm.make_reference_batches(pairs, section.batch_size, int(tok.pad_token_id or tok.eos_token_id))
+    batches = lm.make_reference_batches(pairs, section.batch_size, special_ids(tok)[1])
     results["heldout_reference_loss"] = lm.reference_loss(model, batches)
     results["core_version"] = "gmates-centered-v1 (random baselines from the manifest)"
     (out / "scores.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n")
@@ -146,45 +137,36 @@ def _markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def training_assets(manifest, parts: Partitions) -> list:
-    @dg.observable_source_asset(name="eval_tasks", group_name=GROUP, tags={"gmates/stage": GROUP},
-                                description="Eval task files, held-out text and held-out reference set (content hash).",
-                                metadata={"manifest_sections": "eval.tasks, eval.heldout_text, sources.heldout_reference"})
-    def eval_tasks(context, gmates: GmatesResource):
-        return dg.DataVersion(eval_inputs_identity(gmates.manifest()))
+def build_method_comparison(step, out: Path) -> dict:
+    scores = {m: json.loads(artifact.file("scores.json").read_text())
+              for m, artifact in step.inputs("eval_scores").items()}
+    rows = _comparison_rows(scores)
+    pl.DataFrame(rows).write_csv(out / "comparison.csv")
+    groups = {m: {**{t: r["centered_accuracy"] for t, r in s["tasks"].items()}, "core": s["core"]}
+              for m, s in scores.items()}
+    png = grouped_bar_plot(groups, "centered accuracy by task and method")
+    (out / "comparison.png").write_bytes(png)
+    return {"comparison": md(_markdown_table(rows)), "plot": png_md(png, "method comparison"),
+            "best_core": max(rows, key=lambda r: r["core"])["method"]}
 
-    @gmates_asset(manifest, "pretrained_checkpoint", group=GROUP, partitions_def=parts.methods,
-                  deps=[same_partition("selected_subset"), all_of("tokenized_pool"), all_of("documents"),
-                        "probe_checkpoint", "lm_tokenizer"], kinds={"pytorch", "huggingface"},
-                  description="The target LM trained on this method's selection (same token budget and seed).")
-    def pretrained_checkpoint(context, gmates: GmatesResource):
-        deps = [Dep("selected_subset", "same"), Dep("tokenized_pool", "all"), Dep("documents", "all"),
-                Dep("probe_checkpoint"), Dep("lm_tokenizer")]
-        return run_step(context, gmates, "pretrained_checkpoint", deps, _pretrain, resumable=True)
 
-    @gmates_asset(manifest, "eval_scores", group=GROUP, partitions_def=parts.methods,
-                  deps=[same_partition("pretrained_checkpoint"), "eval_tasks"], kinds={"json"},
-                  description="Log-likelihood task accuracies, centered accuracy, core score and held-out perplexity.")
-    def eval_scores(context, gmates: GmatesResource):
-        identity = eval_inputs_identity(gmates.manifest())
-        return run_step(context, gmates, "eval_scores", [Dep("pretrained_checkpoint", "same")], _evaluate,
-                        extra_key={"eval_inputs": identity})
-
-    @gmates_asset(manifest, "method_comparison", group=GROUP, deps=[all_of("eval_scores")], kinds={"csv", "png"},
-                  description="The paper's table in miniature: every method's scores side by side, vs random.")
-    def method_comparison(context, gmates: GmatesResource):
-        def compute(step, out: Path) -> dict:
-            scores = {m: json.loads(step.input("eval_scores", m).file("scores.json").read_text())
-                      for m in step.manifest.selection.methods}
-            rows = _comparison_rows(scores)
-            pl.DataFrame(rows).write_csv(out / "comparison.csv")
-            groups = {m: {**{t: r["centered_accuracy"] for t, r in s["tasks"].items()}, "core": s["core"]}
-                      for m, s in scores.items()}
-            png = grouped_bar_plot(groups, "centered accuracy by task and method")
-            (out / "comparison.png").write_bytes(png)
-            return {"comparison": md(_markdown_table(rows)), "plot": png_md(png, "method comparison"),
-                    "best_core": max(rows, key=lambda r: r["core"])["method"]}
-
-        return run_step(context, gmates, "method_comparison", [Dep("eval_scores", "all")], compute)
-
-    return [eval_tasks, pretrained_checkpoint, eval_scores, method_comparison]
+# ------------------------------------------------------------------------------------------ declarations
+DECLS = [
+    AssetDecl("eval_tasks", GROUP, "Eval task files, held-out text and held-out reference set (content hash).",
+              observe=observe_eval_inputs, sections=("eval.tasks", "eval.heldout_text", "sources.heldout_reference")),
+    AssetDecl("pretrained_checkpoint", GROUP,
+              "The target LM trained on this method's selection (same token budget and seed).",
+              compute=_pretrain, partitioning=METHODS, resumable=True, sections=("pretrain",),
+              inputs=(Input("selected_subset", "same"), Input("tokenized_pool_index"), Input("documents_index"),
+                      Input("probe_checkpoint"), Input("lm_tokenizer")),
+              kinds=frozenset({"pytorch", "huggingface"})),
+    AssetDecl("eval_scores", GROUP,
+              "Log-likelihood task accuracies, centered accuracy, core score and held-out perplexity.",
+              compute=_evaluate, partitioning=METHODS,
+              inputs=(Input("pretrained_checkpoint", "same"), Input("eval_tasks")),
+              sections=("eval", "demo", "sources.heldout_reference", "pretrain.seq_len"), kinds=frozenset({"json"})),
+    AssetDecl("method_comparison", GROUP,
+              "The paper's table in miniature: every method's scores side by side, vs random.",
+              compute=build_method_comparison, inputs=(Input("eval_scores", "all"),),
+              kinds=frozenset({"csv", "png"})),
+]

@@ -1,0 +1,137 @@
+"""How `sync` gets a wave's runs executed: in this process, or through the Dagster instance.
+
+`InProcessRuns` executes each run here, one after another (`execute_in_process`): no process start-up, the
+default for a laptop and for tests. `InstanceRuns` creates each run and hands it to the instance's run
+coordinator and launcher, exactly like a launch from the UI: `dagster.yaml` decides where it runs (local
+subprocesses with the default launcher, Kubernetes jobs with dagster-k8s' `K8sRunLauncher`, Docker, Celery),
+and inside a run the Definitions' executor decides how its steps run. Up to `max_concurrent` runs are in
+flight; runs that need a GPU get one of `execution.gpus` round robin through the run tag `gmates/gpu`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from itertools import cycle
+from typing import Callable, Optional, Sequence
+
+import dagster as dg
+
+from .runtime import GPU_TAG
+
+CODE_LOCATION = "gmates"
+CODE_MODULE = "gmates_assets.code_location"
+ASSET_JOB = "__ASSET_JOB"
+POLL_SECONDS = 0.5
+
+RunGroup = tuple[Optional[str], list[str]]  # (partition key or None, asset names)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def _describe(partition: Optional[str], assets: Sequence[str]) -> str:
+    return ", ".join(f"{a}[{partition}]" if partition else a for a in assets)
+
+
+class InProcessRuns:
+    """One run after another in this process."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
+        self.job = defs.resolve_implicit_global_asset_job_def()
+        self.instance = instance
+
+    def __enter__(self) -> "InProcessRuns":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+        run_ids = []
+        for partition, assets in groups:
+            result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
+                                                 asset_selection=[dg.AssetKey(a) for a in assets],
+                                                 raise_on_error=True)
+            run_ids.append(result.run_id)
+        return run_ids
+
+
+class InstanceRuns:
+    """Runs submitted through the instance's run coordinator and launcher, at most `max_concurrent` in flight.
+
+    The code location is `gmates_assets.code_location`, loaded in a code server that inherits this process's
+    environment ($GMATES_MANIFEST, $GMATES_HOME), so launched runs build the same manifest into the same store.
+    """
+
+    def __init__(self, instance: dg.DagsterInstance, manifest_path: str, store_root: str, max_concurrent: int,
+                 gpus: Sequence[int] = ()):
+        self.instance = instance
+        self.manifest_path, self.store_root = manifest_path, store_root
+        self.max_concurrent = max(1, int(max_concurrent))
+        self.gpus = cycle(list(gpus)) if gpus else None
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "InstanceRuns":
+        from dagster._core.workspace.context import WorkspaceProcessContext  # private, pinned dagster
+        from dagster._core.workspace.load_target import ModuleTarget  # private, pinned dagster
+
+        os.environ["GMATES_MANIFEST"] = self.manifest_path
+        os.environ["GMATES_HOME"] = self.store_root
+        target = ModuleTarget(module_name=CODE_MODULE, attribute="defs", working_directory=os.getcwd(),
+                              location_name=CODE_LOCATION)
+        process = self._stack.enter_context(WorkspaceProcessContext(self.instance, target))
+        self.workspace = process.create_request_context()
+        errors = self.workspace.get_code_location_error(CODE_LOCATION)
+        if errors:
+            raise RuntimeError(f"the gmates code location failed to load: {errors.message}")
+        self.location = self.workspace.get_code_location(CODE_LOCATION)
+        self.repository = next(iter(self.location.get_repositories().values()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def _create_run(self, partition: Optional[str], assets: Sequence[str]):
+        from dagster._core.definitions.selector import JobSubsetSelector  # private, pinned dagster
+
+        keys = frozenset(dg.AssetKey(a) for a in assets)
+        selector = JobSubsetSelector(location_name=CODE_LOCATION, repository_name=self.repository.name,
+                                     job_name=ASSET_JOB, op_selection=None, asset_selection=keys)
+        remote_job = self.location.get_job(selector)
+        plan = self.location.get_execution_plan(remote_job, {}, step_keys_to_execute=None, known_state=None,
+                                                instance=self.instance)
+        tags = {"gmates/launched_by": "gmates sync"}
+        if partition is not None:
+            tags["dagster/partition"] = partition
+        if self.gpus is not None:
+            tags[GPU_TAG] = str(next(self.gpus))
+        return self.instance.create_run(
+            job_name=ASSET_JOB, run_id=None, run_config={}, resolved_op_selection=None,
+            step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute, op_selection=None,
+            status=None, root_run_id=None, parent_run_id=None, tags=tags, job_snapshot=remote_job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=remote_job.parent_job_snapshot, remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(), asset_selection=keys, asset_check_selection=None,
+            asset_graph=self.repository.asset_graph)
+
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+        pending, in_flight, done = list(groups), {}, []
+        while pending or in_flight:
+            while pending and len(in_flight) < self.max_concurrent:
+                partition, assets = pending.pop(0)
+                run = self._create_run(partition, assets)
+                self.instance.submit_run(run.run_id, self.workspace)
+                in_flight[run.run_id] = (partition, assets)
+            time.sleep(POLL_SECONDS)
+            for run_id in list(in_flight):
+                run = self.instance.get_run_by_id(run_id)
+                if run is None or not run.is_finished:
+                    continue
+                partition, assets = in_flight.pop(run_id)
+                if run.status != dg.DagsterRunStatus.SUCCESS:
+                    raise RunFailed(f"run {run_id} ({_describe(partition, assets)}) ended {run.status.value}; "
+                                    f"see its logs in the UI or `dagster run logs`")
+                done.append(run_id)
+        return done
