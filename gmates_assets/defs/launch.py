@@ -88,7 +88,18 @@ class InstanceRuns:
             raise RuntimeError(f"the gmates code location failed to load: {errors.message}")
         self.location = self.workspace.get_code_location(CODE_LOCATION)
         self.repository = next(iter(self.location.get_repositories().values()))
+        self.queue_serviced = self._queue_serviced()
         return self
+
+    def _queue_serviced(self) -> bool:
+        """Does a daemon dequeue submitted runs? With the (default) QueuedRunCoordinator and no daemon running,
+        a submitted run would wait forever, so runs are then handed to the instance's launcher directly."""
+        from dagster._core.run_coordinator import QueuedRunCoordinator
+
+        if not isinstance(self.instance.run_coordinator, QueuedRunCoordinator):
+            return True
+        status = self.instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"]).get("QUEUED_RUN_COORDINATOR")
+        return bool(status and status.healthy)
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
@@ -122,7 +133,10 @@ class InstanceRuns:
             while pending and len(in_flight) < self.max_concurrent:
                 partition, assets = pending.pop(0)
                 run = self._create_run(partition, assets)
-                self.instance.submit_run(run.run_id, self.workspace)
+                if self.queue_serviced:
+                    self.instance.submit_run(run.run_id, self.workspace)
+                else:
+                    self.instance.launch_run(run.run_id, self.workspace)
                 in_flight[run.run_id] = (partition, assets)
             time.sleep(POLL_SECONDS)
             for run_id in list(in_flight):
