@@ -19,7 +19,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -343,154 +343,184 @@ def _check_rollouts(rollout_items: np.ndarray, marginals: np.ndarray, n_items: i
                          f"{n_items} feature rows")
 
 
-def train_influence_model(
-    features: Mapping[str, Any],
-    rollout_items: np.ndarray,
-    marginals: np.ndarray,
-    *,
-    mode: str = "adapter",
-    encoder_dir: str | os.PathLike | None = None,
-    pooling: str = "cls",
-    label_stats: str = "train",
-    lr: float = 1e-3,
-    epochs: int = 50,
-    rollouts_per_step: int = 16,
-    micro_batch_rollouts: Optional[int] = None,
-    heldout_fraction: float = 0.15,
-    split_seed: int = 1234,
-    weight_decay: float = 0.01,
-    warmup_steps: int = 50,
-    schedule: str = "linear",
-    dropout: float = 0.1,
-    eval_every: int = 50,
-    max_grad_norm: Optional[float] = 1.0,
-    seed: int = 0,
-    individual_only: bool = False,
-    bf16: bool = False,
-    progress: ProgressFn = None,
-    device: str | torch.device | None = None,
-) -> TrainedModel:
-    """Train the relational model (MSE(p_t, y_t) over all positions) or, with `individual_only`, the MATES
-    baseline (only the s head, on position-0 labels). Keeps the checkpoint with the best held-out Spearman
-    (all positions; position 0 for the individual model), evaluated every `eval_every` steps and at the end.
+@dataclass(frozen=True)
+class InfluenceTrainConfig:
+    """How the relational model (or, with `individual_only`, the MATES baseline) is trained (§3.2, §8).
+
+    `micro_batch_rollouts` splits each step for memory (gradient accumulation, exact because the relation never
+    crosses rollouts). `bf16` autocasts on CUDA only. `label_stats`: z-score statistics from the training
+    rollouts ("train") or from all rollouts ("all", the original code's mild leak).
+    """
+
+    mode: str = "adapter"
+    encoder_dir: Optional[str] = None  # a local encoder folder (finetune mode)
+    pooling: str = "cls"
+    label_stats: str = "train"
+    lr: float = 1e-3
+    epochs: int = 50
+    rollouts_per_step: int = 16
+    micro_batch_rollouts: Optional[int] = None
+    heldout_fraction: float = 0.15
+    split_seed: int = 1234
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    schedule: str = "linear"
+    dropout: float = 0.1
+    eval_every: int = 50
+    max_grad_norm: Optional[float] = 1.0
+    seed: int = 0
+    individual_only: bool = False
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("mode", MODES), ("schedule", SCHEDULES), ("label_stats", LABEL_STATS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.mode == "finetune" and self.encoder_dir is None:
+            raise ValueError("encoder_dir: finetune mode needs a local encoder directory")
+        for name in ("epochs", "rollouts_per_step", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+
+def train_influence_model(features: Mapping[str, Any], rollout_items: np.ndarray, marginals: np.ndarray,
+                          config: Optional[InfluenceTrainConfig] = None, *, progress: ProgressFn = None,
+                          device: str | torch.device | None = None, **settings: Any) -> TrainedModel:
+    """Train on rollouts: MSE(p_t, y_t) over all positions (relational) or on position-0 labels only (MATES).
+    Keeps the checkpoint with the best held-out Spearman (all positions; position 0 for the individual model),
+    evaluated every `eval_every` steps and at the end.
 
     features: pool item features (see RelationalInfluenceModel); rollout_items [R, T] rows into them;
-    marginals [R, T] raw marginal influences I_t (z-scored here, stats per `label_stats`).
-    `micro_batch_rollouts` splits each step for memory (gradient accumulation, exact because the relation
-    never crosses rollouts). `bf16` autocasts on CUDA only.
+    marginals [R, T] raw marginal influences I_t (z-scored here). `settings` override fields of `config`.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
-    if label_stats not in LABEL_STATS:
-        raise ValueError(f"label_stats: expected one of {LABEL_STATS}, got {label_stats!r}")
-    if mode == "finetune" and encoder_dir is None:
-        raise ValueError("encoder_dir: finetune mode needs a local encoder directory")
-    for name, value in (("epochs", epochs), ("rollouts_per_step", rollouts_per_step), ("eval_every", eval_every)):
-        if int(value) < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value}")
-    features, n_items = _select_features(features, mode)
+    config = replace(config or InfluenceTrainConfig(), **settings)
+    features, n_items = _select_features(features, config.mode)
     rollout_items = np.asarray(rollout_items)
     marginals = np.asarray(marginals, dtype=np.float64)
     _check_rollouts(rollout_items, marginals, n_items)
     device = default_device(device)
-    micro_batch = int(micro_batch_rollouts or rollouts_per_step)
 
-    train_rows, held_rows = _split_rollouts(len(rollout_items), heldout_fraction, split_seed)
-    stats_rows = train_rows if label_stats == "train" else None
-    y, mu, sigma = zscore_labels(marginals, stats_rows)
-
+    train_rows, held_rows = _split_rollouts(len(rollout_items), config.heldout_fraction, config.split_seed)
+    y, mu, sigma = zscore_labels(marginals, train_rows if config.label_stats == "train" else None)
     feats = {k: _as_tensor(v) for k, v in features.items()}
     items = torch.from_numpy(rollout_items.astype(np.int64))
-    targets = torch.from_numpy(y.astype(np.float32))
-    steps_per_epoch = math.ceil(len(train_rows) / rollouts_per_step)
-    total_steps = steps_per_epoch * int(epochs)
-    hyper = dict(mode=mode, pooling=pooling, label_stats=label_stats, lr=lr, epochs=epochs,
-                 rollouts_per_step=rollouts_per_step, heldout_fraction=heldout_fraction, split_seed=split_seed,
-                 weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule, dropout=dropout,
-                 eval_every=eval_every, max_grad_norm=max_grad_norm, seed=seed, individual_only=individual_only,
-                 bf16=bf16, total_steps=total_steps)
+    total_steps = math.ceil(len(train_rows) / config.rollouts_per_step) * int(config.epochs)
 
     fork_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed)  # init and dropout; the caller's RNG state is restored afterwards
-        if mode == "adapter":
-            model = RelationalInfluenceModel(feats["chunks"].shape[-1], "adapter", pooling=pooling, dropout=dropout)
-        else:
-            model = RelationalInfluenceModel.from_encoder_dir(encoder_dir, pooling=pooling, dropout=dropout)
-        model.to(device)
-        if individual_only:  # the MATES baseline has no relation: freeze τ, α so nothing (not even decay) moves them
-            model.tau.requires_grad_(False)
-            model.alpha.requires_grad_(False)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, weight_decay), lr=lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(schedule, min(warmup_steps, total_steps), total_steps))
-        shuffler = torch.Generator().manual_seed(seed)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+        torch.manual_seed(config.seed)  # init and dropout; the caller's RNG state is restored afterwards
+        model = _new_model(config, feats, device)
+        fit = _fit(model, config, feats, items, y, train_rows, held_rows, total_steps, device, progress)
 
-        curves: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "eval_loss": [],
-                                   "eval_spearman": [], "eval_pearson": []}
-        held_items = items[torch.from_numpy(held_rows)]
-        best_value, best_step, best_state = -math.inf, 0, None
-        step = 0
-        for _ in range(int(epochs)):
-            order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=shuffler)]
-            for start in range(0, len(order), rollouts_per_step):
-                batch = order[start:start + rollouts_per_step]
-                model.train()
-                loss_value = 0.0
-                count = batch.numel() if individual_only else batch.numel() * items.shape[1]
-                for micro in batch.split(micro_batch):
-                    with autocast:
-                        loss = _batch_loss(model, feats, items[micro], targets[micro].to(device), individual_only)
-                    (loss / count).backward()
-                    loss_value += float(loss.detach()) / count
-                if max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-                curves["lr"].append(optimizer.param_groups[0]["lr"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                curves["step"].append(step)
-                curves["train_loss"].append(loss_value)
-                if len(held_rows) and (step % eval_every == 0 or step == total_steps):
-                    p, s = _predict_rollouts(model, feats, held_items, micro_batch)
-                    metrics = evaluation_metrics(p, s, y[held_rows], individual_only)
-                    value = _selection_value(metrics, individual_only)
-                    curves["eval_step"].append(step)
-                    curves["eval_loss"].append(metrics["mse_all"] if not individual_only else
-                                               float(np.mean((s[:, 0] - y[held_rows][:, 0]) ** 2)))
-                    curves["eval_spearman"].append(metrics["spearman_pos0" if individual_only else "spearman_all"])
-                    curves["eval_pearson"].append(metrics["pearson_pos0" if individual_only else "pearson_all"])
-                    if value > best_value or best_state is None:
-                        best_value, best_step = value, step
-                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                if progress is not None:
-                    progress(step, total_steps, "steps")
+    model.load_state_dict(fit.best_state)
+    model.eval()
+    metrics = _final_metrics(model, config, feats, items, y, train_rows, held_rows, fit, total_steps)
+    hyper = {**asdict(config), "total_steps": total_steps}
+    hyper.pop("encoder_dir")  # a path of this machine: never part of a stored artifact
+    model_config = {"mode": config.mode, "dim": model.dim, "pooling": config.pooling, "dropout": config.dropout,
+                    "individual_only": config.individual_only,
+                    "encoder_config": model.encoder.config.to_dict() if config.mode == "finetune" else None}
+    return TrainedModel(config=model_config, state_dict=fit.best_state, tau=float(fit.best_state["tau"]),
+                        alpha=float(fit.best_state["alpha"]), mu=mu, sigma=sigma, label_stats=config.label_stats,
+                        metrics=metrics, curves=fit.curves, hyperparameters=hyper, module=model)
 
+
+def _new_model(config: InfluenceTrainConfig, feats: Mapping[str, torch.Tensor], device) -> RelationalInfluenceModel:
+    if config.mode == "adapter":
+        model = RelationalInfluenceModel(feats["chunks"].shape[-1], "adapter", pooling=config.pooling,
+                                         dropout=config.dropout)
+    else:
+        model = RelationalInfluenceModel.from_encoder_dir(config.encoder_dir, pooling=config.pooling,
+                                                          dropout=config.dropout)
+    model.to(device)
+    if config.individual_only:  # the MATES baseline has no relation: freeze τ, α so nothing (not even decay) moves them
+        model.tau.requires_grad_(False)
+        model.alpha.requires_grad_(False)
+    return model
+
+
+@dataclass
+class _Fit:
+    best_state: dict
+    best_step: int
+    steps: int
+    curves: dict
+
+
+def _fit(model, config: InfluenceTrainConfig, feats, items: torch.Tensor, y: np.ndarray, train_rows: np.ndarray,
+         held_rows: np.ndarray, total_steps: int, device, progress: ProgressFn) -> _Fit:
+    """The training loop; evaluates on held-out rollouts and keeps the best state by Spearman."""
+    targets = torch.from_numpy(y.astype(np.float32))
+    micro_batch = int(config.micro_batch_rollouts or config.rollouts_per_step)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(config.schedule, min(config.warmup_steps, total_steps), total_steps))
+    shuffler = torch.Generator().manual_seed(config.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    curves: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "eval_step": [], "eval_loss": [],
+                               "eval_spearman": [], "eval_pearson": []}
+    held_items = items[torch.from_numpy(held_rows)]
+    best_value, best_step, best_state = -math.inf, 0, None
+    step = 0
+    for _ in range(int(config.epochs)):
+        order = torch.from_numpy(train_rows)[torch.randperm(len(train_rows), generator=shuffler)]
+        for start in range(0, len(order), config.rollouts_per_step):
+            batch = order[start:start + config.rollouts_per_step]
+            model.train()
+            loss_value = 0.0
+            count = batch.numel() if config.individual_only else batch.numel() * items.shape[1]
+            for micro in batch.split(micro_batch):
+                with autocast:
+                    loss = _batch_loss(model, feats, items[micro], targets[micro].to(device), config.individual_only)
+                (loss / count).backward()
+                loss_value += float(loss.detach()) / count
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            curves["lr"].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            curves["step"].append(step)
+            curves["train_loss"].append(loss_value)
+            if len(held_rows) and (step % config.eval_every == 0 or step == total_steps):
+                value = _record_eval(model, config, feats, held_items, y[held_rows], micro_batch, curves, step)
+                if value > best_value or best_state is None:
+                    best_value, best_step = value, step
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if progress is not None:
+                progress(step, total_steps, "steps")
     if best_state is None:  # no held-out rollouts: the final weights
         best_step = step
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    model.eval()
-    final_metrics: dict[str, Any] = {"best_step": best_step, "total_steps": total_steps,
-                                     "n_train_rollouts": int(len(train_rows)),
-                                     "n_heldout_rollouts": int(len(held_rows)),
-                                     "selection_metric": "spearman_pos0" if individual_only else "spearman_all"}
+    return _Fit(best_state, best_step, step, curves)
+
+
+def _record_eval(model, config: InfluenceTrainConfig, feats, held_items, y_held: np.ndarray, micro_batch: int,
+                 curves: dict, step: int) -> float:
+    individual = config.individual_only
+    p, s = _predict_rollouts(model, feats, held_items, micro_batch)
+    metrics = evaluation_metrics(p, s, y_held, individual)
+    curves["eval_step"].append(step)
+    curves["eval_loss"].append(metrics["mse_all"] if not individual else float(np.mean((s[:, 0] - y_held[:, 0]) ** 2)))
+    curves["eval_spearman"].append(metrics["spearman_pos0" if individual else "spearman_all"])
+    curves["eval_pearson"].append(metrics["pearson_pos0" if individual else "pearson_all"])
+    return _selection_value(metrics, individual)
+
+
+def _final_metrics(model, config: InfluenceTrainConfig, feats, items, y, train_rows, held_rows, fit: _Fit,
+                   total_steps: int) -> dict[str, Any]:
+    selection_metric = "spearman_pos0" if config.individual_only else "spearman_all"
+    metrics: dict[str, Any] = {"best_step": fit.best_step, "total_steps": total_steps,
+                               "n_train_rollouts": int(len(train_rows)), "n_heldout_rollouts": int(len(held_rows)),
+                               "selection_metric": selection_metric}
     if len(held_rows):
-        p, s = _predict_rollouts(model, feats, held_items, micro_batch)
-        final_metrics.update(evaluation_metrics(p, s, y[held_rows], individual_only))
-        final_metrics["heldout_spearman"] = final_metrics[final_metrics["selection_metric"]]
-        final_metrics["heldout_pearson"] = final_metrics[final_metrics["selection_metric"].replace("spearman",
-                                                                                                     "pearson")]
-    config = {"mode": mode, "dim": model.dim, "pooling": pooling, "dropout": dropout,
-              "individual_only": individual_only,
-              "encoder_config": model.encoder.config.to_dict() if mode == "finetune" else None}
-    return TrainedModel(config=config, state_dict=best_state, tau=float(best_state["tau"]),
-                        alpha=float(best_state["alpha"]), mu=mu, sigma=sigma, label_stats=label_stats,
-                        metrics=final_metrics, curves=curves, hyperparameters=hyper, module=model)
+        micro_batch = int(config.micro_batch_rollouts or config.rollouts_per_step)
+        p, s = _predict_rollouts(model, feats, items[torch.from_numpy(held_rows)], micro_batch)
+        metrics.update(evaluation_metrics(p, s, y[held_rows], config.individual_only))
+        metrics["heldout_spearman"] = metrics[selection_metric]
+        metrics["heldout_pearson"] = metrics[selection_metric.replace("spearman", "pearson")]
+    return metrics
 
 
 def _batch_loss(model: RelationalInfluenceModel, features: Mapping[str, torch.Tensor], items: torch.Tensor,

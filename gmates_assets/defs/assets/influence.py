@@ -108,15 +108,16 @@ def _shard_features(step) -> dict[str, np.ndarray]:
 
 def _train(step, items: np.ndarray, cumulative: np.ndarray, individual_only: bool) -> relational.TrainedModel:
     section = step.manifest.relational
-    return relational.train_influence_model(
-        _probe_item_features(step), items, oracle.marginals_from_cumulative(cumulative),
+    config = relational.InfluenceTrainConfig(
         mode=section.mode, encoder_dir=encoder_location(step.loaded) if section.mode == "finetune" else None,
         pooling=step.manifest.encoder.pooling, label_stats=section.label_stats, lr=section.lr, epochs=section.epochs,
         rollouts_per_step=section.rollouts_per_step, heldout_fraction=section.heldout_fraction,
         split_seed=section.split_seed, weight_decay=section.weight_decay, warmup_steps=section.warmup_steps,
         schedule=section.schedule, dropout=section.dropout, eval_every=section.eval_every, seed=section.seed,
-        individual_only=individual_only, progress=step.progress("individual" if individual_only else "relational"),
-        device=step.device)
+        individual_only=individual_only)
+    return relational.train_influence_model(
+        _probe_item_features(step), items, oracle.marginals_from_cumulative(cumulative), config,
+        progress=step.progress("individual" if individual_only else "relational"), device=step.device)
 
 
 def _model_metadata(trained: relational.TrainedModel, prefix: str) -> dict:
