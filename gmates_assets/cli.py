@@ -13,16 +13,14 @@ import sys
 from pathlib import Path
 
 DEFAULT_MANIFEST = "data_manifests/demo.yaml"
-DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
 
 def ensure_dagster_home() -> Path:
+    from .defs.instance import ensure_local_instance
+
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    ensure_local_instance(home)
     return home
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 import yaml
 
 from gmates_assets.defs import build_definitions
+from gmates_assets.defs.instance import ensure_local_instance, local_instance_yaml
 from gmates_assets.defs.sync import FRESH, asset_statuses, sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +40,15 @@ class Build:
         build = cls(root)
         root.mkdir(parents=True, exist_ok=True)
         build.manifest.write_text(manifest_text)
-        build.dagster_home.mkdir(exist_ok=True)
-        (build.dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        ensure_local_instance(build.dagster_home)
         return build
 
     def copy_to(self, root: Path) -> "Build":
         """An independent copy (store, instance, manifest): lets one full build serve many edit tests."""
         shutil.copytree(self.root, root)
-        return Build(root)
+        copy = Build(root)
+        (copy.dagster_home / "dagster.yaml").write_text(local_instance_yaml(copy.dagster_home))  # its own events
+        return copy
 
     def defs(self) -> dg.Definitions:
         return build_definitions(self.manifest, home=str(self.store))
