@@ -201,6 +201,8 @@ class OracleSection(Section):
     pool_seed: int = 0
     lr: Union[Literal["checkpoint"], float] = "checkpoint"
     reference_batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast for the probing steps and reference losses (the official default)")
     commit_every_rollouts: int = Field(16, ge=1, json_schema_extra=VOLATILE)
 
     @field_validator("seeds")
@@ -224,6 +226,9 @@ class RelationalSection(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     eval_every: int = Field(10, ge=1)
     label_stats: Literal["train", "all"] = "train"
+    label_conversion: Literal["first_difference", "official_inplace"] = Field(
+        "first_difference", description="cumulative -> marginal labels: first differences, or the official "
+                                        "code's in-place loop (alternating sums; [1,3,6,10] -> [1,2,4,6])")
     seed: int = 0
 
 
@@ -240,6 +245,12 @@ class ClusteringSection(Section):
     seed: int = 1234
     max_points_per_centroid: int = Field(256, ge=1)
     space: Literal["influence", "semantic"] = "influence"
+    subsample: Literal["gmates", "faiss"] = Field(
+        "gmates", description="who draws the k-means training subsample when n > k * max_points_per_centroid: "
+                              "gmates (seeded, reads only those rows) or faiss itself (the official code)")
+    member_order: Literal["float64", "float32"] = Field(
+        "float64", description="precision of the 1 - IP member sort; float32 as the official code (more ties, "
+                               "broken by document index)")
 
 
 SELECTION_METHODS = ("group_mates", "mates", "random", "no_relation", "no_clustering", "semantic_clusters")

@@ -106,7 +106,7 @@ def _train(step, items: np.ndarray, cumulative: np.ndarray, individual_only: boo
     from .pool import _encoder_location
 
     return relational.train_influence_model(
-        _features(step, section.mode), items, oracle.marginals_from_cumulative(cumulative),
+        _features(step, section.mode), items, oracle.marginals_from_cumulative(cumulative, section.label_conversion),
         mode=section.mode, encoder_dir=_encoder_location(step.manifest.encoder) if section.mode == "finetune" else None,
         pooling=step.manifest.encoder.pooling, label_stats=section.label_stats, lr=section.lr, epochs=section.epochs,
         rollouts_per_step=section.rollouts_per_step, heldout_fraction=section.heldout_fraction,
@@ -139,7 +139,8 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
         step.input("probe_checkpoint").path, sequences, _reference_batches(step, tok), rollouts, out,
         chunk_rollouts=section.commit_every_rollouts, lr_policy=section.lr, seed=seed,
         progress=step.progress("rollouts"), doc_ids=ids, rollout_ids=rollout_ids,
-        z_loss=step.manifest.probe.optim.z_loss, grad_clip=step.manifest.probe.optim.grad_clip)
+        z_loss=step.manifest.probe.optim.z_loss, grad_clip=step.manifest.probe.optim.grad_clip,
+        precision=section.precision)
     _, _, cumulative = oracle.read_rollouts(out)
     final = cumulative[:, -1] if cumulative.size else np.zeros(0)
     return {"dagster/row_count": int(summary.n_rollouts), "rollout_length": int(summary.length),

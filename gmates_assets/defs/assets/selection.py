@@ -20,9 +20,10 @@ GROUP = "selection"
 
 def _cluster(x: np.ndarray, section) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """(centroids, assignment, similarity, member lists in §3.5 order)."""
-    centroids = sel.spherical_kmeans(x, section.k, section.niter, section.seed, section.max_points_per_centroid)
+    centroids = sel.spherical_kmeans(x, section.k, section.niter, section.seed, section.max_points_per_centroid,
+                                     subsample=section.subsample)
     assignment, similarity = sel.assign_clusters(x, centroids, return_similarity=True)
-    members = sel.cluster_member_order(x, centroids, assignment, similarity)
+    members = sel.cluster_member_order(x, centroids, assignment, similarity, precision=section.member_order)
     return centroids, assignment, similarity, members
 
 
