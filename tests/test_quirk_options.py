@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -14,6 +15,8 @@ import torch
 from gmates_assets.core import lm, oracle
 from gmates_assets.core import selection as sel
 from gmates_assets.core.manifest import load_manifest
+
+TESTS_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "tests.yaml"
 
 
 def test_official_inplace_label_conversion_gives_alternating_sums():
@@ -100,7 +103,7 @@ def test_float32_member_order_ties_near_zero_similarity():
 
 
 def test_manifest_defaults_keep_gmates_behaviour_and_accept_the_official_values():
-    manifest = load_manifest("data_manifests/tests.yaml").manifest
+    manifest = load_manifest(TESTS_MANIFEST).manifest
     assert (manifest.relational.label_conversion, manifest.oracle.precision, manifest.clustering.subsample,
             manifest.clustering.member_order) == ("first_difference", "fp32", "gmates", "float64")
     official = manifest.model_validate({**manifest.model_dump(), "relational": {"label_conversion": "official_inplace"},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from gmates_assets.core.manifest import load_manifest, replicate_identity
 from gmates_assets.core.store import ArtifactStore
 from gmates_assets.report import build_report, format_report
 
-from .pipeline import TESTS_MANIFEST
+TESTS_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "tests.yaml"
 
 LABEL = "core: mean centered accuracy over 1 task(s) with the manifest's random baselines (not DCLM Core)"
 

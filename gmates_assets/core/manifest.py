@@ -460,7 +460,7 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> Optional[int]:
     return None
 
 
-def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple, int], what: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple, int], document: str) -> str:
     problems = []
     for item in err.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -471,13 +471,15 @@ def _format_validation_error(err: ValidationError, source: str, lines: dict[tupl
             what = "unknown key (not part of the manifest schema; check its spelling)"
         elif item["type"] == "missing":
             what = "required field is missing"
+        elif isinstance(item.get("input"), dict):  # a whole section: the message says what is wrong
+            what = item["msg"]
         else:
             what = f"{item['msg']} (got {item.get('input')!r})"
         problems.append(f"{where}: {dotted}: {what}")
-    return f"invalid {what}:\n  " + "\n  ".join(problems)
+    return f"invalid {document}:\n  " + "\n  ".join(problems)
 
 
-def validate_yaml(model: type[BaseModel], text: str, source: str, what: str = "build manifest") -> Any:
+def validate_yaml(model: type[BaseModel], text: str, source: str, document: str = "build manifest") -> Any:
     """YAML text validated as `model`; errors name the source, the line and the dotted field."""
     try:
         node = yaml.compose(text)
@@ -485,12 +487,12 @@ def validate_yaml(model: type[BaseModel], text: str, source: str, what: str = "b
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ManifestError(f"{source}: a {what} must be a YAML mapping at the top level")
+        raise ManifestError(f"{source}: a {document} must be a YAML mapping at the top level")
     lines = _node_lines(node) if node is not None else {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(_format_validation_error(exc, source, lines, what)) from None
+        raise ManifestError(_format_validation_error(exc, source, lines, document)) from None
 
 
 def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = None) -> LoadedManifest:
