@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .core.evaluation import comparison_rows
-from .core.hashing import stable_hash
 from .core.manifest import Manifest, replicate_identity
 from .core.store import RECORD_FILE, Artifact, ArtifactStore
 
@@ -43,7 +42,7 @@ def find_runs(store: ArtifactStore, manifest: Manifest) -> dict[str, list[Run]]:
         provenance = scores.get("provenance") or {}
         if provenance.get("configuration") != configuration:
             continue
-        key = (provenance["method"], stable_hash(provenance["seeds"]))
+        key = (provenance["method"], json.dumps(provenance["seeds"], sort_keys=True))
         run = Run(artifact, scores)
         if key not in newest or run.built_at > newest[key].built_at:
             newest[key] = run
