@@ -26,8 +26,8 @@ ASSET_VERSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cluster_assignments": ("1", ("clustering",)),
     "selected_subset": ("1", ("selection", "clustering")),
     "pretrained_checkpoint": ("1", ("pretrain",)),
-    "eval_scores": ("1", ("eval", "demo")),
-    "method_comparison": ("1", ("eval.tasks",)),
+    "eval_scores": ("2", ("eval", "demo")),
+    "method_comparison": ("2", ("eval.tasks",)),
     "dataset_release": ("1", ("release",)),
 }
 
