@@ -470,16 +470,9 @@ def evaluate_tasks(model: Any, tokenizer: Any, specs: Sequence[TaskSpec], batch_
                    too_long: str = "error") -> dict[str, Any]:
     """Per-task accuracy / centered accuracy / item counts, and `core` = mean centered accuracy over
     `core.tasks` (default: every task), labelled by `core_version`."""
-    names = [s.name for s in specs]
-    if not specs:
-        raise ValueError("no tasks to evaluate")
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate task names: {sorted({n for n in names if names.count(n) > 1})}")
     if too_long not in TOO_LONG:
         raise ValueError(f"too_long must be one of {TOO_LONG}, got {too_long!r}")
-    core = core or default_core(specs)
-    if not core.tasks or set(core.tasks) - set(names):
-        raise ValueError(f"core tasks {sorted(set(core.tasks) - set(names))} are not among the tasks {names}")
+    core = checked_core(specs, core)
     limit = max_length or model_max_length(model)
     loaded = [(spec, load_task(spec)) for spec in specs]  # validate every file before any model work
     planned = [_plan_task(spec, items, tokenizer, limit, too_long) for spec, items in loaded]
@@ -491,6 +484,24 @@ def evaluate_tasks(model: Any, tokenizer: Any, specs: Sequence[TaskSpec], batch_
         scores = score_encoded(model, plan.encoded, _pad_id(tokenizer), batch_size, limit, device, step)
         tasks[plan.spec.name] = task_result(plan.spec, plan.items, plan.requests, scores, plan.n_skipped).summary()
         offset += len(plan.requests)
+    return core_summary(tasks, core)
+
+
+def checked_core(specs: Sequence[TaskSpec], core: CoreSpec | None) -> CoreSpec:
+    """The core of these tasks (default: all of them), after checking the task names."""
+    names = [s.name for s in specs]
+    if not specs:
+        raise ValueError("no tasks to evaluate")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate task names: {sorted({n for n in names if names.count(n) > 1})}")
+    core = core or default_core(specs)
+    if not core.tasks or set(core.tasks) - set(names):
+        raise ValueError(f"core tasks {sorted(set(core.tasks) - set(names))} are not among the tasks {names}")
+    return core
+
+
+def core_summary(tasks: dict[str, dict[str, Any]], core: CoreSpec) -> dict[str, Any]:
+    """The evaluation result: task summaries plus the labelled core over `core.tasks`."""
     skipped = sum(tasks[name]["n_skipped"] for name in core.tasks)
     label = core.label + (f" ({skipped} item(s) too long to score were left out)" if skipped else "")
     value = sum(tasks[name]["centered_accuracy"] for name in core.tasks) / len(core.tasks)

@@ -373,6 +373,9 @@ class EvalSection(Section):
     seed: Optional[int] = Field(None, description="overrides every task's fewshot_random_seed when set")
     too_long: Literal["error", "skip"] = Field(
         "error", description="an item whose answer cannot fit the model's context: fail, or skip and count it")
+    backend: Literal["gmates", "lm_eval"] = Field(
+        "gmates", description="lm_eval: score the same task files through lm-eval-harness (extra 'lm_eval'; its "
+                              "own few-shot sampler and encoding, gmates' metrics)")
     perplexity_prefix: Literal["tokenizer", "bos"] = Field(
         "tokenizer", description="tokenizer: texts with the tokenizer's special tokens (first token unscored "
                                  "without a BOS); bos: lm-eval's rolling log-likelihood (BOS/EOS in front)")

@@ -109,8 +109,13 @@ def _evaluate(step, out: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     tok = lm_tokenizer_obj(model_dir)
     specs, core = _task_specs(step, out)
-    results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
-                                        progress=step.progress("eval"), core=core, too_long=section.too_long)
+    if section.backend == "lm_eval":
+        from ...core import lm_eval_backend
+
+        results = lm_eval_backend.evaluate_tasks(model, tok, specs, batch_size=section.batch_size, core=core)
+    else:
+        results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
+                                            progress=step.progress("eval"), core=core, too_long=section.too_long)
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
                                                           batch_size=section.batch_size,
                                                           prefix=section.perplexity_prefix)
