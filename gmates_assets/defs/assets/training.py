@@ -126,7 +126,8 @@ def _evaluate(step, out: Path) -> dict:
     (out / "scores.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n")
     rows = [{"task": name, "accuracy": round(r["accuracy"], 4), "centered": round(r["centered_accuracy"], 4),
              "items": r["n_items"]} for name, r in results["tasks"].items()]
-    return {"core": round(float(results["core"]), 4), "heldout_perplexity": round(results["heldout_perplexity"], 3),
+    return {"core": round(float(results["core"]), 4), "core_version": results["core_version"],
+            "heldout_perplexity": round(results["heldout_perplexity"], 3),
             "heldout_reference_loss": round(results["heldout_reference_loss"], 4), "tasks": table(rows)}
 
 
