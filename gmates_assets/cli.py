@@ -1,4 +1,4 @@
-"""`gmates` command line: sync, status, ui, release verify.
+"""`gmates` command line: sync, status, report, ui, release verify.
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default `.dagster_home/`), so everything `gmates
 sync` builds shows in the UI (`gmates ui`), and the artifact store lives at $GMATES_HOME (default `.gmates/`).
@@ -118,6 +118,17 @@ def cmd_release_export(args) -> int:
     return main_verify([str(target)])
 
 
+def cmd_report(args) -> int:
+    """The method comparison of the manifest's builds (mean ± sd over seeds), from the artifact store."""
+    from .core.manifest import load_manifest
+    from .core.store import ArtifactStore, store_root_from_env
+    from .report import build_report, format_report
+
+    report = build_report(ArtifactStore(store_root_from_env()), load_manifest(args.manifest).manifest)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["methods"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gmates", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="method comparison table of the built manifest (mean ± sd over seeds)")
+    p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)

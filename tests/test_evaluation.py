@@ -12,22 +12,23 @@ import torch
 
 from gmates_assets.core.evaluation import (
     ContinuationScore,
+    CoreSpec,
     TaskFormatError,
     TaskSpec,
-    build_requests,
     centered_accuracy,
+    comparison_rows,
     continuation_logprobs,
     evaluate_task,
     evaluate_tasks,
-    fewshot_indices,
     load_task,
     perplexity,
+    task_requests,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-VOCAB = ["<eos>", "<s>", "the", "sky", "is", "blue", "very", "green", "grass", "Q:", "A:", "=>"]
+VOCAB = ["<eos>", "<s>", "the", "sky", "is", "blue", "very", "green", "grass", "Q:", "A:", "=>", "a", "###"]
 ID = {w: i for i, w in enumerate(VOCAB)}
 # next-token probabilities P[prev][next]; every unlisted entry of a row shares the row's remaining mass
 # equally, and rows not listed are uniform. The tests only use listed entries (or a uniform row) by hand.
@@ -70,7 +71,8 @@ class BigramLM(torch.nn.Module):
 
 
 class WordTokenizer:
-    """Whitespace tokenizer over VOCAB with the HF call interface the runner uses."""
+    """Whitespace tokenizer over VOCAB with the HF call interface the runner uses (" a" is one token, so it
+    needs a prefix space, like a byte-level BPE)."""
 
     def __init__(self, add_bos: bool = False, add_eos: bool = False, eos: bool = True):
         self.add_bos, self.add_eos = add_bos, add_eos
@@ -145,10 +147,26 @@ def test_perplexity_is_exp_of_token_mean_cross_entropy():
     assert perplexity(model, ["the sky is very green"], tokenizer=tok, device="cpu") == pytest.approx(expected)
     ids = [[ID[w] for w in "the sky is very green".split()], [ID["grass"], ID["is"]]]
     both = math.exp(-lp(0.5, 0.6, 0.3, 0.3, 0.3) / 5)
-    for max_length in (2, 3, 64):  # windows overlap by one token, so every token is predicted once
+    for max_length in (1, 2, 3, 64):  # rolling windows: every token after the first is predicted once
         assert perplexity(model, ids, batch_size=1, max_length=max_length, device="cpu") == pytest.approx(both)
     with pytest.raises(ValueError, match="two or more tokens"):
         perplexity(model, [[1]], device="cpu")
+
+
+def test_perplexity_bos_prefix_scores_the_first_token_too():
+    """lm-eval's rolling log-likelihood: no special tokens, one BOS in front, so "the" is scored given <s>."""
+    model, tok = BigramLM(), WordTokenizer(add_bos=True, add_eos=True)
+    expected = math.exp(-lp(0.8, 0.5, 0.6) / 3)
+    for max_length in (1, 2, 8):
+        assert perplexity(model, ["the sky is"], tokenizer=tok, max_length=max_length, prefix="bos",
+                          device="cpu") == pytest.approx(expected)
+    # "tokenizer": the tokenizer's own <s> (and its dropped </s>) give the same tokens here
+    assert perplexity(model, ["the sky is"], tokenizer=tok, device="cpu") == pytest.approx(expected)
+    without_bos = WordTokenizer()  # no BOS: "tokenizer" leaves "the" unscored, "bos" falls back to EOS
+    assert perplexity(model, ["the sky is"], tokenizer=without_bos, device="cpu") == pytest.approx(
+        math.exp(-lp(0.5, 0.6) / 2))
+    assert perplexity(model, ["the sky is"], tokenizer=without_bos, prefix="bos", device="cpu") == pytest.approx(
+        math.exp(-(math.log(1 / len(VOCAB)) + lp(0.5, 0.6)) / 3))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,78 +174,105 @@ def test_perplexity_is_exp_of_token_mean_cross_entropy():
 
 def test_length_normalisation_changes_the_argmax(tmp_path):
     path = write_jsonl(tmp_path / "mc.jsonl", [MC_ITEM])
-    # sums: blue = ln .1 = -2.30 > very green = 2 ln .3 = -2.41; per token: -2.30 < -1.20; per char: -0.46 < -0.22
+    # sums: blue = ln .1 = -2.30 > very green = 2 ln .3 = -2.41; per token: -2.30 < -1.20; per char of the
+    # answer as written (4 vs 10): -0.58 < -0.24
     picks = {mode: evaluate_task(BigramLM(), WordTokenizer(), TaskSpec("t", path, "multiple_choice",
                                                                        length_normalize=mode), device="cpu")
              for mode in ("none", "token", "char", True, False)}
     assert {str(m): r.predictions for m, r in picks.items()} == {
-        "none": [0], "token": [1], "char": [1], "True": [1], "False": [0]}
+        "none": {0: 0}, "token": {0: 1}, "char": {0: 1}, "True": {0: 1}, "False": {0: 0}}
     assert picks["token"].accuracy == 1.0 and picks["none"].accuracy == 0.0
+    requests = task_requests(TaskSpec("t", path, "multiple_choice"), [MC_ITEM], WordTokenizer())
+    assert [(r.continuation, r.answer_chars) for r in requests] == [(" blue", 4), (" very green", 10)]
 
 
 def test_schema_scores_the_shared_continuation_under_each_context(tmp_path):
     item = {"context_options": ["the grass", "the sky"], "continuation": "is very", "gold": 1}
     spec = TaskSpec("schema", write_jsonl(tmp_path / "s.jsonl", [item]), "schema")
-    requests = build_requests(spec, load_task(spec))
-    assert [(r.context, r.continuation) for r in requests] == [("the grass", " is very"), ("the sky", " is very")]
-    scores = continuation_logprobs(BigramLM(), WordTokenizer(), [(r.context, r.continuation) for r in requests],
+    requests = task_requests(spec, load_task(spec), WordTokenizer())
+    assert [(r.prompt, r.continuation) for r in requests] == [("the grass", " is very"), ("the sky", " is very")]
+    scores = continuation_logprobs(BigramLM(), WordTokenizer(), [(r.prompt, r.continuation) for r in requests],
                                    device="cpu")
     assert [s.logprob for s in scores] == pytest.approx([lp(0.3, 0.3), lp(0.6, 0.3)])
     result = evaluate_task(BigramLM(), WordTokenizer(), spec, device="cpu")
-    assert result.predictions == [1] and result.accuracy == 1.0
+    assert result.predictions == {0: 1} and result.accuracy == 1.0
 
 
 def test_language_modeling_greedy_match_and_mean_loglikelihood(tmp_path):
     items = [{"context": "the sky ", "continuation": "is very green"},  # greedy: is, very, green -> match
-             {"context": "the sky", "continuation": " is blue"}]  # blue is not the argmax after "is"
+             {"context": "the sky", "continuation": " is blue "}]  # blue is not the argmax after "is"
     spec = TaskSpec("lm", write_jsonl(tmp_path / "lm.jsonl", items), "language_modeling")
-    requests = build_requests(spec, load_task(spec))
-    assert [(r.context, r.continuation) for r in requests] == [("the sky", " is very green"), ("the sky", " is blue")]
+    requests = task_requests(spec, load_task(spec), WordTokenizer())
+    assert [(r.prompt, r.continuation) for r in requests] == [("the sky", " is very green"), ("the sky", " is blue")]
     result = evaluate_task(BigramLM(), WordTokenizer(), spec, batch_size=2, device="cpu")
-    assert result.predictions == [1, 0] and result.accuracy == 0.5
+    assert result.predictions == {0: 1, 1: 0} and result.accuracy == 0.5
     assert result.mean_logprob == pytest.approx((lp(0.6, 0.3, 0.3) + lp(0.6, 0.1)) / 2)
     assert result.mean_token_logprob == pytest.approx((lp(0.6, 0.3, 0.3) + lp(0.6, 0.1)) / 5)
 
 
 def test_fewshot_prompt_text_exactly(tmp_path):
+    """llm-foundry's layout: examples joined by the example delimiter, the item's context right-stripped."""
     items = [{"query": "Q: sky", "choices": ["A: blue", "A: green"], "gold": 0},
              {"query": "Q: grass", "choices": ["A: blue", "A: green"], "gold": 1}]
     path = write_jsonl(tmp_path / "fs.jsonl", items)
-    requests = build_requests(TaskSpec("fs", path, "multiple_choice", shots=1), items)
-    assert [(r.item, r.option, r.context, r.continuation) for r in requests] == [
-        (0, 0, "Q: grass A: green\n\nQ: sky", " A: blue"),
-        (0, 1, "Q: grass A: green\n\nQ: sky", " A: green"),
-        (1, 0, "Q: sky A: blue\n\nQ: grass", " A: blue"),
-        (1, 1, "Q: sky A: blue\n\nQ: grass", " A: green"),
+    requests = task_requests(TaskSpec("fs", path, "multiple_choice", shots=1), items, WordTokenizer())
+    assert [(r.item, r.option, r.preamble, r.context, r.continuation) for r in requests] == [
+        (0, 0, "Q: grass A: green", "\nQ: sky", " A: blue"),  # with two items the other one is the example
+        (0, 1, "Q: grass A: green", "\nQ: sky", " A: green"),
+        (1, 0, "Q: sky A: blue", "\nQ: grass", " A: blue"),
+        (1, 1, "Q: sky A: blue", "\nQ: grass", " A: green"),
     ]
     custom = TaskSpec("fs", path, "multiple_choice", shots=1, continuation_delimiter=" => ",
-                      example_delimiter="\n###\n")
-    first = build_requests(custom, items)[0]
-    assert (first.context, first.continuation) == ("Q: grass => A: green\n###\nQ: sky =>", " A: blue")
+                      example_delimiter="\n###\n", prompt_string="Q: A:")
+    first = task_requests(custom, items, WordTokenizer())[0]
+    assert (first.prompt, first.continuation) == ("Q: A:\n###\nQ: grass => A: green\n###\nQ: sky =>", " A: blue")
     schema = [{"context_options": ["the sky", "the grass"], "continuation": "is blue", "gold": 0},
               {"context_options": ["the grass", "the sky"], "continuation": "is green", "gold": 0}]
     spec = TaskSpec("s", write_jsonl(tmp_path / "s.jsonl", schema), "schema", shots=1)
-    assert [r.context for r in build_requests(spec, schema)] == [
-        "the grass is green\n\nthe sky", "the grass is green\n\nthe grass",
-        "the sky is blue\n\nthe grass", "the sky is blue\n\nthe sky"]
+    assert [(r.prompt, r.continuation) for r in task_requests(spec, schema, WordTokenizer())] == [
+        ("the grass is green\nthe sky", " is blue"), ("the grass is green\nthe grass", " is blue"),
+        ("the sky is blue\nthe grass", " is green"), ("the sky is blue\nthe sky", " is green")]
 
 
-def test_fewshot_draws_are_seeded_and_exclude_the_item(tmp_path):
-    for item in range(12):
-        draw = fewshot_indices(12, item, 5, seed=7)
-        assert item not in draw and len(set(draw)) == 5 and all(0 <= d < 12 for d in draw)
-        assert draw == fewshot_indices(12, item, 5, seed=7)
-    assert [fewshot_indices(12, i, 5, 7) for i in range(12)] != [fewshot_indices(12, i, 5, 8) for i in range(12)]
-    rows = [{"context": f"the {w}", "continuation": "is"} for w in ["sky", "grass", "sky", "grass", "sky"]]
-    spec = TaskSpec("lm", write_jsonl(tmp_path / "lm.jsonl", rows), "language_modeling", shots=2, seed=3, max_items=3)
-    requests = build_requests(spec, rows)
-    assert len(requests) == 3
-    for r in requests:
-        shots = fewshot_indices(5, r.item, 2, 3)
-        assert r.context == "\n\n".join(f"the {rows[j]['context'][4:]} is" for j in shots) + "\n\nthe " + \
-            rows[r.item]["context"][4:]
-    with pytest.raises(ValueError, match="need at least 3 items"):
-        fewshot_indices(2, 0, 2, seed=0)
+def test_max_items_scores_a_prefix_with_the_full_files_prompts(tmp_path):
+    rows = [{"context": f"the {w}", "continuation": "is"} for w in ["sky", "grass", "sky", "grass", "sky", "grass"]]
+    full = TaskSpec("lm", write_jsonl(tmp_path / "lm.jsonl", rows), "language_modeling", shots=2)
+    capped = TaskSpec("lm", full.path, "language_modeling", shots=2, max_items=3)
+    tok = WordTokenizer()
+    assert task_requests(capped, rows, tok) == task_requests(full, rows, tok)[:3]
+    other_seed = TaskSpec("lm", full.path, "language_modeling", shots=2, fewshot_random_seed=7)
+    assert [r.preamble for r in task_requests(other_seed, rows, tok)] != [r.preamble for r in
+                                                                        task_requests(full, rows, tok)]
+
+
+def test_categories_fewshot_within_category_and_macro_accuracy(tmp_path):
+    rows = [{"context": "the sky", "continuation": "is very", "category": "b"},   # greedy match
+            {"context": "the grass", "continuation": "is blue", "category": "a"},  # "blue" is not argmax
+            {"context": "the sky", "continuation": "is blue", "category": "b"},    # no match
+            {"context": "the sky", "continuation": "is very", "category": "b"}]   # match
+    spec = TaskSpec("cat", write_jsonl(tmp_path / "c.jsonl", rows), "language_modeling", shots=1,
+                    has_categories=True)
+    requests = task_requests(spec, rows, WordTokenizer())
+    assert requests[1].preamble == ""  # the only item of category "a": no other item to show
+    for r in (requests[0], requests[2], requests[3]):  # examples come from category "b" only
+        assert r.preamble.startswith("the sky is")
+    result = evaluate_task(BigramLM(), WordTokenizer(), spec, device="cpu")
+    assert result.categories == {"a": 0.0, "b": pytest.approx(2 / 3)}
+    assert result.accuracy == pytest.approx((0.0 + 2 / 3) / 2)  # mean over categories, not over items
+    with pytest.raises(TaskFormatError, match="missing field 'category'"):
+        load_task(TaskSpec("cat", write_jsonl(tmp_path / "n.jsonl", rows[:1] + [{"context": "a", "continuation": "b"}]),
+                           "language_modeling", has_categories=True))
+
+
+def test_too_long_items_raise_or_are_skipped_and_counted(tmp_path):
+    rows = [{"context": "the", "continuation": "sky is very"}, {"context": "the sky", "continuation": "is"}]
+    spec = TaskSpec("lm", write_jsonl(tmp_path / "lm.jsonl", rows), "language_modeling")
+    with pytest.raises(ValueError, match="item 0 .*too_long: skip"):
+        evaluate_tasks(BigramLM(), WordTokenizer(), [spec], max_length=3, device="cpu")
+    out = evaluate_tasks(BigramLM(), WordTokenizer(), [spec], max_length=3, device="cpu", too_long="skip")
+    assert out["tasks"]["lm"]["n_items"] == 1 and out["tasks"]["lm"]["n_skipped"] == 1
+    assert out["tasks"]["lm"]["accuracy"] == 1.0  # "is" after "sky" is the argmax
+    assert "1 item(s) too long to score were left out" in out["core_version"]
 
 
 def test_centered_accuracy_and_core_arithmetic(tmp_path):
@@ -243,11 +288,32 @@ def test_centered_accuracy_and_core_arithmetic(tmp_path):
     assert {k: (v["accuracy"], v["centered_accuracy"], v["n_items"]) for k, v in out["tasks"].items()} == {
         "mc_token": (1.0, 1.0, 1), "lm": (0.5, 0.5, 2), "mc_sum": (0.0, -1.0, 1)}
     assert out["core"] == pytest.approx(1 / 6) and out["n_tasks"] == 3
+    assert out["core_version"].startswith("core: mean centered accuracy over 3 task(s)")
+    assert "not DCLM Core" in out["core_version"]
     assert out["tasks"]["lm"]["mean_logprob"] == pytest.approx((lp(0.6, 0.3) + lp(0.6, 0.1)) / 2)
     assert calls[-1] == (6, 6, "continuations") and [c[0] for c in calls] == sorted(c[0] for c in calls)
     assert centered_accuracy(0.625, 0.25) == pytest.approx(0.5)
+    named = evaluate_tasks(BigramLM(), WordTokenizer(), specs, device="cpu",
+                           core=CoreSpec("DCLM Core v2", ("mc_token", "lm")))
+    assert named["core"] == pytest.approx(0.75) and named["core_version"] == "DCLM Core v2"
+    assert named["core_tasks"] == ["mc_token", "lm"] and len(named["tasks"]) == 3
     with pytest.raises(ValueError, match="duplicate task names"):
         evaluate_tasks(BigramLM(), WordTokenizer(), specs[:1] * 2, device="cpu")
+    with pytest.raises(ValueError, match=r"core tasks \['nope'\]"):
+        evaluate_tasks(BigramLM(), WordTokenizer(), specs, device="cpu", core=CoreSpec("x", ("nope",)))
+
+
+def test_comparison_rows_relative_only_against_a_base_away_from_zero():
+    def scores(core, ppl):
+        return {"core": core, "tasks": {"t": {"centered_accuracy": core}}, "heldout_perplexity": ppl,
+                "heldout_reference_loss": 1.0}
+    near = comparison_rows({"random": scores(0.0118, 20.0), "group_mates": scores(0.0228, 18.0)})
+    assert near[1]["core_delta_vs_random"] == pytest.approx(0.011)
+    assert "core_vs_random_%" not in near[1]  # +93% from a 0.011 difference would say nothing
+    assert near[1]["ppl_vs_random_%"] == pytest.approx(-10.0)
+    far = comparison_rows({"random": scores(0.2136, 20.0), "group_mates": scores(0.2351, 20.0)})
+    assert far[1]["core_vs_random_%"] == pytest.approx(100 * 0.0215 / 0.2136, abs=0.01)
+    assert far[0]["core_delta_vs_random"] == 0.0
 
 
 def test_task_spec_validation():

@@ -4,31 +4,21 @@ Task files are jsonl, one object per line (docs/contracts.md):
 - multiple choice: {"query": str, "choices": [str, ...], "gold": int}
 - schema:          {"context_options": [str, ...], "continuation": str, "gold": int}
 - language model:  {"context": str, "continuation": str}
+plus a string "category" on every line for tasks with `has_categories`.
 
-How a request is built (the same for every kind; nanochat's core_eval and llm-foundry do the same in effect):
-- The scored text is `prefix + left + delimiter + right`: MC left=query, right=choice; schema left=context
-  option, right=continuation; LM left=context, right=continuation. A whitespace-only delimiter is not added when
-  `left` already ends (or `right` already starts) with whitespace, so gauntlet files that carry their own
-  spacing do not get doubled spaces.
-- Few-shot: `prefix` is k answered examples (same format, gold answer filled in) each followed by the example
-  delimiter (default "\\n\\n"). They are drawn from the whole task file excluding the item itself, with
-  numpy's default_rng([seed, item index]); the order is the draw order.
-- The context/continuation split moves the context's trailing whitespace to the front of the continuation
-  ("Q" + " A" rather than "Q " + "A"): BPE tokenizers then see their usual " word" tokens, which is what
-  llm-foundry's rstrip + prefix-space achieves; the scored text is unchanged.
-
-Scoring: the context and the continuation are tokenized separately and their ids concatenated, so the
-continuation's tokens are exactly its own (no merge across the boundary can shift the split). The context is
-tokenized with the tokenizer's default special tokens (a BOS if it adds one, a trailing EOS dropped, as
-llm-foundry's `_fix_eos_on_preamble`), the continuation without. Sequences are right-padded; a too-long input
-loses context tokens from the left.
+Prompts follow llm-foundry's ICL rules (`icl.py`): stripped fields, prefix space only for tokenizers that need
+it, llm-foundry's few-shot sampler and delimiters, per-category few-shot. Tokens: the preamble is encoded with
+the tokenizer's special tokens (a trailing EOS dropped, llm-foundry's `_fix_eos_on_preamble`), the context and
+the answer without, each on its own, and the ids concatenated. A too-long input loses context tokens from the
+left; an answer that cannot fit at all is an error, or (`too_long="skip"`) its item is left out and counted.
 
 Metrics: MC and schema pick the option with the highest length-normalised log-likelihood. The default
-normalisation is the per-token mean ("token"), which is what llm-foundry's multiple-choice accuracy computes;
-"char" divides by the continuation's character count (lm-eval's acc_norm) and "none" uses the plain sum. Ties
-go to the lowest option index. LM accuracy is llm-foundry's: every continuation token is the greedy argmax.
-Centered accuracy is (acc − r)/(1 − r) with r the task's random baseline as a fraction; Core is the mean of
-the centered accuracies over the tasks evaluated.
+normalisation is the per-token mean ("token"), which is llm-foundry's multiple-choice accuracy (lowest
+perplexity); "char" divides by the answer's character count as written in the task file (lm-eval's
+acc_norm) and "none" uses the plain sum. Ties go to the lowest option index. LM accuracy is llm-foundry's:
+every answer token is the greedy argmax. Tasks with categories average the per-category accuracies.
+Centered accuracy is (acc − r)/(1 − r) with r the task's random baseline as a fraction; a core score is the
+mean centered accuracy over a named list of tasks (`CoreSpec`), always reported with its label.
 """
 from __future__ import annotations
 
@@ -36,17 +26,20 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
-import numpy as np
 import torch
 
+from gmates_assets.core.icl import TASK_KINDS, PromptFormat, Request, build_requests, tokenizer_needs_prefix_space
 from gmates_assets.core.progress import ProgressFn
 from .devices import resolve_device
 
-TASK_KINDS = ("multiple_choice", "schema", "language_modeling")
 NORMALIZATIONS = ("token", "char", "none")
+TOO_LONG = ("error", "skip")
+PERPLEXITY_PREFIXES = ("tokenizer", "bos")
 DEFAULT_MAX_LENGTH = 2048
+# Relative figures against a base this close to zero (centered accuracy) say nothing; show differences.
+NEAR_ZERO_BASE = 0.05
 
 
 class TaskFormatError(ValueError):
@@ -61,10 +54,12 @@ class TaskSpec:
     shots: int = 0
     random_baseline: float = 0.0  # fraction in [0, 1), e.g. 0.25 for 4-way multiple choice
     length_normalize: str | bool = "token"  # "token" (mean per token), "char", "none"; True/False = token/none
-    seed: int = 1234
     max_items: int | None = None  # evaluate only the first max_items items (few-shot still draws from all)
     continuation_delimiter: str = " "
-    example_delimiter: str = "\n\n"
+    example_delimiter: str = "\n"
+    prompt_string: str = ""
+    fewshot_random_seed: int = 1234
+    has_categories: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -86,14 +81,18 @@ class TaskSpec:
                              f"got {self.length_normalize!r}")
         return mode
 
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat(self.shots, self.continuation_delimiter, self.example_delimiter, self.prompt_string,
+                            self.fewshot_random_seed)
+
 
 @dataclass(frozen=True)
-class Request:
-    """One (context, continuation) pair to score; `option` is the choice / context-option index (0 for LM)."""
-    item: int
-    option: int
-    context: str
-    continuation: str
+class CoreSpec:
+    """Which tasks a core score averages and how it is labelled (e.g. 'DCLM Core v2')."""
+
+    label: str
+    tasks: tuple[str, ...]
 
 
 class ContinuationScore(NamedTuple):
@@ -108,16 +107,21 @@ class TaskResult:
     kind: str
     accuracy: float
     centered_accuracy: float
-    n_items: int
+    n_items: int  # items scored
     random_baseline: float
     shots: int
-    predictions: list[int]  # chosen option per item (LM: 1 if greedy match else 0)
+    predictions: dict[int, int]  # item -> chosen option (LM: 1 if greedy match else 0)
+    n_skipped: int = 0  # items left out because an answer could not fit (too_long="skip")
+    categories: Optional[dict[str, float]] = None  # per-category accuracy (has_categories)
     mean_logprob: float | None = None  # LM only: mean over items of the continuation's summed log-likelihood
     mean_token_logprob: float | None = None  # LM only: total log-likelihood / total continuation tokens
 
     def summary(self) -> dict[str, Any]:
         out = {"kind": self.kind, "accuracy": self.accuracy, "centered_accuracy": self.centered_accuracy,
-               "n_items": self.n_items, "random_baseline": self.random_baseline, "shots": self.shots}
+               "n_items": self.n_items, "n_skipped": self.n_skipped, "random_baseline": self.random_baseline,
+               "shots": self.shots}
+        if self.categories is not None:
+            out["categories"] = self.categories
         if self.kind == "language_modeling":
             out["mean_logprob"] = self.mean_logprob
             out["mean_token_logprob"] = self.mean_token_logprob
@@ -143,16 +147,20 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _check_item(obj: Any, kind: str, path: Path, line: int) -> dict:
+def _check_strings(obj: dict, fields: dict[str, bool], path: Path, line: int) -> None:
+    for name, non_empty in fields.items():
+        if name not in obj:
+            raise _fail(path, line, f"missing field {name!r}")
+        if not isinstance(obj[name], str):
+            raise _fail(path, line, f"field {name!r} must be a string, got {_type_name(obj[name])}")
+        if non_empty and not obj[name].strip():
+            raise _fail(path, line, f"field {name!r} must be a non-empty string")
+
+
+def _check_item(obj: Any, kind: str, has_categories: bool, path: Path, line: int) -> dict:
     if not isinstance(obj, dict):
         raise _fail(path, line, f"expected a JSON object, got {_type_name(obj)}")
-    for field, non_empty in _STR_FIELDS[kind].items():
-        if field not in obj:
-            raise _fail(path, line, f"missing field {field!r}")
-        if not isinstance(obj[field], str):
-            raise _fail(path, line, f"field {field!r} must be a string, got {_type_name(obj[field])}")
-        if non_empty and not obj[field]:
-            raise _fail(path, line, f"field {field!r} must be a non-empty string")
+    _check_strings(obj, {**_STR_FIELDS[kind], **({"category": True} if has_categories else {})}, path, line)
     list_field = _LIST_FIELD.get(kind)
     if list_field is None:
         return obj
@@ -190,77 +198,21 @@ def load_task(spec: TaskSpec) -> list[dict]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise _fail(path, line_no, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            items.append(_check_item(obj, spec.kind, path, line_no))
+            items.append(_check_item(obj, spec.kind, spec.has_categories, path, line_no))
     if not items:
         raise TaskFormatError(f"{path}: task file has no items")
     return items
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Prompt construction
-
-def _join(left: str, delimiter: str, right: str) -> str:
-    if not left:
-        return right
-    if delimiter.isspace() and (left[-1].isspace() or right[:1].isspace()):
-        return left + right
-    return left + delimiter + right
-
-
-def _pieces(item: dict, kind: str) -> list[tuple[str, str]]:
-    """(left, right) per option of an item; see the module docstring."""
-    if kind == "multiple_choice":
-        return [(item["query"], choice) for choice in item["choices"]]
-    if kind == "schema":
-        return [(option, item["continuation"]) for option in item["context_options"]]
-    return [(item["context"], item["continuation"])]
-
-
-def _answered_example(item: dict, kind: str, delimiter: str) -> str:
-    pieces = _pieces(item, kind)
-    left, right = pieces[item["gold"]] if kind != "language_modeling" else pieces[0]
-    return _join(left, delimiter, right)
-
-
-def fewshot_indices(n_items: int, item: int, shots: int, seed: int) -> list[int]:
-    """Indices of the few-shot examples for `item`: `shots` others, drawn without replacement."""
-    if shots == 0:
-        return []
-    if shots > n_items - 1:
-        raise ValueError(f"{shots} shots need at least {shots + 1} items, the task has {n_items}")
-    rng = np.random.default_rng([seed, item])
-    draws = rng.choice(n_items - 1, size=shots, replace=False)
-    return [int(d) + (d >= item) for d in draws]  # skip the item itself
-
-
-def _split_context(context: str, right: str) -> tuple[str, str]:
-    """Move the context's trailing whitespace to the continuation (same text, BPE-friendly split)."""
-    stripped = context.rstrip()
-    return stripped, context[len(stripped):] + right
-
-
-def build_requests(spec: TaskSpec, items: Sequence[dict]) -> list[Request]:
-    """Requests for the first `max_items` items, each option in order."""
+def task_requests(spec: TaskSpec, items: Sequence[dict], tokenizer: Any) -> list[Request]:
+    """llm-foundry's requests for the first `max_items` items (see icl.py)."""
     n_eval = len(items) if spec.max_items is None else min(spec.max_items, len(items))
-    delim = spec.continuation_delimiter
-    requests = []
-    for index in range(n_eval):
-        shots = fewshot_indices(len(items), index, spec.shots, spec.seed)
-        prefix = "".join(_answered_example(items[j], spec.kind, delim) + spec.example_delimiter for j in shots)
-        for option, (left, right) in enumerate(_pieces(items[index], spec.kind)):
-            joined = _join(left, delim, right)
-            context, continuation = _split_context(prefix + joined[: len(joined) - len(right)], right)
-            requests.append(Request(index, option, context, continuation))
-    return requests
+    return build_requests(items, spec.kind, spec.prompt_format, tokenizer_needs_prefix_space(tokenizer),
+                          spec.has_categories, n_eval)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Scoring
-
-def _model_max_length(model: Any) -> int:
-    config = getattr(model, "config", None)
-    return int(getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH)
-
+# Tokens
 
 def _pad_id(tokenizer: Any) -> int:
     """Padding is masked out, so any id works: pad, else eos, else 0."""
@@ -272,56 +224,59 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _start_id(tokenizer: Any) -> int:
-    """Token that stands in for an empty context, so the first continuation token is still predicted."""
+    """BOS, else EOS: what an empty context starts from (and lm-eval's rolling prefix token)."""
     for name in ("bos_token_id", "eos_token_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:
             return int(value)
-    raise ValueError("empty context and the tokenizer has neither a BOS nor an EOS token to start from")
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start a sequence with")
 
 
-def _input_ids(encoded: Any) -> list[list[int]]:
-    ids = encoded["input_ids"]
-    return [list(map(int, row)) for row in ids]
+def _encode_unique(tokenizer: Any, texts: Iterable[str], special_tokens: bool) -> dict[str, list[int]]:
+    unique = sorted(set(texts))
+    if not unique:
+        return {}
+    rows = tokenizer(unique, add_special_tokens=special_tokens)["input_ids"]
+    return {text: [int(t) for t in row] for text, row in zip(unique, rows)}
 
 
-def encode_contexts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Default special tokens (BOS if the tokenizer adds one), a trailing EOS dropped, never empty."""
-    if not texts:
-        return []
+def _without_trailing_eos(tokenizer: Any, ids: list[int]) -> list[int]:
     eos = getattr(tokenizer, "eos_token_id", None)
+    return ids[:-1] if eos is not None and len(ids) > 1 and ids[-1] == eos else ids
+
+
+def encode_requests(tokenizer: Any, requests: Sequence[Request]) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per request: preamble with special tokens + context + answer, each
+    encoded on its own (llm-foundry); an empty context starts from BOS (else EOS)."""
+    preambles = _encode_unique(tokenizer, (r.preamble for r in requests), True)
+    contexts = _encode_unique(tokenizer, (r.context for r in requests), False)
+    answers = _encode_unique(tokenizer, (r.continuation for r in requests), False)
     out = []
-    for ids in _input_ids(tokenizer(list(texts))):
-        if eos is not None and ids and ids[-1] == eos:
-            ids = ids[:-1]
-        out.append(ids or [_start_id(tokenizer)])
+    for r in requests:
+        context = _without_trailing_eos(tokenizer, preambles[r.preamble]) + contexts[r.context]
+        if not answers[r.continuation]:
+            raise ValueError(f"continuation {r.continuation!r} tokenizes to no tokens")
+        out.append((context or [_start_id(tokenizer)], answers[r.continuation]))
     return out
 
 
-def encode_continuations(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    out = _input_ids(tokenizer(list(texts), add_special_tokens=False))
-    for text, ids in zip(texts, out):
-        if not ids:
-            raise ValueError(f"continuation {text!r} tokenizes to no tokens")
-    return out
+# ----------------------------------------------------------------------------------------------------------
+# Scoring
 
-
-def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    contexts = sorted({c for c, _ in pairs})  # MC items share one context across their choices
-    context_ids = dict(zip(contexts, encode_contexts(tokenizer, contexts)))
-    continuation_ids = encode_continuations(tokenizer, [c for _, c in pairs])
-    return [(context_ids[c], cont) for (c, _), cont in zip(pairs, continuation_ids)]
+def model_max_length(model: Any) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH)
 
 
 def _fit(context: list[int], continuation: list[int], max_length: int) -> list[int]:
     """Concatenate, dropping context tokens from the left when too long (at least one is kept)."""
-    if len(continuation) > max_length - 1:
-        raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_length {max_length} "
-                         "(one context token is needed to predict its first token)")
     keep = min(len(context), max_length - len(continuation))
     return context[len(context) - keep:] + continuation
+
+
+def fits(continuation: Sequence[int], max_length: int) -> bool:
+    """One context token is needed to predict the first continuation token."""
+    return len(continuation) <= max_length - 1
 
 
 def _forward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -359,19 +314,27 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def score_encoded(model: Any, encoded: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 8,
+                  max_length: int | None = None, device: str | torch.device | None = None,
+                  progress: ProgressFn = None) -> list[ContinuationScore]:
+    """Score each (context ids, continuation ids) pair, in input order; every continuation must fit."""
+    dev = _prepare(model, device)  # outside inference mode: moved parameters must stay trainable
+    max_length = max_length or model_max_length(model)
+    for _, continuation in encoded:
+        if not fits(continuation, max_length):
+            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_length {max_length} "
+                             "(one context token is needed to predict its first token)")
+    sequences = [_fit(ctx, cont, max_length) for ctx, cont in encoded]
+    return _score_sequences(model, sequences, [len(c) for _, c in encoded], pad_id, batch_size, dev, progress)
+
+
 def continuation_logprobs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 8,
                           max_length: int | None = None, device: str | torch.device | None = None,
                           progress: ProgressFn = None) -> list[ContinuationScore]:
-    """Score each continuation given its context: (sum log-prob, token count, greedy match), in input order.
-
-    The model is moved to `device` (default CUDA if available) and put in eval mode.
-    """
-    dev = _prepare(model, device)  # outside inference mode: moved parameters must stay trainable
-    max_length = max_length or _model_max_length(model)
-    encoded = _encode_pairs(tokenizer, pairs)
-    sequences = [_fit(ctx, cont, max_length) for ctx, cont in encoded]
-    cont_lengths = [len(cont) for _, cont in encoded]
-    return _score_sequences(model, sequences, cont_lengths, _pad_id(tokenizer), batch_size, dev, progress)
+    """Score text pairs: the context encoded with special tokens, the continuation without, as given."""
+    requests = [Request(0, 0, context, "", continuation, len(continuation)) for context, continuation in pairs]
+    return score_encoded(model, encode_requests(tokenizer, requests), _pad_id(tokenizer), batch_size, max_length,
+                         device, progress)
 
 
 @torch.inference_mode()
@@ -409,74 +372,136 @@ def centered_accuracy(accuracy: float, random_baseline: float) -> float:
     return (accuracy - random_baseline) / (1.0 - random_baseline)
 
 
-def _option_score(score: ContinuationScore, continuation: str, mode: str) -> float:
+def _option_score(score: ContinuationScore, request: Request, mode: str) -> float:
     if mode == "token":
         return score.logprob / score.n_tokens
     if mode == "char":
-        return score.logprob / max(len(continuation), 1)
+        return score.logprob / max(request.answer_chars, 1)
     return score.logprob
 
 
-def _choose_options(spec: TaskSpec, requests: Sequence[Request], scores: Sequence[ContinuationScore]) -> list[int]:
-    n_items = requests[-1].item + 1
-    best: list[tuple[float, int]] = [(-math.inf, -1)] * n_items
+def _item_outcomes(spec: TaskSpec, items: Sequence[dict], requests: Sequence[Request],
+                   scores: Sequence[ContinuationScore]) -> dict[int, int]:
+    """item -> chosen option (MC, schema) or 1/0 greedy match (LM); ties keep the lower option index."""
+    if spec.kind == "language_modeling":
+        return {r.item: int(s.greedy_match) for r, s in zip(requests, scores)}
+    best: dict[int, tuple[float, int]] = {}
     for request, score in zip(requests, scores):
-        value = _option_score(score, request.continuation, spec.normalization)
-        if value > best[request.item][0] or best[request.item][1] < 0:  # ties keep the lower index
+        value = _option_score(score, request, spec.normalization)
+        if request.item not in best or value > best[request.item][0]:
             best[request.item] = (value, request.option)
-    return [option for _, option in best]
+    return {item: option for item, (_, option) in best.items()}
+
+
+def _accuracy(spec: TaskSpec, items: Sequence[dict], outcomes: dict[int, int]) -> tuple[float, Optional[dict]]:
+    """Accuracy over the scored items; with categories the mean of per-category accuracies."""
+    correct = {i: (o if spec.kind == "language_modeling" else int(o == items[i]["gold"])) for i, o in outcomes.items()}
+    if not spec.has_categories:
+        return sum(correct.values()) / len(correct), None
+    per: dict[str, list[int]] = {}
+    for item, hit in correct.items():
+        per.setdefault(items[item]["category"], []).append(hit)
+    categories = {name: sum(h) / len(h) for name, h in sorted(per.items())}
+    return sum(categories.values()) / len(categories), categories
 
 
 def task_result(spec: TaskSpec, items: Sequence[dict], requests: Sequence[Request],
-                scores: Sequence[ContinuationScore]) -> TaskResult:
-    """Metrics of one task from its requests' scores."""
-    n_items = requests[-1].item + 1
-    base = dict(name=spec.name, kind=spec.kind, n_items=n_items, random_baseline=spec.random_baseline,
-                shots=spec.shots)
+                scores: Sequence[ContinuationScore], n_skipped: int = 0) -> TaskResult:
+    """Metrics of one task from the scores of its (scored) requests."""
+    outcomes = _item_outcomes(spec, items, requests, scores)
+    if not outcomes:
+        raise ValueError(f"task {spec.name!r}: no item could be scored ({n_skipped} skipped as too long)")
+    accuracy, categories = _accuracy(spec, items, outcomes)
+    result = TaskResult(name=spec.name, kind=spec.kind, accuracy=accuracy, n_items=len(outcomes),
+                        centered_accuracy=centered_accuracy(accuracy, spec.random_baseline),
+                        random_baseline=spec.random_baseline, shots=spec.shots, predictions=outcomes,
+                        n_skipped=n_skipped, categories=categories)
     if spec.kind == "language_modeling":
-        hits = [int(s.greedy_match) for s in scores]
-        accuracy = sum(hits) / n_items
-        return TaskResult(**base, accuracy=accuracy, centered_accuracy=centered_accuracy(accuracy, spec.random_baseline),
-                          predictions=hits, mean_logprob=sum(s.logprob for s in scores) / n_items,
-                          mean_token_logprob=sum(s.logprob for s in scores) / sum(s.n_tokens for s in scores))
-    chosen = _choose_options(spec, requests, scores)
-    accuracy = sum(int(c == items[i]["gold"]) for i, c in enumerate(chosen)) / n_items
-    return TaskResult(**base, accuracy=accuracy, centered_accuracy=centered_accuracy(accuracy, spec.random_baseline),
-                      predictions=chosen)
+        total = sum(s.logprob for s in scores)
+        result.mean_logprob = total / len(outcomes)
+        result.mean_token_logprob = total / sum(s.n_tokens for s in scores)
+    return result
+
+
+@dataclass
+class _PlannedTask:
+    spec: TaskSpec
+    items: list[dict]
+    requests: list[Request]
+    encoded: list[tuple[list[int], list[int]]]
+    n_skipped: int = 0
+
+
+def _plan_task(spec: TaskSpec, items: list[dict], tokenizer: Any, max_length: int, too_long: str) -> _PlannedTask:
+    """Requests and their tokens; items with an answer that cannot fit raise, or are dropped and counted."""
+    requests = task_requests(spec, items, tokenizer)
+    encoded = encode_requests(tokenizer, requests)
+    unfit = sorted({r.item for r, (_, cont) in zip(requests, encoded) if not fits(cont, max_length)})
+    if unfit and too_long == "error":
+        raise ValueError(f"task {spec.name!r} ({spec.path}): item {unfit[0]} (0-based, blank lines not counted) "
+                         f"has an answer longer than max_length {max_length} - 1 tokens; "
+                         "set eval.too_long: skip to leave such items out (they are counted)")
+    dropped = set(unfit)
+    keep = [i for i, r in enumerate(requests) if r.item not in dropped]
+    return _PlannedTask(spec, items, [requests[i] for i in keep], [encoded[i] for i in keep], len(unfit))
 
 
 def evaluate_task(model: Any, tokenizer: Any, spec: TaskSpec, batch_size: int = 8,
                   device: str | torch.device | None = None, max_length: int | None = None,
-                  progress: ProgressFn = None) -> TaskResult:
-    items = load_task(spec)
-    requests = build_requests(spec, items)
-    scores = continuation_logprobs(model, tokenizer, [(r.context, r.continuation) for r in requests],
-                                   batch_size=batch_size, max_length=max_length, device=device, progress=progress)
-    return task_result(spec, items, requests, scores)
+                  progress: ProgressFn = None, too_long: str = "error") -> TaskResult:
+    plan = _plan_task(spec, load_task(spec), tokenizer, max_length or model_max_length(model), too_long)
+    scores = score_encoded(model, plan.encoded, _pad_id(tokenizer), batch_size, max_length, device, progress)
+    return task_result(spec, plan.items, plan.requests, scores, plan.n_skipped)
+
+
+def default_core(specs: Sequence[TaskSpec]) -> CoreSpec:
+    return CoreSpec(f"core: mean centered accuracy over {len(specs)} task(s) with the manifest's random baselines "
+                    "(not DCLM Core)", tuple(s.name for s in specs))
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, specs: Sequence[TaskSpec], batch_size: int = 8,
                    device: str | torch.device | None = None, progress: ProgressFn = None,
-                   max_length: int | None = None) -> dict[str, Any]:
-    """Per-task accuracy / centered accuracy / item count, and `core` = mean centered accuracy over tasks."""
+                   max_length: int | None = None, core: CoreSpec | None = None,
+                   too_long: str = "error") -> dict[str, Any]:
+    """Per-task accuracy / centered accuracy / item counts, and `core` = mean centered accuracy over
+    `core.tasks` (default: every task), labelled by `core_version`."""
+    if too_long not in TOO_LONG:
+        raise ValueError(f"too_long must be one of {TOO_LONG}, got {too_long!r}")
+    core = checked_core(specs, core)
+    limit = max_length or model_max_length(model)
+    loaded = [(spec, load_task(spec)) for spec in specs]  # validate every file before any model work
+    planned = [_plan_task(spec, items, tokenizer, limit, too_long) for spec, items in loaded]
+    total = sum(len(p.requests) for p in planned)
+    tasks: dict[str, dict[str, Any]] = {}
+    offset = 0
+    for plan in planned:
+        step = None if progress is None else _offset_progress(progress, offset, total)
+        scores = score_encoded(model, plan.encoded, _pad_id(tokenizer), batch_size, limit, device, step)
+        tasks[plan.spec.name] = task_result(plan.spec, plan.items, plan.requests, scores, plan.n_skipped).summary()
+        offset += len(plan.requests)
+    return core_summary(tasks, core)
+
+
+def checked_core(specs: Sequence[TaskSpec], core: CoreSpec | None) -> CoreSpec:
+    """The core of these tasks (default: all of them), after checking the task names."""
     names = [s.name for s in specs]
     if not specs:
         raise ValueError("no tasks to evaluate")
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate task names: {sorted({n for n in names if names.count(n) > 1})}")
-    loaded = [(spec, load_task(spec)) for spec in specs]  # validate every file before any model work
-    planned = [(spec, items, build_requests(spec, items)) for spec, items in loaded]
-    total = sum(len(requests) for _, _, requests in planned)
-    tasks: dict[str, dict[str, Any]] = {}
-    offset = 0
-    for spec, items, requests in planned:
-        step = None if progress is None else _offset_progress(progress, offset, total)
-        scores = continuation_logprobs(model, tokenizer, [(r.context, r.continuation) for r in requests],
-                                       batch_size=batch_size, max_length=max_length, device=device, progress=step)
-        tasks[spec.name] = task_result(spec, items, requests, scores).summary()
-        offset += len(requests)
-    core = sum(t["centered_accuracy"] for t in tasks.values()) / len(tasks)
-    return {"core": core, "n_tasks": len(tasks), "tasks": tasks}
+    core = core or default_core(specs)
+    if not core.tasks or set(core.tasks) - set(names):
+        raise ValueError(f"core tasks {sorted(set(core.tasks) - set(names))} are not among the tasks {names}")
+    return core
+
+
+def core_summary(tasks: dict[str, dict[str, Any]], core: CoreSpec) -> dict[str, Any]:
+    """The evaluation result: task summaries plus the labelled core over `core.tasks`."""
+    skipped = sum(tasks[name]["n_skipped"] for name in core.tasks)
+    label = core.label + (f" ({skipped} item(s) too long to score were left out)" if skipped else "")
+    value = sum(tasks[name]["centered_accuracy"] for name in core.tasks) / len(core.tasks)
+    return {"core": value, "core_version": label, "core_tasks": list(core.tasks), "n_tasks": len(tasks),
+            "tasks": tasks}
 
 
 def _offset_progress(progress: Any, offset: int, total: int):
@@ -484,29 +509,72 @@ def _offset_progress(progress: Any, offset: int, total: int):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Comparing methods
+
+def versus_base(value: float, base: float, near_zero: float = 0.0) -> dict[str, float]:
+    """Absolute difference to the base, plus the relative one (%) only where |base| > near_zero."""
+    out = {"delta": value - base}
+    if abs(base) > near_zero:
+        out["relative_%"] = 100.0 * (value - base) / abs(base)
+    return out
+
+
+def comparison_rows(scores: dict[str, dict], base_method: str = "random") -> list[dict]:
+    """One row per method: centered accuracy per task, core, held-out perplexity and reference loss, and
+    figures against the base method (core: absolute difference, relative only when the base core is not near
+    zero; perplexity and loss are positive, so relative)."""
+    base = scores.get(base_method)
+    rows = []
+    for method, result in scores.items():
+        row: dict[str, Any] = {"method": method}
+        row.update({task: round(r["centered_accuracy"], 4) for task, r in result["tasks"].items()})
+        row["core"] = round(result["core"], 4)
+        row["perplexity"] = round(result["heldout_perplexity"], 3)
+        row["heldout_ref_loss"] = round(result["heldout_reference_loss"], 4)
+        if base is not None:
+            core = versus_base(result["core"], base["core"], NEAR_ZERO_BASE)
+            row[f"core_delta_vs_{base_method}"] = round(core["delta"], 4)
+            if "relative_%" in core:
+                row[f"core_vs_{base_method}_%"] = round(core["relative_%"], 2)
+            ppl = versus_base(result["heldout_perplexity"], base["heldout_perplexity"])
+            row[f"ppl_vs_{base_method}_%"] = round(ppl["relative_%"], 2)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Held-out perplexity
 
-def _windows(ids: Sequence[int], max_length: int) -> list[list[int]]:
-    """Windows of at most max_length tokens overlapping by one, so every token after the first is predicted
-    exactly once (with up to max_length − 1 tokens of history)."""
-    step = max_length - 1
-    return [list(ids[start: start + max_length]) for start in range(0, max(len(ids) - 1, 0), step)]
+def _rolling_windows(ids: Sequence[int], max_length: int) -> list[tuple[list[int], int]]:
+    """(tokens, n_scored) windows: the model reads tokens[:-1] (at most max_length) and the last n_scored
+    positions are scored; every token after the first is scored exactly once, each chunk of max_length
+    targets with as much preceding context as fits (lm-eval's rolling windows with context_len 1)."""
+    windows = []
+    for lo in range(1, len(ids), max_length):
+        hi = min(lo + max_length, len(ids))
+        start = max(0, hi - 1 - max_length)
+        windows.append((list(ids[start:hi]), hi - lo))
+    return windows
 
 
 def perplexity(model: Any, data: Iterable[str] | Iterable[Sequence[int]], tokenizer: Any = None,
                batch_size: int = 8, max_length: int | None = None, device: str | torch.device | None = None,
-               progress: ProgressFn = None) -> float:
-    """exp(mean next-token cross-entropy over every predicted token of every sequence).
+               progress: ProgressFn = None, prefix: str = "tokenizer") -> float:
+    """exp(mean next-token cross-entropy over every scored token of every sequence).
 
-    `data` holds token-id sequences, or texts (then `tokenizer` is required; special tokens as for contexts).
-    Sequences longer than max_length are scored in windows overlapping by one token.
+    `data` holds texts (then `tokenizer` is required) or token-id sequences. prefix "tokenizer": texts are
+    encoded with the tokenizer's special tokens (a trailing EOS dropped), token sequences used as given; the
+    first token is context only. prefix "bos": lm-eval's rolling log-likelihood: no special tokens, and one
+    BOS (else EOS) in front so the first token is scored too. Long sequences are scored in windows.
     """
+    if prefix not in PERPLEXITY_PREFIXES:
+        raise ValueError(f"prefix must be one of {PERPLEXITY_PREFIXES}, got {prefix!r}")
     dev = _prepare(model, device)
-    max_length = max_length or _model_max_length(model)
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
-    sequences = _as_token_sequences(list(data), tokenizer)
-    windows = [w for seq in sequences for w in _windows(seq, max_length)]
+    max_length = max_length or model_max_length(model)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    sequences = _as_token_sequences(list(data), tokenizer, prefix)
+    windows = [window for seq in sequences for window in _rolling_windows(seq, max_length)]
     if not windows:
         raise ValueError("perplexity needs at least one sequence of two or more tokens")
     pad_id = 0 if tokenizer is None else _pad_id(tokenizer)
@@ -514,26 +582,35 @@ def perplexity(model: Any, data: Iterable[str] | Iterable[Sequence[int]], tokeni
 
 
 @torch.inference_mode()
-def _windows_perplexity(model: Any, windows: list[list[int]], pad_id: int, batch_size: int, dev: torch.device,
-                        progress: ProgressFn) -> float:
+def _windows_perplexity(model: Any, windows: list[tuple[list[int], int]], pad_id: int, batch_size: int,
+                        dev: torch.device, progress: ProgressFn) -> float:
     total_nll, total_tokens, done = 0.0, 0, 0
-    for batch in _length_sorted_batches([len(w) for w in windows], batch_size):
-        ids, mask = _pad_batch([windows[i] for i in batch], pad_id, dev)
+    for batch in _length_sorted_batches([len(tokens) for tokens, _ in windows], batch_size):
+        ids, mask = _pad_batch([windows[i][0][:-1] for i in batch], pad_id, dev)
         logits = _forward_logits(model, ids, mask)
         for row, index in enumerate(batch):
-            n = len(windows[index])
-            nll = torch.nn.functional.cross_entropy(logits[row, : n - 1].float(), ids[row, 1:n], reduction="sum")
+            tokens, n = windows[index]
+            width = len(tokens) - 1
+            targets = torch.tensor(tokens[len(tokens) - n:], dtype=torch.long, device=dev)
+            nll = torch.nn.functional.cross_entropy(logits[row, width - n: width].float(), targets, reduction="sum")
             total_nll += float(nll.double())
-            total_tokens += n - 1
+            total_tokens += n
         done += len(batch)
         if progress is not None:
             progress(done, len(windows), "windows")
     return math.exp(total_nll / total_tokens)
 
 
-def _as_token_sequences(data: list, tokenizer: Any) -> list[list[int]]:
+def _as_token_sequences(data: list, tokenizer: Any, prefix: str) -> list[list[int]]:
     if all(isinstance(d, str) for d in data):
         if tokenizer is None:
             raise ValueError("perplexity of texts needs a tokenizer")
-        return encode_contexts(tokenizer, data)
-    return [[int(t) for t in seq] for seq in data]
+        encoded = _encode_unique(tokenizer, data, special_tokens=prefix == "tokenizer")
+        sequences = [_without_trailing_eos(tokenizer, encoded[text]) for text in data]
+    else:
+        sequences = [[int(t) for t in seq] for seq in data]
+    if prefix == "tokenizer":
+        return sequences
+    if tokenizer is None:
+        raise ValueError("perplexity with prefix 'bos' needs the tokenizer (for its BOS or EOS id)")
+    return [[_start_id(tokenizer)] + seq for seq in sequences]

@@ -57,6 +57,19 @@ def deterministic_torch() -> Iterator[None]:
         torch.use_deterministic_algorithms(was_on, warn_only=was_warn_only)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_context(precision: str, device: str | torch.device):
+    """fp32: no autocast. bf16: torch.autocast to bfloat16 on the device's type (open_lm's amp_bfloat16, the
+    official code's default); weights, optimizer state and the loss reduction stay float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Model factory
 

@@ -201,6 +201,8 @@ class OracleSection(Section):
     pool_seed: int = 0
     lr: Union[Literal["checkpoint"], float] = "checkpoint"
     reference_batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast for the probing steps and reference losses (the official default)")
     commit_every_rollouts: int = Field(16, ge=1, json_schema_extra=VOLATILE)
 
     @field_validator("seeds")
@@ -224,6 +226,9 @@ class RelationalSection(Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     eval_every: int = Field(10, ge=1)
     label_stats: Literal["train", "all"] = "train"
+    label_conversion: Literal["first_difference", "official_inplace"] = Field(
+        "first_difference", description="cumulative -> marginal labels: first differences, or the official "
+                                        "code's in-place loop (alternating sums; [1,3,6,10] -> [1,2,4,6])")
     seed: int = 0
 
 
@@ -240,6 +245,12 @@ class ClusteringSection(Section):
     seed: int = 1234
     max_points_per_centroid: int = Field(256, ge=1)
     space: Literal["influence", "semantic"] = "influence"
+    subsample: Literal["gmates", "faiss"] = Field(
+        "gmates", description="who draws the k-means training subsample when n > k * max_points_per_centroid: "
+                              "gmates (seeded, reads only those rows) or faiss itself (the official code)")
+    member_order: Literal["float64", "float32"] = Field(
+        "float64", description="precision of the 1 - IP member sort; float32 as the official code (more ties, "
+                               "broken by document index)")
 
 
 SELECTION_METHODS = ("group_mates", "mates", "random", "no_relation", "no_clustering", "semantic_clusters")
@@ -256,7 +267,9 @@ class SelectionSection(Section):
     budget_rounding: Literal["exact", "floor"] = "exact"
     mates_gumbel: bool = False
     mates_tau: float = Field(0.5, gt=0)
-    seed: int = 0
+    seed: int = Field(0, description="affects only `random` (which documents) and `mates` with mates_gumbel "
+                                     "(the Gumbel noise); group_mates, no_relation, no_clustering and "
+                                     "semantic_clusters do not use it")
     global_greedy_max_docs: int = Field(20000, ge=1)
     workers: int = Field(2, ge=1, json_schema_extra=VOLATILE)
 
@@ -280,6 +293,8 @@ class PretrainSection(Section):
 
 
 class TaskSource(Section):
+    """One eval task; the prompt fields and their defaults are llm-foundry's (docs/evaluation.md)."""
+
     name: str = Field(pattern=_NAME_RE)
     kind: Literal["multiple_choice", "schema", "language_modeling"]
     path: Optional[str] = Field(None, description="jsonl file; unset = the demo generator's task of this name")
@@ -287,15 +302,83 @@ class TaskSource(Section):
     shots: int = Field(0, ge=0)
     random_baseline: float = Field(0.0, ge=0, lt=1)
     length_normalize: Literal["token", "char", "none"] = Field(
-        "token", description="token: mean log-likelihood per token (llm-foundry); char: per character; none: sum")
+        "token", description="token: mean log-likelihood per token (llm-foundry); char: per character of the "
+                             "answer (lm-eval acc_norm); none: sum")
     max_items: Optional[int] = Field(None, ge=1)
+    continuation_delimiter: str = Field(" ", description="between context and answer, e.g. '\\nAnswer: '")
+    example_delimiter: str = Field("\n", description="before every few-shot example and the scored item")
+    prompt_string: str = Field("", description="text put once before the few-shot examples")
+    fewshot_random_seed: int = Field(1234, description="seed of the few-shot sampler (llm-foundry's default)")
+    has_categories: bool = Field(False, description="few-shot within each 'category'; accuracy = mean over them")
+
+
+class SuiteTask(TaskSource):
+    """A task of a task-config file: random baselines per version instead of one value."""
+
+    random_baseline: dict[str, float]  # type: ignore[assignment]
+
+    @field_validator("random_baseline")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 <= v < 1}
+        if bad:
+            raise ValueError(f"random baselines must be fractions in [0, 1), got {bad}")
+        return value
+
+
+class TaskSuiteFile(Section):
+    """A task-config file such as data_manifests/dclm_core_tasks.yaml (a fixed task list with baselines)."""
+
+    name: str
+    description: str = ""
+    sources: list[str] = Field(default_factory=list, description="where the tasks and baselines come from")
+    baselines: list[str] = Field(min_length=1, description="baseline versions every task gives, e.g. [v1, v2]")
+    tasks: list[SuiteTask] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TaskSuiteFile":
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, repeated: {sorted({n for n in names if names.count(n) > 1})}")
+        for task in self.tasks:
+            missing = sorted(set(self.baselines) - set(task.random_baseline))
+            if missing or not task.path:
+                raise ValueError(f"task {task.name!r} needs a path and random_baseline for {missing or self.baselines}")
+        return self
+
+
+class EvalSuite(Section):
+    """A fixed task list (e.g. DCLM Core) scored from a local copy of its eval bundle."""
+
+    config: str = Field(description="task-config file, relative to the manifest (e.g. dclm_core_tasks.yaml)")
+    bundle: str = Field(description="folder holding the config's task paths, relative to the manifest")
+    baselines: str = Field("v2", description="which random-baseline version of the config Core uses")
+    max_items: Optional[int] = Field(None, ge=1, description="cap per task for quick looks; Core is then "
+                                                             "labelled as not comparable")
 
 
 class EvalSection(Section):
+    """Evaluation of each method's trained LM.
+
+    `suite` scores a fixed task list (DCLM Core) whose core is reported with its name and baseline version;
+    `tasks` are extra tasks, reported per task (they form the core only when there is no suite, labelled
+    `core: ... (not DCLM Core)`). `seed`, when set, replaces every task's fewshot_random_seed (DCLM's eval
+    --seed does the same).
+    """
+
     tasks: list[TaskSource] = Field(default_factory=list)
+    suite: Optional[EvalSuite] = None
     heldout_text: TextSetSource = TextSetSource()
     batch_size: int = Field(32, ge=1)
-    seed: int = 0
+    seed: Optional[int] = Field(None, description="overrides every task's fewshot_random_seed when set")
+    too_long: Literal["error", "skip"] = Field(
+        "error", description="an item whose answer cannot fit the model's context: fail, or skip and count it")
+    backend: Literal["gmates", "lm_eval"] = Field(
+        "gmates", description="lm_eval: score the same task files through lm-eval-harness (extra 'lm_eval'; its "
+                              "own few-shot sampler and encoding, gmates' metrics)")
+    perplexity_prefix: Literal["tokenizer", "bos"] = Field(
+        "tokenizer", description="tokenizer: texts with the tokenizer's special tokens (first token unscored "
+                                 "without a BOS); bos: lm-eval's rolling log-likelihood (BOS/EOS in front)")
 
     @field_validator("tasks")
     @classmethod
@@ -398,7 +481,7 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> Optional[int]:
     return None
 
 
-def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+def _format_validation_error(err: ValidationError, source: str, lines: dict[tuple, int], document: str) -> str:
     problems = []
     for item in err.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -409,26 +492,32 @@ def _format_validation_error(err: ValidationError, source: str, lines: dict[tupl
             what = "unknown key (not part of the manifest schema; check its spelling)"
         elif item["type"] == "missing":
             what = "required field is missing"
+        elif isinstance(item.get("input"), dict):  # a whole section: the message says what is wrong
+            what = item["msg"]
         else:
             what = f"{item['msg']} (got {item.get('input')!r})"
         problems.append(f"{where}: {dotted}: {what}")
-    return "invalid build manifest:\n  " + "\n  ".join(problems)
+    return f"invalid {document}:\n  " + "\n  ".join(problems)
 
 
-def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = None) -> LoadedManifest:
+def validate_yaml(model: type[BaseModel], text: str, source: str, document: str = "build manifest") -> Any:
+    """YAML text validated as `model`; errors name the source, the line and the dotted field."""
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ManifestError(f"{source}: a build manifest must be a YAML mapping at the top level")
+        raise ManifestError(f"{source}: a {document} must be a YAML mapping at the top level")
     lines = _node_lines(node) if node is not None else {}
     try:
-        manifest = Manifest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(_format_validation_error(exc, source, lines)) from None
-    return LoadedManifest(manifest, path, text)
+        raise ManifestError(_format_validation_error(exc, source, lines, document)) from None
+
+
+def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = None) -> LoadedManifest:
+    return LoadedManifest(validate_yaml(Manifest, text, source), path, text)
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:
@@ -480,3 +569,20 @@ def fingerprint(manifest: Manifest, *sections: str) -> str:
 
 def section_names() -> list[str]:
     return [n for n in Manifest.model_fields if n != "name"]
+
+
+# Seeds of training randomness: builds that differ only in these are replicates of one configuration.
+REPLICATE_SEEDS = ("probe.seed", "oracle.seeds", "oracle.pool_seed", "relational.seed", "relational.split_seed",
+                   "clustering.seed", "selection.seed", "pretrain.seed")
+
+
+def replicate_identity(manifest: Manifest) -> dict[str, Any]:
+    """{"configuration": fingerprint of every section but `release` with the replicate seeds blanked,
+    "seeds": their values}; `gmates report` averages the builds of one configuration over their seeds."""
+    blank = manifest
+    for dotted in REPLICATE_SEEDS:
+        section, name = dotted.split(".")
+        blank = blank.model_copy(update={section: getattr(blank, section).model_copy(update={name: None})})
+    sections = [s for s in section_names() if s != "release"]
+    return {"configuration": fingerprint(blank, *sections),
+            "seeds": {dotted: _semantic_value(section_value(manifest, dotted)) for dotted in REPLICATE_SEEDS}}

@@ -21,6 +21,8 @@ class ClusterConfig:
     niter: int = 25
     seed: int = 1234
     max_points_per_centroid: int = 256
+    subsample: str = "gmates"  # who draws the k-means training subsample: gmates (seeded) or faiss (official)
+    member_order: str = "float64"  # precision of the farthest-first sort; float32 as the official code
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,10 @@ class Clustering:
 
 def cluster(x: np.ndarray, config: ClusterConfig) -> Clustering:
     """Spherical k-means, assignment by largest inner product, member order farthest first (§3.5)."""
-    centroids = sel.spherical_kmeans(x, config.k, config.niter, config.seed, config.max_points_per_centroid)
+    centroids = sel.spherical_kmeans(x, config.k, config.niter, config.seed, config.max_points_per_centroid,
+                                     subsample=config.subsample)
     assignment, similarity = sel.assign_clusters(x, centroids, return_similarity=True)
-    members = sel.cluster_member_order(x, centroids, assignment, similarity)
+    members = sel.cluster_member_order(x, centroids, assignment, similarity, precision=config.member_order)
     return Clustering(centroids, assignment, similarity, members)
 
 

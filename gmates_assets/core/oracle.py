@@ -23,6 +23,7 @@ from .lm import (
     ReferenceSet,
     TokenSequences,
     as_token_sequences,
+    autocast_context,
     deterministic_torch,
     load_checkpoint,
     resolve_device,
@@ -77,13 +78,27 @@ def sample_random_rollouts(pool_size: int, n_rollouts: int, length: int, seed: i
 # Cumulative <-> marginal influence
 
 
-def marginals_from_cumulative(cumulative: np.ndarray) -> np.ndarray:
-    """I_0 = c_0, I_t = c_t - c_{t-1} along the last axis ([R, T] or [T])."""
+LABEL_CONVERSIONS = ("first_difference", "official_inplace")
+
+
+def marginals_from_cumulative(cumulative: np.ndarray, conversion: str = "first_difference") -> np.ndarray:
+    """Marginal influences along the last axis ([R, T] or [T]) of cumulative deltas c.
+
+    first_difference: I_0 = c_0, I_t = c_t - c_{t-1} (method.md §1). official_inplace: the official code's
+    in-place loop, which subtracts the already converted previous entry, I_t = c_t - I_{t-1}, i.e. the
+    alternating sums c_t - c_{t-1} + c_{t-2} - ...; c = [1, 3, 6, 10] gives [1, 2, 4, 6] instead of [1, 2, 3, 4].
+    """
     c = np.asarray(cumulative, dtype=np.float64)
     if c.ndim not in (1, 2):
         raise ValueError(f"cumulative: expected [T] or [R, T], got shape {c.shape}")
+    if conversion not in LABEL_CONVERSIONS:
+        raise ValueError(f"conversion: expected one of {LABEL_CONVERSIONS}, got {conversion!r}")
     marginals = c.copy()
-    marginals[..., 1:] = c[..., 1:] - c[..., :-1]
+    if conversion == "first_difference":
+        marginals[..., 1:] = c[..., 1:] - c[..., :-1]
+        return marginals
+    for t in range(1, c.shape[-1]):
+        marginals[..., t] -= marginals[..., t - 1]
     return marginals
 
 
@@ -106,9 +121,11 @@ class RolloutProber:
     starts from bit-identical weights, moments and step counts.
     """
 
-    def __init__(self, model, optimizer, reference: ReferenceSet, z_loss: float, grad_clip: float):
+    def __init__(self, model, optimizer, reference: ReferenceSet, z_loss: float, grad_clip: float,
+                 precision: str = "fp32"):
         self.model, self.optimizer, self.reference = model, optimizer, reference
         self.z_loss, self.grad_clip = z_loss, grad_clip
+        self.autocast = lambda: autocast_context(precision, next(model.parameters()).device)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.pristine_params = [p.detach().clone() for p in self.params]
         self.pristine_state = [
@@ -137,12 +154,17 @@ class RolloutProber:
 
     def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
         """One AdamW step on one sequence (batch 1): CE + z-loss, grad-norm clip."""
-        loss, _ = sequence_loss(self.model, tokens, labels, self.z_loss)
+        with self.autocast():
+            loss, _ = sequence_loss(self.model, tokens, labels, self.z_loss)
         loss.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def reference_loss(self) -> float:
+        with self.autocast():
+            return self.reference.loss(self.model)
 
     def run(self, tokens: torch.Tensor, labels: torch.Tensor, base_loss: float) -> list[float]:
         """Cumulative deltas c_t for one rollout given its sequences as tokens [T, L+1], labels [T, L]."""
@@ -150,7 +172,7 @@ class RolloutProber:
         deltas = []
         for t in range(tokens.shape[0]):
             self.train_step(tokens[t : t + 1], labels[t : t + 1])
-            deltas.append(self.reference.loss(self.model) - base_loss)
+            deltas.append(self.reference_loss() - base_loss)
         return deltas
 
 
@@ -228,6 +250,7 @@ def probe_rollouts(
     rollout_ids: Optional[np.ndarray] = None,
     z_loss: float = 1e-4,
     grad_clip: float = 1.0,
+    precision: str = "fp32",
 ) -> OracleSummary:
     """Probe every rollout from the checkpoint and write rollouts.parquet + oracle.json into out_dir.
 
@@ -235,6 +258,7 @@ def probe_rollouts(
     ref_batches: (input_ids, labels) pairs, labels -100 off the answer (lm.make_reference_batches).
     lr_policy: "checkpoint" keeps the LR saved in the checkpoint's param groups (method.md §3.1 item 3);
     a float overrides it. seed: the oracle seed, stored per row; rollout_ids default to seed * R + r.
+    precision: "fp32", or "bf16" autocast for the training steps and reference losses (the official default).
     Work is committed every `chunk_rollouts` rollouts (chunk-NNNNN.parquet) and a killed call resumes from
     the committed chunks; the finished files are byte-identical to an uninterrupted run.
     """
@@ -269,6 +293,7 @@ def probe_rollouts(
         "seed": seed,
         "z_loss": z_loss,
         "grad_clip": grad_clip,
+        "precision": precision,
     })
     finished = _finished_summary(out, fingerprint)
     if finished is not None:
@@ -285,8 +310,8 @@ def probe_rollouts(
     n_chunks = -(-n_rollouts // chunk_rollouts)
     computed = resumed = 0
     with deterministic_torch():
-        prober = RolloutProber(model, optimizer, reference, z_loss, grad_clip)
-        base_loss = reference.loss(model)  # L_ref(M_0), measured once per call
+        prober = RolloutProber(model, optimizer, reference, z_loss, grad_clip, precision)
+        base_loss = prober.reference_loss()  # L_ref(M_0), measured once per call
         for chunk in range(n_chunks):
             lo, hi = chunk * chunk_rollouts, min((chunk + 1) * chunk_rollouts, n_rollouts)
             if chunk_progress.is_done(chunk) and _chunk_path(out, chunk).is_file():
@@ -319,6 +344,7 @@ def probe_rollouts(
         "seed": seed,
         "z_loss": z_loss,
         "grad_clip": grad_clip,
+        "precision": precision,
         "chunk_rollouts": chunk_rollouts,
         "delta": "cumulative: c_t = L_ref(M_{t+1}) - L_ref(M_0)",
     }

@@ -111,24 +111,30 @@ def _check_matrix(x, name: str) -> tuple[int, int]:
     return int(n), int(d)
 
 
+KMEANS_SUBSAMPLES = ("gmates", "faiss")
+
+
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
                      max_points_per_centroid: int = 256, use_gpu: Optional[bool] = None,
-                     verbose: bool = False) -> np.ndarray:
+                     verbose: bool = False, subsample: str = "gmates") -> np.ndarray:
     """Spherical k-means centroids [k, d] float32 with faiss (centroids re-normalized, data not).
 
     k > n raises ValueError rather than clamping: the number of clusters is a manifest setting that
     downstream budgets and cluster ids depend on, so silently changing it would be worse than failing.
-    When n > k * max_points_per_centroid we draw the training subsample ourselves (numpy Generator(seed),
-    sorted rows) so that only those rows are read from a memmap; faiss then trains on all of them.
+    When n > k * max_points_per_centroid, subsample "gmates" draws the training subsample here (numpy
+    Generator(seed), sorted rows) so that only those rows are read from a memmap; "faiss" hands faiss every
+    row and lets it draw the subsample itself, as the official code does (all of x is loaded as float32).
     """
     n, d = _check_matrix(x, "x")
     if not 1 <= k <= n:
         raise ValueError(f"spherical_kmeans: k={k} clusters needs 1 <= k <= n={n} points; lower k")
     if niter < 1 or max_points_per_centroid < 1:
         raise ValueError("spherical_kmeans: niter and max_points_per_centroid must be >= 1")
+    if subsample not in KMEANS_SUBSAMPLES:
+        raise ValueError(f"spherical_kmeans: subsample must be one of {KMEANS_SUBSAMPLES}, got {subsample!r}")
     faiss = _faiss()
     cap = k * max_points_per_centroid
-    if n > cap:
+    if n > cap and subsample == "gmates":
         rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
         train = np.ascontiguousarray(x[rows], dtype=np.float32)
     else:
@@ -187,14 +193,22 @@ def _similarity_to_assigned(x, centroids, assignment, batch_size: int) -> np.nda
     return out
 
 
+MEMBER_ORDER_PRECISIONS = ("float64", "float32")
+
+
 def cluster_member_order(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray,
                          similarity: Optional[np.ndarray] = None,
-                         batch_size: int = 65536) -> list[np.ndarray]:
+                         batch_size: int = 65536, precision: str = "float64") -> list[np.ndarray]:
     """Member lists (one int64 array per centroid, possibly empty) ordered by descending 1 - IP.
 
     Farthest from the centroid comes first (§3.5); ties go to the lower document index. The inner product
-    is recomputed in float64 unless `similarity` (e.g. from assign_clusters) is given.
+    is recomputed in float64 unless `similarity` (e.g. from assign_clusters) is given. precision "float32"
+    forms 1 - IP in float32 as the official code does: similarities that differ only below float32's
+    resolution around 1 then tie and fall back to document order.
     """
+    if precision not in MEMBER_ORDER_PRECISIONS:
+        raise ValueError(f"cluster_member_order: precision must be one of {MEMBER_ORDER_PRECISIONS}, "
+                         f"got {precision!r}")
     assignment = np.asarray(assignment, dtype=np.int64)
     k = int(centroids.shape[0])
     if assignment.shape != (x.shape[0],):
@@ -203,7 +217,7 @@ def cluster_member_order(x: np.ndarray, centroids: np.ndarray, assignment: np.nd
         raise ValueError(f"assignment ids must lie in [0, {k})")
     sim = (_similarity_to_assigned(x, centroids, assignment, batch_size) if similarity is None
            else np.asarray(similarity, dtype=np.float64))
-    distance = 1.0 - sim
+    distance = 1.0 - sim if precision == "float64" else np.float32(1.0) - sim.astype(np.float32)
     doc = np.arange(assignment.size, dtype=np.int64)
     order = np.lexsort((doc, -distance, assignment))  # cluster, then farthest first, then index
     counts = np.bincount(assignment, minlength=k)

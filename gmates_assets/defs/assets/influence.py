@@ -25,8 +25,8 @@ from .pool import encoder_location
 
 GROUP = "influence"
 # What probing reads besides the oracle section: the reference set and the probe's sequence length and loss.
-PROBING_SECTIONS = ("oracle.lr", "oracle.reference_batch_size", "sources.reference", "demo", "probe.seq_len",
-                    "probe.optim.z_loss", "probe.optim.grad_clip")
+PROBING_SECTIONS = ("oracle.lr", "oracle.reference_batch_size", "oracle.precision", "sources.reference", "demo",
+                    "probe.seq_len", "probe.optim.z_loss", "probe.optim.grad_clip")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -116,7 +116,8 @@ def _train(step, items: np.ndarray, cumulative: np.ndarray, individual_only: boo
         schedule=section.schedule, dropout=section.dropout, eval_every=section.eval_every, seed=section.seed,
         individual_only=individual_only)
     return relational.train_influence_model(
-        _probe_item_features(step), items, oracle.marginals_from_cumulative(cumulative), config,
+        _probe_item_features(step), items, oracle.marginals_from_cumulative(cumulative, section.label_conversion),
+        config,
         progress=step.progress("individual" if individual_only else "relational"), device=step.device)
 
 
@@ -144,7 +145,7 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
         step.input("probe_checkpoint").path, sequences, _reference_batches(step, tok), rollouts, out,
         chunk_rollouts=section.commit_every_rollouts, lr_policy=section.lr, seed=seed,
         progress=step.progress("rollouts"), doc_ids=ids, rollout_ids=rollout_ids,
-        z_loss=optim.z_loss, grad_clip=optim.grad_clip, device=step.device)
+        z_loss=optim.z_loss, grad_clip=optim.grad_clip, precision=section.precision, device=step.device)
     _, _, cumulative = oracle.read_rollouts(out)
     final = cumulative[:, -1] if cumulative.size else np.zeros(0)
     return {"dagster/row_count": int(summary.n_rollouts), "rollout_length": int(summary.length),

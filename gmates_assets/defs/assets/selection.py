@@ -18,7 +18,8 @@ GROUP = "selection"
 
 
 def _cluster_config(section) -> methods.ClusterConfig:
-    return methods.ClusterConfig(section.k, section.niter, section.seed, section.max_points_per_centroid)
+    return methods.ClusterConfig(section.k, section.niter, section.seed, section.max_points_per_centroid,
+                                 section.subsample, section.member_order)
 
 
 def _selection_config(section) -> methods.SelectionConfig:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ...core import evaluation, lm
+from ...core import eval_suite, evaluation, lm
 from ...core.hashing import stable_hash
+from ...core.manifest import replicate_identity
 from ...core.plots import grouped_bar_plot, line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
 from ..artifacts import doc_ids, token_lists
@@ -23,24 +24,28 @@ MODEL_DIR = "model"
 
 
 def observe_eval_inputs(loaded) -> str:
-    """Content identity of everything eval reads besides the model: task files, held-out sets."""
+    """Content identity of everything eval reads besides the model: task files (and a suite's settings, which
+    live outside the manifest), held-out sets."""
     from ...core.hashing import sha256_file
 
-    tasks = {}
-    for task in loaded.manifest.eval.tasks:
-        tasks[task.name] = sha256_file(loaded.resolve(task.path)) if task.path else "demo"
-    return stable_hash({"tasks": tasks, "heldout_text": textset_identity(loaded, "heldout_text"),
+    tasks, core = eval_suite.all_tasks(loaded.manifest.eval, loaded.resolve)
+    files = {task.name: sha256_file(loaded.resolve(task.path)) if task.path else "demo" for task in tasks}
+    return stable_hash({"tasks": files, "settings": [t.model_dump(exclude={"path"}) for t in tasks],
+                        "core": core.label if core else None,
+                        "heldout_text": textset_identity(loaded, "heldout_text"),
                         "heldout_reference": textset_identity(loaded, "heldout_reference"),
-                        "demo": loaded.manifest.demo if not all(t.path for t in loaded.manifest.eval.tasks) else None},
+                        "demo": loaded.manifest.demo if not all(t.path for t in tasks) else None},
                        64)
 
 
-def _task_specs(step, out: Path) -> list[evaluation.TaskSpec]:
-    """Task specs; demo tasks are written into the artifact so every score names the exact file it used."""
+def _task_specs(step, out: Path) -> tuple[list[evaluation.TaskSpec], evaluation.CoreSpec | None]:
+    """Task specs and the core they report; demo tasks are written into the artifact so every score names
+    the exact file it used."""
     section = step.manifest.eval
+    tasks, core = eval_suite.all_tasks(section, step.loaded.resolve)
     demo_tasks = None
     specs = []
-    for task in section.tasks:
+    for task in tasks:
         if task.path:
             path = step.loaded.resolve(task.path)
         else:
@@ -52,10 +57,8 @@ def _task_specs(step, out: Path) -> list[evaluation.TaskSpec]:
             path = out / "tasks" / f"{task.name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in demo_tasks[task.name]))
-        specs.append(evaluation.TaskSpec(name=task.name, path=str(path), kind=task.kind, shots=task.shots,
-                                         random_baseline=task.random_baseline, length_normalize=task.length_normalize,
-                                         seed=section.seed, max_items=task.max_items))
-    return specs
+        specs.append(eval_suite.task_spec(task, path, section.seed))
+    return specs, core
 
 
 def _selected_tokens(step) -> list[np.ndarray]:
@@ -96,38 +99,30 @@ def _evaluate(step, out: Path) -> dict:
     model_dir = step.input("pretrained_checkpoint").path / MODEL_DIR
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     tok = load_lm_tokenizer(str(model_dir))
-    specs = _task_specs(step, out)
-    results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
-                                        progress=step.progress("eval"), device=step.device)
+    specs, core = _task_specs(step, out)
+    if section.backend == "lm_eval":
+        from ...core import lm_eval_backend
+
+        results = lm_eval_backend.evaluate_tasks(model, tok, specs, batch_size=section.batch_size, core=core)
+    else:
+        results = evaluation.evaluate_tasks(model, tok, specs, batch_size=section.batch_size,
+                                            progress=step.progress("eval"), core=core, too_long=section.too_long,
+                                            device=step.device)
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
-                                                          batch_size=section.batch_size, device=step.device)
+                                                          batch_size=section.batch_size,
+                                                          prefix=section.perplexity_prefix, device=step.device)
     pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len)
     batches = lm.make_reference_batches(pairs, section.batch_size, special_ids(tok)[1])
     results["heldout_reference_loss"] = lm.reference_loss(model, batches)
-    results["core_version"] = "gmates-centered-v1 (random baselines from the manifest)"
+    # Which configuration (all sections, seeds blanked) and seeds this score belongs to, for `gmates report`.
+    # It reads the whole manifest, so it is part of the cache key too (eval_identity): content = f(key).
+    results["provenance"] = {"method": step.partition, **replicate_identity(step.raw_loaded.manifest)}
     (out / "scores.json").write_text(json.dumps(results, indent=2, sort_keys=True, default=float) + "\n")
     rows = [{"task": name, "accuracy": round(r["accuracy"], 4), "centered": round(r["centered_accuracy"], 4),
              "items": r["n_items"]} for name, r in results["tasks"].items()]
-    return {"core": round(float(results["core"]), 4), "heldout_perplexity": round(results["heldout_perplexity"], 3),
+    return {"core": round(float(results["core"]), 4), "core_version": results["core_version"],
+            "heldout_perplexity": round(results["heldout_perplexity"], 3),
             "heldout_reference_loss": round(results["heldout_reference_loss"], 4), "tasks": table(rows)}
-
-
-def _comparison_rows(scores: dict[str, dict]) -> list[dict]:
-    base = scores.get("random")
-    rows = []
-    for method, result in scores.items():
-        row = {"method": method}
-        row.update({task: round(r["centered_accuracy"], 4) for task, r in result["tasks"].items()})
-        row["core"] = round(result["core"], 4)
-        row["perplexity"] = round(result["heldout_perplexity"], 3)
-        row["heldout_ref_loss"] = round(result["heldout_reference_loss"], 4)
-        if base is not None and abs(base["core"]) > 1e-12:
-            row["core_vs_random_%"] = round(100 * (result["core"] - base["core"]) / abs(base["core"]), 2)
-        if base is not None:
-            row["ppl_vs_random_%"] = round(100 * (result["heldout_perplexity"] - base["heldout_perplexity"])
-                                           / base["heldout_perplexity"], 2)
-        rows.append(row)
-    return rows
 
 
 def _markdown_table(rows: list[dict]) -> str:
@@ -140,7 +135,7 @@ def _markdown_table(rows: list[dict]) -> str:
 def build_method_comparison(step, out: Path) -> dict:
     scores = {m: json.loads(artifact.file("scores.json").read_text())
               for m, artifact in step.inputs("eval_scores").items()}
-    rows = _comparison_rows(scores)
+    rows = evaluation.comparison_rows(scores)
     pl.DataFrame(rows).write_csv(out / "comparison.csv")
     groups = {m: {**{t: r["centered_accuracy"] for t, r in s["tasks"].items()}, "core": s["core"]}
               for m, s in scores.items()}
@@ -148,6 +143,10 @@ def build_method_comparison(step, out: Path) -> dict:
     (out / "comparison.png").write_bytes(png)
     return {"comparison": md(_markdown_table(rows)), "plot": png_md(png, "method comparison"),
             "best_core": max(rows, key=lambda r: r["core"])["method"]}
+
+
+def eval_identity(loaded, _instance=None, _graph=None) -> dict:
+    return {"replicate": replicate_identity(loaded.manifest)}
 
 
 # ------------------------------------------------------------------------------------------ declarations
@@ -162,11 +161,11 @@ DECLS = [
               kinds=frozenset({"pytorch", "huggingface"})),
     AssetDecl("eval_scores", GROUP,
               "Log-likelihood task accuracies, centered accuracy, core score and held-out perplexity.",
-              compute=_evaluate, partitioning=METHODS,
+              compute=_evaluate, partitioning=METHODS, version="2", identity=eval_identity,
               inputs=(Input("pretrained_checkpoint", "same"), Input("eval_tasks")),
               sections=("eval", "demo", "sources.heldout_reference", "pretrain.seq_len"), kinds=frozenset({"json"})),
     AssetDecl("method_comparison", GROUP,
               "The paper's table in miniature: every method's scores side by side, vs random.",
-              compute=build_method_comparison, inputs=(Input("eval_scores", "all"),),
+              compute=build_method_comparison, inputs=(Input("eval_scores", "all"),), version="2",
               kinds=frozenset({"csv", "png"})),
 ]
