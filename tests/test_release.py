@@ -122,6 +122,13 @@ def test_verify_passes_then_names_the_changed_missing_and_extra_files(release, c
     assert verify_release(root) == ["missing file: README.md", "extra file: data/stray.parquet"]
 
 
+@pytest.mark.parametrize("planted", ["_artifact.json", "_progress.json", "data/_progress.json",
+                                     "data/manifest.json"])
+def test_verify_does_not_skip_planted_bookkeeping_names(release, planted):
+    (release.path / planted).write_text("{}")
+    assert verify_release(release.path) == [f"extra file: {planted}"]
+
+
 def test_verify_detects_an_edited_manifest(release):
     path = release.path / MANIFEST_NAME
     manifest = json.loads(path.read_text())

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from gmates_assets.core.progress import ProgressFn
+from gmates_assets.core.validation import items_that_fit
 
 TASK_KINDS = ("multiple_choice", "schema", "language_modeling")
 NORMALIZATIONS = ("token", "char", "none")
@@ -64,6 +65,7 @@ class TaskSpec:
     max_items: int | None = None  # evaluate only the first max_items items (few-shot still draws from all)
     continuation_delimiter: str = " "
     example_delimiter: str = "\n\n"
+    too_long: str = "error"  # an item whose continuation cannot fit the model window: "error" or "skip" (counted)
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -470,18 +472,33 @@ def evaluate_tasks(model: Any, tokenizer: Any, specs: Sequence[TaskSpec], batch_
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate task names: {sorted({n for n in names if names.count(n) > 1})}")
     loaded = [(spec, load_task(spec)) for spec in specs]  # validate every file before any model work
-    planned = [(spec, items, build_requests(spec, items)) for spec, items in loaded]
-    total = sum(len(requests) for _, _, requests in planned)
+    window = max_length or _model_max_length(model)
+    planned = [_drop_unfit(spec, items, build_requests(spec, items), tokenizer, window) for spec, items in loaded]
+    total = sum(len(requests) for _, _, requests, _ in planned)
     tasks: dict[str, dict[str, Any]] = {}
     offset = 0
-    for spec, items, requests in planned:
+    for spec, items, requests, n_skipped in planned:
         step = None if progress is None else _offset_progress(progress, offset, total)
         scores = continuation_logprobs(model, tokenizer, [(r.context, r.continuation) for r in requests],
                                        batch_size=batch_size, max_length=max_length, device=device, progress=step)
         tasks[spec.name] = task_result(spec, items, requests, scores).summary()
+        if n_skipped:
+            tasks[spec.name]["skipped_too_long"] = n_skipped
         offset += len(requests)
     core = sum(t["centered_accuracy"] for t in tasks.values()) / len(tasks)
     return {"core": core, "n_tasks": len(tasks), "tasks": tasks}
+
+
+def _drop_unfit(spec: TaskSpec, items: list[dict], requests: list[Request], tokenizer: Any,
+                max_length: int) -> tuple[TaskSpec, list[dict], list[Request], int]:
+    """Items whose continuations fit the window (renumbered), and how many were skipped (spec.too_long)."""
+    longest = [0] * (requests[-1].item + 1)
+    for request, ids in zip(requests, encode_continuations(tokenizer, [r.continuation for r in requests])):
+        longest[request.item] = max(longest[request.item], len(ids))
+    keep, skipped = items_that_fit(spec.name, spec.path, longest, max_length, spec.too_long)
+    renumber = {old: new for new, old in enumerate(keep)}
+    kept = [replace(r, item=renumber[r.item]) for r in requests if r.item in renumber]
+    return spec, [items[i] for i in keep], kept, len(skipped)
 
 
 def _offset_progress(progress: Any, offset: int, total: int):

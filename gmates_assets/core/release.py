@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from gmates_assets.core.hashing import BOOKKEEPING_NAMES, sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.hashing import sha256_bytes, sha256_file, stable_json
 
 RELEASE_FORMAT = "gmates-release/1"
 MANIFEST_NAME = "manifest.json"
@@ -323,8 +323,9 @@ def read_manifest(release_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _listed_files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME and p.name not in BOOKKEEPING_NAMES}
+    """Every file but the top-level manifest.json: a release holds no bookkeeping, so a planted
+    `_artifact.json` or `_progress.json` is an extra file like any other."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST_NAME}
 
 
 def _check_manifest(manifest: Any) -> tuple[dict[str, str], list[str]]:

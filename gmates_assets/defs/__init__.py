@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..core.manifest import load_manifest
+from .console import gmates_console_logger
 from .partitions import partitions_for
 from .resources import GmatesResource
 
@@ -35,4 +36,5 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
         sensors=[automation],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
         executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+        loggers={"console": gmates_console_logger},
     )

@@ -150,21 +150,21 @@ def run_step(
     version = code_version(manifest, asset)
     input_versions, artifacts = resolve_inputs(context, store, deps, partition, manifest)
     key = store.input_key(asset, version, {**input_versions, **(extra_key or {})}, partition)
-    artifact = store.get(asset, key)
-    reused = artifact is not None
+    # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
+    record: dict[str, Any] = {"code_version": version, "inputs": input_versions}
+    computed: dict[str, Any] = {}
+
+    def fill(work_dir: Path) -> None:
+        started = time.monotonic()
+        computed.update(compute(Step(context, gm, asset, artifacts), work_dir))
+        computed["compute_seconds"] = round(time.monotonic() - started, 3)
+        record["metadata"] = json.loads(json.dumps(computed, default=str))
+
+    # Under the artifact's build lock: a concurrent sync building the same key is waited for, then reused.
+    artifact, reused = store.get_or_build(asset, key, fill, partition, record, resumable, log=context.log.info)
     if reused:
         context.log.info(f"reusing stored artifact {key[:12]} for {asset}{f'[{partition}]' if partition else ''}")
-        metadata = dict(artifact.record.get("metadata", {}))
-    else:
-        step = Step(context, gm, asset, artifacts)
-        started = time.monotonic()
-        # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
-        record: dict[str, Any] = {"code_version": version, "inputs": input_versions}
-        with store.build(asset, key, partition, record=record, resumable=resumable) as work_dir:
-            metadata = compute(step, work_dir)
-            metadata["compute_seconds"] = round(time.monotonic() - started, 3)
-            record["metadata"] = json.loads(json.dumps(metadata, default=str))
-        artifact = store.get(asset, key)
+    metadata = dict(artifact.record.get("metadata", {})) if reused else computed
     return dg.MaterializeResult(
         data_version=dg.DataVersion(artifact.content_hash),
         metadata={
@@ -172,7 +172,7 @@ def run_step(
             "reused": reused,
             "input_key": key,
             "content_hash": artifact.content_hash,
-            "artifact_path": dg.MetadataValue.path(str(artifact.path)),
+            "artifact_path": dg.MetadataValue.path(artifact.location),
         },
         check_results=checks(artifact) if checks else None,
     )

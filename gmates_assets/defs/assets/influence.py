@@ -11,7 +11,7 @@ import polars as pl
 import zarr
 from safetensors.numpy import load_file, save_file
 
-from ...core import lm, oracle, relational
+from ...core import lm, oracle, relational, validation
 from ...core.hashing import hash_dir
 from ...core.plots import line_plot
 from ...core.tokenize import load_lm_tokenizer
@@ -46,7 +46,8 @@ def _special_ids(tok) -> tuple[int, int]:
 
 def _reference_batches(step, tok):
     examples = reference_examples(step.loaded, "reference")
-    pairs = lm.tokenize_reference(tok, examples, step.manifest.probe.seq_len)
+    pairs = lm.tokenize_reference(tok, examples, step.manifest.probe.seq_len, setting="probe.seq_len",
+                                  on_too_long=step.manifest.sources.reference.too_long)
     return lm.make_reference_batches(pairs, step.manifest.oracle.reference_batch_size, _special_ids(tok)[1])
 
 
@@ -83,7 +84,7 @@ def _features(step, mode: str) -> dict[str, np.ndarray]:
 
     section = step.manifest.encoder
     texts = _texts_for(step, items)
-    _, enc_tok = load_encoder(_encoder_location(section), section.revision, section.trust_remote_code)
+    _, enc_tok = load_encoder(_encoder_location(step.loaded), section.revision, section.trust_remote_code)
     return chunk_encoder_inputs(enc_tok, texts, section.max_length, section.chunk_size, section.cls_rule)
 
 
@@ -107,7 +108,7 @@ def _train(step, items: np.ndarray, cumulative: np.ndarray, individual_only: boo
 
     return relational.train_influence_model(
         _features(step, section.mode), items, oracle.marginals_from_cumulative(cumulative),
-        mode=section.mode, encoder_dir=_encoder_location(step.manifest.encoder) if section.mode == "finetune" else None,
+        mode=section.mode, encoder_dir=_encoder_location(step.loaded) if section.mode == "finetune" else None,
         pooling=step.manifest.encoder.pooling, label_stats=section.label_stats, lr=section.lr, epochs=section.epochs,
         rollouts_per_step=section.rollouts_per_step, heldout_fraction=section.heldout_fraction,
         split_seed=section.split_seed, weight_decay=section.weight_decay, warmup_steps=section.warmup_steps,
@@ -199,6 +200,7 @@ def influence_assets(manifest, parts: Partitions) -> list:
         def compute(step, out: Path) -> dict:
             section = step.manifest.oracle
             tokens = token_lists(step)
+            validation.check_pool_size(len(tokens), step.manifest.clustering.k, section.pool_size)
             # A training row needs at least 2 tokens; shorter documents can never be probed.
             eligible = np.array([i for i, t in enumerate(tokens) if len(t) >= 2], dtype=np.int64)
             if section.pool_size > len(eligible):
@@ -357,7 +359,7 @@ def _shard_features(step, shard: str, mode: str) -> dict[str, np.ndarray]:
 
     section = step.manifest.encoder
     texts = pl.read_parquet(step.input("documents", shard).file("documents.parquet"))["text"].to_list()
-    _, tok = load_encoder(_encoder_location(section), section.revision, section.trust_remote_code)
+    _, tok = load_encoder(_encoder_location(step.loaded), section.revision, section.trust_remote_code)
     return chunk_encoder_inputs(tok, texts, section.max_length, section.chunk_size, section.cls_rule)
 
 
@@ -388,6 +390,9 @@ def _warm_up(step, out: Path) -> dict:
     tok = _tokenizer(step)
     eos, _ = _special_ids(tok)
     tokens = token_lists(step)
+    # Settings that only the pool and the tokenizer can refute fail here, before warm-up and oracle work.
+    validation.check_pool_size(len(tokens), step.manifest.clustering.k, step.manifest.oracle.pool_size)
+    _reference_batches(step, tok)
     if section.sample_docs and section.sample_docs < len(tokens):
         pick = np.sort(np.random.default_rng(section.seed).choice(len(tokens), section.sample_docs, replace=False))
         tokens = [tokens[i] for i in pick]

@@ -9,7 +9,8 @@ import numpy as np
 
 from ...core import encode, sources, tokenize
 from ...core.hashing import hash_dir, stable_hash
-from ...core.manifest import BUILTIN_ENCODER, EncoderSection, TokenizerSection
+from ...core.manifest import BUILTIN_ENCODER, LoadedManifest
+from ...core.validation import loading_model
 from ..partitions import Partitions
 from ..runtime import Dep, run_step, table
 from ..wiring import shard_by_name, shard_spec
@@ -28,18 +29,18 @@ def local_dir_identity(path: str) -> str:
     return _dir_hash(str(p.resolve()), p.stat().st_mtime_ns)
 
 
-def encoder_identity(section: EncoderSection) -> str:
+def encoder_identity(loaded: LoadedManifest) -> str:
     """What the embeddings depend on besides text and settings: the encoder's weights."""
-    if section.model == BUILTIN_ENCODER:
-        return local_dir_identity(str(encode.default_encoder_dir()))
-    if Path(section.model).is_dir():
-        return local_dir_identity(section.model)
+    section, location = loaded.manifest.encoder, _encoder_location(loaded)
+    if Path(location).is_dir():
+        return local_dir_identity(location)
     return f"{section.model}@{section.revision or 'main'}"
 
 
-def tokenizer_identity(section: TokenizerSection) -> str:
-    if section.kind == "pretrained" and section.name and Path(section.name).is_dir():
-        return local_dir_identity(section.name)
+def tokenizer_identity(loaded: LoadedManifest) -> str:
+    section = loaded.manifest.tokenizer
+    if section.kind == "pretrained" and Path(loaded.model_location(section.name)).is_dir():
+        return local_dir_identity(loaded.model_location(section.name))
     return f"{section.name}@{section.revision or 'main'}" if section.kind == "pretrained" else "trained"
 
 
@@ -58,9 +59,9 @@ def pool_assets(manifest, parts: Partitions) -> list:
     )
     def pool_source(context, gmates: GmatesResource):
         loaded = gmates.manifest()
-        return dg.DataVersionsByPartition(
-            {s.name: dg.DataVersion(sources.file_content_hash(shard_spec(loaded, s))) for s in loaded.manifest.sources.shards}
-        )
+        specs = [shard_spec(loaded, s) for s in loaded.manifest.sources.shards]
+        sources.check_shards_disjoint(specs)  # colliding document ids: found here, before any work
+        return dg.DataVersionsByPartition({s.name: dg.DataVersion(sources.file_content_hash(s)) for s in specs})
 
     @gmates_asset(manifest, "documents", group=GROUP, partitions_def=parts.shards, deps=[same_partition("pool_source")],
                   kinds={"parquet"},
@@ -68,15 +69,17 @@ def pool_assets(manifest, parts: Partitions) -> list:
     def documents(context, gmates: GmatesResource):
         loaded = gmates.manifest()
         spec = shard_spec(loaded, shard_by_name(loaded, context.partition_key))
-        sources.check_files(spec)  # missing files and sha256 mismatches fail before anything else
-        content = sources.file_content_hash(spec)
+        content = sources.shard_content(spec)  # bad files and sha256 mismatches fail before anything else
 
         def compute(step, out: Path) -> dict:
-            docs, stats = sources.read_shard(spec, step.manifest.sources.on_bad_record)
+            # The bytes read must be the bytes hashed: a file rewritten since is an error, never stored text.
+            docs, stats = sources.read_shard(spec, step.manifest.sources.on_bad_record, expected=content)
+            for note in stats.notes():
+                step.log(note)
             sources.write_documents_parquet(docs, out / "documents.parquet")
             return {"dagster/row_count": len(docs), "read_stats": stats.as_dict(), "sample": _sample_rows(docs)}
 
-        return run_step(context, gmates, "documents", [], compute, extra_key={"source_content": content})
+        return run_step(context, gmates, "documents", [], compute, extra_key={"source_content": content.hash})
 
     trains_on_pool = manifest.tokenizer.kind == "train_bpe"  # a pretrained tokenizer does not read the pool
 
@@ -88,7 +91,9 @@ def pool_assets(manifest, parts: Partitions) -> list:
 
         def compute(step, out: Path) -> dict:
             if section.kind == "pretrained":
-                tok = tokenize.load_lm_tokenizer(section.name, section.revision, section.trust_remote_code)
+                with loading_model("tokenizer.name", section.name):
+                    tok = tokenize.load_lm_tokenizer(step.loaded.model_location(section.name), section.revision,
+                                                     section.trust_remote_code)
                 tok.save_pretrained(str(out))
                 return {"kind": "pretrained", "name": section.name, "vocab_size": len(tok)}
             texts = _training_texts(step, section.train_max_docs)
@@ -97,7 +102,7 @@ def pool_assets(manifest, parts: Partitions) -> list:
             return {"kind": "train_bpe", "trained_on_docs": len(texts), "vocab_size": tok.get_vocab_size()}
 
         return run_step(context, gmates, "lm_tokenizer", [Dep("documents", "all")] if trains_on_pool else [], compute,
-                        extra_key={"tokenizer": tokenizer_identity(section)})
+                        extra_key={"tokenizer": tokenizer_identity(gmates.manifest())})
 
     @gmates_asset(manifest, "tokenized_pool", group=GROUP, partitions_def=parts.shards,
                   deps=[same_partition("documents"), "lm_tokenizer"], kinds={"zarr"},
@@ -126,7 +131,7 @@ def pool_assets(manifest, parts: Partitions) -> list:
 
         def compute(step, out: Path) -> dict:
             docs = sources.read_documents_parquet(step.input("documents").file("documents.parquet"))
-            model, tok = encode.load_encoder(_encoder_location(section), section.revision, section.trust_remote_code)
+            model, tok = encode.load_encoder(_encoder_location(step.loaded), section.revision, section.trust_remote_code)
             encode.embed_documents(
                 model, tok, [d.text for d in docs], max_length=section.max_length, chunk_size=section.chunk_size,
                 pooling=section.pooling, batch_size=section.batch_size, out_dir=out,
@@ -137,13 +142,14 @@ def pool_assets(manifest, parts: Partitions) -> list:
                     "chunks_per_doc_mean": round(float(mask.sum(axis=1).mean()), 3) if len(mask) else 0.0}
 
         return run_step(context, gmates, "embeddings", [Dep("documents", "same")], compute, resumable=True,
-                        extra_key={"encoder": encoder_identity(section)})
+                        extra_key={"encoder": encoder_identity(gmates.manifest())})
 
     return [pool_source, documents, lm_tokenizer, tokenized_pool, embeddings]
 
 
-def _encoder_location(section: EncoderSection) -> str:
-    return str(encode.default_encoder_dir()) if section.model == BUILTIN_ENCODER else section.model
+def _encoder_location(loaded: LoadedManifest) -> str:
+    model = loaded.manifest.encoder.model
+    return str(encode.default_encoder_dir()) if model == BUILTIN_ENCODER else loaded.model_location(model)
 
 
 def _training_texts(step, limit: int) -> list[str]:

@@ -55,7 +55,7 @@ def _task_specs(step, out: Path) -> list[evaluation.TaskSpec]:
             path.write_text("".join(json.dumps(item, sort_keys=True) + "\n" for item in demo_tasks[task.name]))
         specs.append(evaluation.TaskSpec(name=task.name, path=str(path), kind=task.kind, shots=task.shots,
                                          random_baseline=task.random_baseline, length_normalize=task.length_normalize,
-                                         seed=section.seed, max_items=task.max_items))
+                                         seed=section.seed, max_items=task.max_items, too_long=task.too_long))
     return specs
 
 
@@ -110,7 +110,8 @@ def _evaluate(step, out: Path) -> dict:
                                         progress=step.progress("eval"))
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
                                                           batch_size=section.batch_size)
-    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len)
+    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len,
+                                  "pretrain.seq_len", step.manifest.sources.heldout_reference.too_long)
     batches = lm.make_reference_batches(pairs, section.batch_size, int(tok.pad_token_id or tok.eos_token_id))
     results["heldout_reference_loss"] = lm.reference_loss(model, batches)
     results["core_version"] = "gmates-centered-v1 (random baselines from the manifest)"
