@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import traceback
-import uuid
 import warnings
 from pathlib import Path
 
@@ -32,10 +31,16 @@ def ensure_dagster_home() -> Path:
 
 
 def _instance():
+    """The Dagster instance at $DAGSTER_HOME, opened under a lock: two gmates processes starting on a new home
+    must not both create its sqlite databases (Dagster would stamp their schema twice)."""
+    import fcntl
+
     import dagster as dg
 
-    ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    home = ensure_dagster_home()
+    with open(home / ".gmates-open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 def _definitions(manifest: str):
@@ -77,7 +82,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and sync again."""
+    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and rebuild them (a
+    rebuild with the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
     from .defs.sync import gmates_store, sync, verify_artifacts
 
     defs = _definitions(args.manifest)
@@ -89,7 +95,7 @@ def cmd_verify(args) -> int:
         for check in bad:
             if check.artifact is not None:
                 store.discard(check.artifact)
-        report = sync(defs, instance, log=lambda m: print(m, flush=True))
+        report = sync(defs, instance, select={c.asset for c in bad}, log=lambda m: print(m, flush=True))
         print(f"repair: rebuilt {len(report.executed)} asset partition(s)")
         return 1 if _report_verify(verify_artifacts(defs, instance)) else 0
 
@@ -119,14 +125,11 @@ def cmd_release_verify(args) -> int:
 
 
 def cmd_release_export(args) -> int:
-    """Copy the latest materialized dataset_release out of the store: into a temp folder next to the target,
-    verified there, then renamed into place, so a failure never leaves a corrupt copy behind."""
-    import shutil
-
+    """Copy the latest materialized dataset_release out of the store; verified before it appears."""
     import dagster as dg
 
-    from .core.release import verify_release
-    from .defs.sync import gmates_store
+    from .core.release import export_release
+    from .core.store import ArtifactStore, store_root_from_env
 
     with _instance() as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
@@ -134,25 +137,9 @@ def cmd_release_export(args) -> int:
         print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
         return 1
     content_hash = event.asset_materialization.metadata["content_hash"].value
-    source = gmates_store(_definitions(args.manifest)).require_by_content("dataset_release", content_hash).path
-    target = Path(args.dir)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        print(f"{target} exists and is not an empty folder", file=sys.stderr)
-        return 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        shutil.copytree(source / "release", tmp)
-        problems = verify_release(tmp)
-        if problems:
-            raise RuntimeError(f"the copy does not match its manifest ({problems[0]}); the store's release may "
-                               "be corrupt: run `gmates verify --repair`")
-        if target.exists():
-            target.rmdir()
-        os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"exported {source / 'release'} -> {target}: verified")
+    artifact = ArtifactStore(store_root_from_env()).require_by_content("dataset_release", content_hash)
+    target = export_release(artifact.path / "release", args.dir)
+    print(f"exported {artifact.location}/release -> {target}: every file matches its manifest")
     return 0
 
 
@@ -197,7 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
     e = rsub.add_parser("export", parents=[common],
                         help="copy the latest dataset_release out of the store, then verify it")
     e.add_argument("dir")
-    e.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     e.set_defaults(func=cmd_release_export)
     return parser
 

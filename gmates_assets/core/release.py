@@ -368,6 +368,29 @@ def verify_release(release_dir: str | os.PathLike) -> list[str]:
     return problems
 
 
+def export_release(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a release into `target` (absent or an empty folder): copied into a temp folder beside it, verified
+    there, then renamed into place, so a failure (a corrupt source, a full disk) leaves no copy behind."""
+    source, target = Path(source), Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ReleaseError(f"{target} exists and is not an empty folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        shutil.copytree(source, tmp)
+        problems = verify_release(tmp)
+        if problems:
+            raise ReleaseError(f"{source} does not match its manifest ({problems[0]}"
+                               f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); nothing was "
+                               f"exported. If it is a store artifact, `gmates verify --repair` rebuilds it")
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def main_verify(argv: Sequence[str] | None = None) -> int:
     """`gmates release verify DIR`: exit 0 when every file matches the manifest, 1 otherwise."""
     parser = argparse.ArgumentParser(prog="gmates release verify",
