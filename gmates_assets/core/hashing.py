@@ -76,10 +76,13 @@ def content_files(root: str | os.PathLike) -> list[Path]:
                   and not any(is_temp_name(part) for part in p.relative_to(root).parts))
 
 
-def hash_dir(path: str | os.PathLike) -> str:
-    """Content hash of a directory tree: relative paths and file bytes of its content files."""
+def hash_dir(path: str | os.PathLike, file_digest=sha256_file) -> str:
+    """Content hash of a directory tree: relative paths and file bytes of its content files.
+
+    `file_digest`: `cached_sha256_file` for inputs that are re-hashed on every observation (never for
+    verifying stored artifacts, which must be read again)."""
     root = Path(path)
-    return combine_file_digests((f.relative_to(root).as_posix(), sha256_file(f)) for f in content_files(root))
+    return combine_file_digests((f.relative_to(root).as_posix(), file_digest(f)) for f in content_files(root))
 
 
 def combine_file_digests(pairs) -> str:

@@ -506,7 +506,7 @@ def _hf_content_hash(spec: ShardSpec) -> str:
 
     local = _local_dataset_dir(spec)
     if local is not None and os.path.isdir(local):
-        return hash_dir(local)
+        return hash_dir(local, file_digest=cached_sha256_file)
     data_files = []
     for pattern in spec.hf_data_files or ():
         data_files.extend(resolve_files(ShardSpec(name=spec.name, format="jsonl", paths=(pattern,),

@@ -30,7 +30,7 @@ def loading_model(setting: str, name: str) -> Iterator[None]:
     try:
         yield
     except (OSError, HFValidationError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"{setting} {name!r} cannot be loaded: {reason}. A hub model must be downloaded once before offline "
             f"use (HF_HUB_OFFLINE=1); a local folder is resolved relative to the manifest.") from err
