@@ -602,8 +602,8 @@ def read_shard(spec: ShardSpec, on_bad_record: OnBadRecord = "error",
     documents = list(iter_documents(spec, on_bad_record, stats))
     _check_read_matches(spec, stats, expected)
     if not documents:
-        what = (f"all {stats.n_read} records were skipped ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
-                if stats.n_read else "it holds no records")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items()))
+        what = f"all {stats.n_read} records were skipped ({reasons})" if stats.n_read else "it holds no records"
         raise SourceError(f"shard {spec.name!r} has no documents: {what}",
                           file=", ".join(id_sources(spec)[:3]) or None, reason="empty_shard")
     return documents, stats

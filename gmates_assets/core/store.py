@@ -213,7 +213,8 @@ class ArtifactStore:
         self.local = is_local_root(text)
         self.stale_after, self.heartbeat = stale_after, heartbeat
         if self.local:
-            self.root: Path | str = Path(fsspec.core.strip_protocol(text) if "://" in text else text).expanduser().resolve()
+            local = fsspec.core.strip_protocol(text) if "://" in text else text
+            self.root: Path | str = Path(local).expanduser().resolve()
             self.fs = fsspec.filesystem("file")
             self._base = self.root.as_posix()
         else:
@@ -305,11 +306,11 @@ class ArtifactStore:
     def ensure_indexed(self, artifact: Artifact) -> None:
         """Repair the by_content entry of a reused artifact (cheap when it is already right)."""
         try:
-            if self.fs.cat_file(self._index(artifact.asset, artifact.content_hash)).decode().strip() == artifact.input_key:
-                return
+            indexed = self.fs.cat_file(self._index(artifact.asset, artifact.content_hash)).decode().strip()
         except FileNotFoundError:
-            pass
-        self._write_index(artifact)
+            indexed = None
+        if indexed != artifact.input_key:
+            self._write_index(artifact)
 
     def _write_index(self, artifact: Artifact) -> None:
         self._write_text(self._index(artifact.asset, artifact.content_hash), artifact.input_key)

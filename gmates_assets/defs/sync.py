@@ -87,21 +87,25 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
             continue
         for pk in _partition_keys(graph.get(key), instance):
             status = resolver.get_status(key, pk)
-            stored = None if status == StaleStatus.MISSING else _stored_artifact(store, resolver, key, pk)
+            known = status != StaleStatus.MISSING and store is not None
+            stored = _stored_artifact(store, resolver, key, pk) if known else None
+            notes = _notes(stored) if stored is not None else ()
             if status == StaleStatus.MISSING:
                 out.append(PartitionStatus(name, pk, MISSING))
-            elif stored is None:  # Dagster remembers it, but the store lost it: rebuild, never trust history
+            elif store is not None and stored is None:  # Dagster remembers it, the store lost it: rebuild
                 out.append(PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",)))
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
-                out.append(PartitionStatus(name, pk, STALE, causes, _notes(stored)))
+                out.append(PartitionStatus(name, pk, STALE, causes, notes))
             else:
-                out.append(PartitionStatus(name, pk, FRESH, (), _notes(stored)))
+                out.append(PartitionStatus(name, pk, FRESH, (), notes))
     return out
 
 
-def gmates_store(defs: dg.Definitions) -> ArtifactStore:
-    return defs.resources["gmates"].store()
+def gmates_store(defs: dg.Definitions) -> Optional[ArtifactStore]:
+    """The artifact store of gmates Definitions (None for Definitions without the gmates resource)."""
+    resource = (defs.resources or {}).get("gmates")
+    return resource.store() if resource is not None else None
 
 
 def _stored_artifact(store: ArtifactStore, resolver, key: dg.AssetKey, pk: Optional[str]) -> Optional[Artifact]:

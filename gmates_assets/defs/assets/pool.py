@@ -131,7 +131,8 @@ def pool_assets(manifest, parts: Partitions) -> list:
 
         def compute(step, out: Path) -> dict:
             docs = sources.read_documents_parquet(step.input("documents").file("documents.parquet"))
-            model, tok = encode.load_encoder(_encoder_location(step.loaded), section.revision, section.trust_remote_code)
+            model, tok = encode.load_encoder(_encoder_location(step.loaded), section.revision,
+                                             section.trust_remote_code)
             encode.embed_documents(
                 model, tok, [d.text for d in docs], max_length=section.max_length, chunk_size=section.chunk_size,
                 pooling=section.pooling, batch_size=section.batch_size, out_dir=out,

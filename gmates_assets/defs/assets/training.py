@@ -110,8 +110,9 @@ def _evaluate(step, out: Path) -> dict:
                                         progress=step.progress("eval"))
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
                                                           batch_size=section.batch_size)
-    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len,
-                                  "pretrain.seq_len", step.manifest.sources.heldout_reference.too_long)
+    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"),
+                                  step.manifest.pretrain.seq_len, "pretrain.seq_len",
+                                  step.manifest.sources.heldout_reference.too_long)
     batches = lm.make_reference_batches(pairs, section.batch_size, int(tok.pad_token_id or tok.eos_token_id))
     results["heldout_reference_loss"] = lm.reference_loss(model, batches)
     results["core_version"] = "gmates-centered-v1 (random baselines from the manifest)"
