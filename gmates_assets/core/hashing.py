@@ -34,10 +34,15 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
+        return sha256_stream(handle)
+
+
+def sha256_stream(handle) -> str:
+    """sha256 of what is left in a binary file object, read in chunks (a local file or an fsspec one)."""
+    digest = hashlib.sha256()
+    while block := handle.read(_CHUNK):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -159,10 +164,8 @@ def cached_sha256_file(path: str | os.PathLike, cache: Optional[FileHashCache] =
         found = cache.lookup(key, before)
         if found is not None:
             return found
-        digest = hashlib.sha256()
-        while block := handle.read(_CHUNK):
-            digest.update(block)
+        digest = sha256_stream(handle)
         after = os.fstat(handle.fileno())
     if _stat_key(after) == _stat_key(before):  # unchanged while it was hashed
-        cache.remember(key, after, digest.hexdigest())
-    return digest.hexdigest()
+        cache.remember(key, after, digest)
+    return digest

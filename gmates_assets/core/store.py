@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import fsspec
 
 from .hashing import (BOOKKEEPING_NAMES, cache_dir, combine_file_digests, hash_dir, is_temp_name,
-                      remove_temp_files, sha256_bytes, stable_hash)
+                      remove_temp_files, sha256_stream, stable_hash)
 from .progress import atomic_write_text
 
 RECORD_FILE = "_artifact.json"
@@ -479,7 +479,8 @@ class ArtifactStore:
             rel = remote[len(final) + 1:]
             if Path(rel).name in BOOKKEEPING_NAMES or any(is_temp_name(part) for part in rel.split("/")):
                 continue
-            pairs.append((rel, sha256_bytes(self.fs.cat_file(remote))))
+            with self.fs.open(remote, "rb") as handle:
+                pairs.append((rel, sha256_stream(handle)))
         return combine_file_digests(pairs)
 
     def discard(self, artifact: Artifact) -> None:
