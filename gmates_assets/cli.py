@@ -1,7 +1,9 @@
-"""`gmates` command line: sync, status, report, ui, release verify.
+"""`gmates` command line: sync, status, verify, report, ui, release verify / export.
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default `.dagster_home/`), so everything `gmates
-sync` builds shows in the UI (`gmates ui`), and the artifact store lives at $GMATES_HOME (default `.gmates/`).
+sync` builds shows in the UI (`gmates ui`), and the artifact store lives at $GMATES_HOME (default `.gmates/`, or
+an fsspec URL such as s3://bucket/gmates). Errors end with a one-line cause; `--verbose` adds Dagster's full
+logs and the traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import json
 import os
 import signal
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 DEFAULT_MANIFEST = "data_manifests/demo.yaml"
@@ -25,10 +29,16 @@ def ensure_dagster_home() -> Path:
 
 
 def _instance():
+    """The Dagster instance at $DAGSTER_HOME, opened under a lock: two gmates processes starting on a new home
+    must not both create its sqlite databases (Dagster would stamp their schema twice)."""
+    import fcntl
+
     import dagster as dg
 
-    ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    home = ensure_dagster_home()
+    with open(home / ".gmates-open.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 def _definitions(manifest: str):
@@ -76,7 +86,36 @@ def cmd_status(args) -> int:
         print(f"{name:<{width}}  {s.status}")
         for cause in s.causes:
             print(f"{'':<{width}}    - {cause}")
+        for note in s.notes:
+            print(f"{'':<{width}}    ! {note}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and rebuild them (a
+    rebuild with the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
+    from .defs.sync import gmates_store, sync, verify_artifacts
+
+    defs = _definitions(args.manifest)
+    with _instance() as instance:
+        bad = _report_verify(verify_artifacts(defs, instance))
+        if not bad or not args.repair:
+            return 1 if bad else 0
+        store = gmates_store(defs)
+        for check in bad:
+            if check.artifact is not None:
+                store.discard(check.artifact)
+        report = sync(defs, instance, select={c.asset for c in bad}, log=lambda m: print(m, flush=True))
+        print(f"repair: rebuilt {len(report.executed)} asset partition(s)")
+        return 1 if _report_verify(verify_artifacts(defs, instance)) else 0
+
+
+def _report_verify(checks) -> list:
+    bad = [c for c in checks if c.problem]
+    for check in bad:
+        print(f"{check.asset}[{check.partition}]" if check.partition else check.asset, f"- {check.problem}")
+    print(f"verify: {len(checks)} artifact(s) checked, {len(bad)} corrupt or missing")
+    return bad
 
 
 def cmd_ui(args) -> int:
@@ -96,26 +135,22 @@ def cmd_release_verify(args) -> int:
 
 
 def cmd_release_export(args) -> int:
-    """Copy the latest materialized dataset_release out of the store (then verify the copy)."""
-    import shutil
-
+    """Copy the latest materialized dataset_release out of the store; verified before it appears."""
     import dagster as dg
 
-    from .core.release import main_verify
+    from .core.release import export_release
+    from .core.store import ArtifactStore, store_root_from_env
 
     with _instance() as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
     if event is None:
         print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
         return 1
-    source = Path(event.asset_materialization.metadata["artifact_path"].value) / "release"
-    target = Path(args.dir)
-    if target.exists() and any(target.iterdir()):
-        print(f"{target} exists and is not empty", file=sys.stderr)
-        return 1
-    shutil.copytree(source, target, dirs_exist_ok=True)
-    print(f"exported {source} -> {target}")
-    return main_verify([str(target)])
+    content_hash = event.asset_materialization.metadata["content_hash"].value
+    artifact = ArtifactStore(store_root_from_env()).require_by_content("dataset_release", content_hash)
+    target = export_release(artifact.path / "release", args.dir)
+    print(f"exported {artifact.location}/release -> {target}: every file matches its manifest")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -130,55 +165,83 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    verbose_help = "print Dagster's full logs and, on failure, the traceback"
+    common = argparse.ArgumentParser(add_help=False)  # --verbose also after the command (never resets it)
+    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     parser = argparse.ArgumentParser(prog="gmates", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sync", help="materialize stale or missing assets and partitions until all are fresh")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add("sync", help="materialize stale or missing assets and partitions until all are fresh")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--select", nargs="+", metavar="ASSET",
                    help="only these assets (and what they need upstream)")
     p.set_defaults(func=cmd_sync)
 
-    p = sub.add_parser("status", help="fresh / stale / missing per asset and partition, with causes")
+    p = add("status", help="fresh / stale / missing per asset and partition, with causes")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="method comparison table of the built manifest (mean ± sd over seeds)")
+    p = add("verify", help="re-hash every artifact the latest build uses against its recorded content hash")
+    p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
+    p.add_argument("--repair", action="store_true", help="discard what is corrupt, then rebuild it (gmates sync)")
+    p.set_defaults(func=cmd_verify)
+
+    p = add("report", help="method comparison table of the built manifest (mean ± sd over seeds)")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")
+    p = add("ui", help="serve the Dagster UI on 127.0.0.1")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("release", help="dataset releases")
+    p = add("release", help="dataset releases")
     rsub = p.add_subparsers(dest="release_command", required=True)
-    v = rsub.add_parser("verify", help="re-hash a release and name every file that differs")
+    v = rsub.add_parser("verify", parents=[common], help="re-hash a release and name every file that differs")
     v.add_argument("dir")
     v.set_defaults(func=cmd_release_verify)
-    e = rsub.add_parser("export", help="copy the latest dataset_release out of the store, then verify it")
+    e = rsub.add_parser("export", parents=[common],
+                        help="copy the latest dataset_release out of the store, then verify it")
     e.add_argument("dir")
     e.set_defaults(func=cmd_release_export)
     return parser
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The user-facing exception inside Dagster's wrappers (never the low-level error it was raised from)."""
+    while getattr(exc, "user_exception", None) is not None:
+        exc = exc.user_exception
+    return exc
+
+
+def error_line(command: str, exc: BaseException) -> str:
+    cause = _cause(exc)
+    ours = type(cause).__module__.startswith("gmates_assets.")  # our errors already say file, line, field
+    return f"gmates {command}: {cause if ours else f'{type(cause).__name__}: {cause}'}"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = args.verbose or bool(os.environ.get("GMATES_DEBUG"))
+    if verbose:
+        os.environ["GMATES_VERBOSE"] = "1"
+    else:
+        warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
         return args.func(args)
-    except Exception as exc:  # a clear one-line error for users; tracebacks with GMATES_DEBUG=1
-        if os.environ.get("GMATES_DEBUG"):
-            raise
-        from .core.manifest import ManifestError
-
-        if isinstance(exc, ManifestError):
-            print(str(exc), file=sys.stderr)
+    except Exception as exc:  # the cause as the last line; the traceback only with --verbose
+        if verbose:
+            traceback.print_exception(exc)
         else:
-            print(f"gmates {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print("(run with --verbose for Dagster's logs and the traceback)", file=sys.stderr)
+        print(error_line(args.command, exc), file=sys.stderr)
         return 2
 
 

@@ -158,14 +158,22 @@ def test_reference_loss_is_a_mean_of_batch_token_means():
     assert abs(expected - token_weighted) > 1e-4  # so the test tells the two averages apart
 
 
-def test_tokenize_reference_masks_the_prompt_and_truncates():
+def test_tokenize_reference_masks_the_prompt_and_truncates_it_from_the_left():
     tok = tiny_tokenizer()
-    ids, labels = lm.tokenize_reference(tok, [{"prompt": "a b", "answer": "c d ."}], max_tokens=4)[0]
-    assert ids.tolist() == [2, 3, 4, 5]
-    assert labels.tolist() == [-100, -100, 4, 5]
+    ids, labels = lm.tokenize_reference(tok, [{"prompt": "a b", "answer": "c d"}], max_tokens=4)[0]
+    assert ids.tolist() == [2, 3, 4, 5] and labels.tolist() == [-100, -100, 4, 5]
+    ids, labels = lm.tokenize_reference(tok, [{"prompt": "a b c", "answer": "d a"}], max_tokens=4)[0]
+    assert ids.tolist() == [3, 4, 5, 2] and labels.tolist() == [-100, -100, 5, 2]  # the answer is kept whole
+    with pytest.raises(ValueError, match=r"reference example 2 \('a b c'\) does not fit probe\.seq_len=4: "
+                                         r"prompt 3 \+ answer 2 tokens \(too_long: error\)"):
+        lm.tokenize_reference(tok, [{"prompt": "a", "answer": "b"}, {"prompt": "a b c", "answer": "d a"}], 4,
+                              setting="probe.seq_len", on_too_long="error")
+    with pytest.raises(ValueError, match=r"reference example 1 \('a'\) does not fit probe\.seq_len=3: its "
+                                         r"answer alone has 3 tokens"):
+        lm.tokenize_reference(tok, [{"prompt": "a", "answer": "b c d"}], 3, setting="probe.seq_len")
     with pytest.raises(ValueError, match="reference example 1: no answer token"):
-        lm.tokenize_reference(tok, [{"prompt": "a", "answer": "b"}, {"prompt": "a b c", "answer": "d"}], 3)
-    with pytest.raises(ValueError, match="reference example 0: field 'answer'"):
+        lm.tokenize_reference(tok, [{"prompt": "", "answer": "b"}], 3)
+    with pytest.raises(ValueError, match="reference example 1: field 'answer'"):
         lm.tokenize_reference(tok, [{"prompt": "a"}], 3)
 
 

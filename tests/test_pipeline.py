@@ -165,4 +165,4 @@ def test_cli_exports_a_verified_release_and_status_json(full_build, tmp_path, mo
     capsys.readouterr()
     assert main(["status", "--manifest", str(full_build.manifest), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes"} == set(rows[0])
+    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes", "notes"} == set(rows[0])

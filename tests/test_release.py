@@ -14,6 +14,7 @@ from gmates_assets.core.release import (
     MANIFEST_NAME,
     ReleaseError,
     content_hash,
+    export_release,
     main_verify,
     read_manifest,
     selected_ids_sha256,
@@ -122,6 +123,13 @@ def test_verify_passes_then_names_the_changed_missing_and_extra_files(release, c
     assert verify_release(root) == ["missing file: README.md", "extra file: data/stray.parquet"]
 
 
+@pytest.mark.parametrize("planted", ["_artifact.json", "_progress.json", "data/_progress.json",
+                                     "data/manifest.json"])
+def test_verify_does_not_skip_planted_bookkeeping_names(release, planted):
+    (release.path / planted).write_text("{}")
+    assert verify_release(release.path) == [f"extra file: {planted}"]
+
+
 def test_verify_detects_an_edited_manifest(release):
     path = release.path / MANIFEST_NAME
     manifest = json.loads(path.read_text())
@@ -188,3 +196,20 @@ def test_empty_selection_and_extra_columns(tmp_path):
                           CARD, order="given")
     frame = pl.read_parquet(extra.path / "data" / "*.parquet")
     assert frame.columns[-1] == "rank" and frame["rank"].to_list() == [0, 1, 2, 3, 4] and extra.n_shards == 3
+
+
+def test_export_verifies_before_the_copy_appears_and_leaves_nothing_on_failure(release, tmp_path):
+    out = export_release(release.path, tmp_path / "out")
+    assert verify_release(out) == [] and release_files(out) == release_files(release.path)
+    with pytest.raises(ReleaseError, match="not an empty folder"):
+        export_release(release.path, out)
+    shard = release.path / "data" / "train-00000-of-00003.parquet"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "new", tmp_path / "empty"):
+        with pytest.raises(ReleaseError, match=r"changed file: data/train-00000-of-00003\.parquet"):
+            export_release(release.path, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out", "rel"]  # no partial copy, no temp folder
+    assert not any((tmp_path / "empty").iterdir())

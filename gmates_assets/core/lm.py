@@ -702,23 +702,30 @@ def _check_fits(model, data: TokenSequences) -> None:
 # Reference loss
 
 
-def tokenize_reference(tokenizer, examples: Sequence[dict], max_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def tokenize_reference(tokenizer, examples: Sequence[dict], max_tokens: int, setting: str = "max_tokens",
+                       on_too_long: str = "truncate_prompt") -> list[tuple[np.ndarray, np.ndarray]]:
     """(input_ids, labels) per {prompt, answer} example; labels are -100 on prompt tokens.
 
-    Prompt and answer are tokenized separately (no special tokens) so the answer boundary is exact; the pair is
-    truncated to max_tokens. An example with no answer token left after position 0 is an error.
+    Prompt and answer are tokenized separately (no special tokens) so the answer boundary is exact. A pair
+    longer than max_tokens (the manifest `setting`) loses prompt tokens from the left, never answer tokens
+    (validation.fit_prompt_answer; on_too_long="error" fails instead). An example with no answer token after
+    position 0 is an error.
     """
+    from .validation import fit_prompt_answer
+
     pairs = []
     for index, example in enumerate(examples):
         for key in ("prompt", "answer"):
             if not isinstance(example.get(key), str):
-                raise ValueError(f"reference example {index}: field {key!r} must be a string")
-        prompt = list(tokenizer(example["prompt"], add_special_tokens=False)["input_ids"])
+                raise ValueError(f"reference example {index + 1}: field {key!r} must be a string")
         answer = list(tokenizer(example["answer"], add_special_tokens=False)["input_ids"])
-        ids = np.asarray(prompt + answer, dtype=np.int64)[:max_tokens]
-        labels = np.asarray([IGNORE_INDEX] * len(prompt) + answer, dtype=np.int64)[:max_tokens]
+        prompt, _ = fit_prompt_answer(list(tokenizer(example["prompt"], add_special_tokens=False)["input_ids"]),
+                                      answer, max_tokens, setting=setting, on_too_long=on_too_long,
+                                      example=f"reference example {index + 1} ({example['prompt'][:40]!r})")
+        ids = np.asarray(prompt + answer, dtype=np.int64)
+        labels = np.asarray([IGNORE_INDEX] * len(prompt) + answer, dtype=np.int64)
         if not (labels[1:] != IGNORE_INDEX).any():
-            raise ValueError(f"reference example {index}: no answer token left within max_tokens={max_tokens} "
+            raise ValueError(f"reference example {index + 1}: no answer token after the first position "
                              f"(prompt has {len(prompt)} tokens, answer {len(answer)})")
         pairs.append((ids, labels))
     return pairs

@@ -63,10 +63,15 @@ class ShardSource(Section):
     revision: Optional[str] = None
     data_files: Optional[list[str]] = Field(None, description="for builder datasets such as 'json'")
     streaming: bool = False
-    limit: Optional[int] = Field(None, ge=1)
+    limit: Optional[int] = Field(None, ge=1, description="read only the first N records of the shard (any format)")
     trust_remote_code: bool = False
     # demo
     demo_shard: int = Field(0, ge=0)
+    # a single huge record (a 50 MB line) must not blow up tokenization and embedding downstream
+    max_chars: Optional[int] = Field(1_000_000, ge=1, description="documents longer than this are truncated "
+                                     "or rejected (long_documents); null = no cap")
+    long_documents: Literal["truncate", "reject"] = Field(
+        "truncate", description="reject = a bad record (an error, or skipped under on_bad_record: skip)")
 
     @model_validator(mode="after")
     def _format_fields(self) -> "ShardSource":
@@ -95,11 +100,19 @@ class TextSetSource(Section):
         return self
 
 
+class ReferenceSource(TextSetSource):
+    """A prompt/answer set whose examples must fit a model window (probe.seq_len, pretrain.seq_len)."""
+
+    too_long: Literal["truncate_prompt", "error"] = Field(
+        "truncate_prompt", description="an example over the window: cut its prompt from the left (the answer is "
+        "always kept whole), or fail naming it")
+
+
 class SourcesSection(Section):
     on_bad_record: Literal["error", "skip"] = "error"
     shards: list[ShardSource] = Field(min_length=1)
-    reference: TextSetSource = TextSetSource()
-    heldout_reference: TextSetSource = TextSetSource()
+    reference: ReferenceSource = ReferenceSource()
+    heldout_reference: ReferenceSource = ReferenceSource()
 
     @field_validator("shards")
     @classmethod
@@ -160,6 +173,12 @@ class LMArchitectureSpec(Section):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(512, ge=8)
     max_seq_len: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "LMArchitectureSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
 
 
 class OptimSpec(Section):
@@ -456,8 +475,18 @@ class LoadedManifest:
         candidate = Path(relative)
         return candidate if candidate.is_absolute() else (self.base_dir / candidate)
 
+    def model_location(self, name: str) -> str:
+        """A model or tokenizer setting as a loader takes it: a folder relative to the manifest (or absolute)
+        when one exists there, otherwise the name unchanged (a hub id)."""
+        local = self.resolve(name)
+        return str(local) if local.is_dir() else name
+
     def fingerprint(self, *sections: str) -> str:
         return fingerprint(self.manifest, *sections)
+
+    def with_manifest(self, manifest) -> "LoadedManifest":
+        """The same file seen through another manifest object (e.g. a view that records what is read)."""
+        return LoadedManifest(manifest, self.path, self.text)
 
 
 def _node_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from gmates_assets.core.hashing import BOOKKEEPING_NAMES, sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.hashing import sha256_bytes, sha256_file, stable_json
 
 RELEASE_FORMAT = "gmates-release/1"
 MANIFEST_NAME = "manifest.json"
@@ -323,8 +323,9 @@ def read_manifest(release_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def _listed_files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and p.name != MANIFEST_NAME and p.name not in BOOKKEEPING_NAMES}
+    """Every file but the top-level manifest.json: a release holds no bookkeeping, so a planted
+    `_artifact.json` or `_progress.json` is an extra file like any other."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST_NAME}
 
 
 def _check_manifest(manifest: Any) -> tuple[dict[str, str], list[str]]:
@@ -365,6 +366,29 @@ def verify_release(release_dir: str | os.PathLike) -> list[str]:
             problems.append(f"changed file: {name} (sha256 {actual}, manifest says {expected})")
     problems += [f"extra file: {name}" for name in sorted(_listed_files(root) - set(files))]
     return problems
+
+
+def export_release(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a release into `target` (absent or an empty folder): copied into a temp folder beside it, verified
+    there, then renamed into place, so a failure (a corrupt source, a full disk) leaves no copy behind."""
+    source, target = Path(source), Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ReleaseError(f"{target} exists and is not an empty folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        shutil.copytree(source, tmp)
+        problems = verify_release(tmp)
+        if problems:
+            raise ReleaseError(f"{source} does not match its manifest ({problems[0]}"
+                               f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); nothing was "
+                               f"exported. If it is a store artifact, `gmates verify --repair` rebuilds it")
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def main_verify(argv: Sequence[str] | None = None) -> int:

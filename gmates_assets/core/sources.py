@@ -1,31 +1,43 @@
 """Pool readers: local jsonl / parquet / text files, Hugging Face datasets and the generated demo corpus.
 
 Every reader yields `Document`s in a stable order with a stable id `"<source>:<row>"`:
-- local files: source = the file path relative to the shard's base directory (as the manifest wrote it,
-  never absolute), row = 0-based line index (jsonl, text) or row index (parquet);
+- local files: source = the file path as the manifest wrote it (relative paths and glob matches relative to
+  the manifest's folder, absolute ones as given; normalized, posix separators), so an identical manifest run
+  from another folder gives identical ids; row = 0-based line index (jsonl, text) or row index (parquet);
 - hub datasets: source = `"hf:<name>/<config>/<split>"`, row = 0-based row index.
 
 Bad input raises `SourceError` naming the file, line/row and field. With `on_bad_record="skip"` the
-record-level problems (malformed JSON, missing text field, invalid UTF-8, empty text) are skipped and counted
-by reason instead; file-level problems (missing file, sha256 mismatch, wrong column type) always raise.
+record-level problems (malformed JSON, missing or null text field, invalid UTF-8, empty text, a document over
+`max_chars` with `long_documents="reject"`) are skipped and counted by reason instead; file-level problems
+(missing file, a directory, an empty file, a non-parquet `.parquet` file, sha256 mismatch, wrong column type)
+and a shard left with no documents always raise, before or instead of any downstream work.
+
+The bytes a shard's documents come from are the bytes hashed: readers hash each file as they read it, and
+`read_shard(expected=...)` fails when they differ from the content the build was keyed on (a file rewritten
+between hashing and reading), so a stored documents artifact can never hold text of another version.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, BinaryIO, Iterator, Literal, Optional, Sequence
 
-from .hashing import sha256_bytes, sha256_file, stable_hash
+from .hashing import FileHashCache, cached_sha256_file, sha256_bytes, stable_hash
 
 Format = Literal["jsonl", "parquet", "text", "hf", "demo"]
 OnBadRecord = Literal["error", "skip"]
+LongDocuments = Literal["truncate", "reject"]
 FORMATS = ("jsonl", "parquet", "text", "hf", "demo")
+LOCAL_FORMATS = ("jsonl", "parquet", "text")
+_CHUNK = 1 << 20
 
 # Reasons a record can be skipped; the keys of ReadStats.skipped.
-MALFORMED, MISSING_FIELD, INVALID_UTF8, EMPTY = "malformed", "missing_field", "invalid_utf8", "empty"
+MALFORMED, MISSING_FIELD, NULL, INVALID_UTF8, EMPTY, TOO_LONG = (
+    "malformed", "missing_field", "null", "invalid_utf8", "empty", "too_long")
 
 
 class SourceError(ValueError):
@@ -55,17 +67,36 @@ class Document:
 
 @dataclass
 class ReadStats:
-    """What a shard read saw: rows read, documents kept, records skipped per reason."""
+    """What a shard read saw: rows read, documents kept, records skipped per reason, documents truncated,
+    and the sha256 of every local file as it was read."""
 
     n_read: int = 0
     n_kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+    file_sha256: dict[str, str] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def as_dict(self) -> dict:
-        return {"n_read": self.n_read, "n_kept": self.n_kept, "skipped": dict(sorted(self.skipped.items()))}
+        return {"n_read": self.n_read, "n_kept": self.n_kept, "skipped": dict(sorted(self.skipped.items())),
+                "truncated": self.truncated}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReadStats":
+        return cls(data.get("n_read", 0), data.get("n_kept", 0), dict(data.get("skipped", {})),
+                   data.get("truncated", 0))
+
+    def notes(self) -> list[str]:
+        """What a person should hear about: skipped records by reason, truncated documents."""
+        notes = []
+        if self.skipped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+            notes.append(f"skipped {sum(self.skipped.values())} of {self.n_read} record(s): {reasons}")
+        if self.truncated:
+            notes.append(f"truncated {self.truncated} document(s) to the shard's max_chars")
+        return notes
 
 
 @dataclass(frozen=True)
@@ -74,9 +105,12 @@ class ShardSpec:
 
     format "text": `text_mode` "line" = one document per line, "file" = one document per file (row 0).
     format "hf": `hf_name` is a hub id or a local dataset directory (`save_to_disk` output or a builder
-    name such as "json" with `hf_data_files`), plus config / split / revision / streaming / limit.
+    name such as "json" with `hf_data_files`), plus config / split / revision / streaming.
     format "demo": the built-in generated corpus (`demo_params`, `demo_shard_index`).
     `sha256`: optional {relative path: hex digest}; a mismatch is always an error.
+    `limit`: read only the first `limit` records of the shard (any format).
+    `max_chars`: documents longer than this are truncated to it (`long_documents="truncate"`) or rejected as
+    bad records (`"reject"`); None = no cap.
     """
 
     name: str
@@ -92,7 +126,9 @@ class ShardSpec:
     hf_revision: Optional[str] = None
     hf_data_files: Optional[tuple[str, ...]] = None
     hf_streaming: bool = False
-    hf_limit: Optional[int] = None
+    limit: Optional[int] = None
+    max_chars: Optional[int] = None
+    long_documents: LongDocuments = "truncate"
     trust_remote_code: bool = False
     demo_params: Any = None  # demo_corpus.DemoCorpusParams
     demo_shard_index: int = 0
@@ -115,6 +151,9 @@ class ShardSpec:
             raise SourceError(f"shard {self.name!r} (demo) needs demo_params", field="demo_params")
         if self.text_mode not in ("line", "file"):
             raise SourceError(f"text_mode must be 'line' or 'file', got {self.text_mode!r}", field="text_mode")
+        if self.long_documents not in ("truncate", "reject"):
+            raise SourceError(f"long_documents must be 'truncate' or 'reject', got {self.long_documents!r}",
+                              field="long_documents")
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -124,26 +163,25 @@ def _has_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def _relative(path: str, base_dir: str) -> str:
-    """The path as ids should show it: relative to base_dir, posix separators, never absolute."""
-    if os.path.isabs(path):
-        path = os.path.relpath(path, base_dir)
+def _as_written(path: str) -> str:
+    """The path as ids show it: as the manifest wrote it (relative stays relative), normalized, posix."""
     return Path(os.path.normpath(path)).as_posix()
 
 
 def resolve_files(spec: ShardSpec) -> list[str]:
-    """The shard's files as sorted, de-duplicated relative paths (globs expanded against base_dir)."""
+    """The shard's files as sorted, de-duplicated paths as written (globs expanded against base_dir)."""
     found: set[str] = set()
     for pattern in spec.paths:
         if _has_glob(pattern):
-            full = pattern if os.path.isabs(pattern) else os.path.join(spec.base_dir, pattern)
-            matches = [m for m in glob.glob(full, recursive=True) if os.path.isfile(m)]
+            root = None if os.path.isabs(pattern) else spec.base_dir
+            matches = [m for m in glob.glob(pattern, root_dir=root, recursive=True)
+                       if os.path.isfile(os.path.join(spec.base_dir, m))]
             if not matches:
                 raise SourceError(f"no files match the pattern (base dir {spec.base_dir!r})", file=pattern,
                                   reason="missing_file")
-            found.update(_relative(os.path.relpath(m, spec.base_dir), spec.base_dir) for m in matches)
+            found.update(_as_written(m) for m in matches)
         else:
-            found.add(_relative(pattern, spec.base_dir))
+            found.add(_as_written(pattern))
     return sorted(found)
 
 
@@ -151,11 +189,32 @@ def _absolute(rel: str, spec: ShardSpec) -> str:
     return os.path.join(spec.base_dir, rel)
 
 
-def check_files(spec: ShardSpec) -> list[str]:
-    """Cheap validation before any expensive work: every file exists and matches its given sha256.
+def _check_local_file(rel: str, spec: ShardSpec) -> None:
+    path = _absolute(rel, spec)
+    if os.path.isdir(path):
+        raise SourceError("is a directory, not a file (list its files or use a glob such as dir/*.jsonl)",
+                          file=rel, field="paths", reason="not_a_file")
+    if not os.path.isfile(path):
+        raise SourceError(f"file does not exist (base dir {spec.base_dir!r})", file=rel, reason="missing_file")
+    if os.path.getsize(path) == 0:
+        raise SourceError("file is empty (0 bytes): a shard file must hold at least one document", file=rel,
+                          reason="empty_file")
+    if spec.format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    Returns the shard's relative file paths in read order. Hub and demo shards have no local files to check
-    (a local hub dataset directory must exist).
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SourceError(f"not a parquet file ({err})", file=rel, reason="not_parquet") from None
+
+
+def check_files(spec: ShardSpec) -> list[str]:
+    """Cheap validation before any expensive work: every file exists, is a non-empty file (a readable parquet
+    footer for parquet shards) and matches its given sha256.
+
+    Returns the shard's file paths (as written) in read order. Hub and demo shards have no local files to
+    check (a local hub dataset directory must exist).
     """
     if spec.format == "demo":
         return []
@@ -166,36 +225,77 @@ def check_files(spec: ShardSpec) -> list[str]:
         return []
     files = resolve_files(spec)
     for rel in files:
-        if not os.path.isfile(_absolute(rel, spec)):
-            raise SourceError(f"file does not exist (base dir {spec.base_dir!r})", file=rel, reason="missing_file")
+        _check_local_file(rel, spec)
     for rel, expected in sorted((spec.sha256 or {}).items()):
-        key = _relative(rel, spec.base_dir)
+        key = _as_written(rel)
         if key not in files:
             raise SourceError(f"sha256 given for a file that is not part of shard {spec.name!r}", file=rel,
                               field="sha256", reason="sha256_mismatch")
-        actual = sha256_file(_absolute(key, spec))
+        actual = cached_sha256_file(_absolute(key, spec))
         if actual.lower() != expected.lower():
             raise SourceError(f"sha256 mismatch: expected {expected}, file has {actual}", file=key,
                               field="sha256", reason="sha256_mismatch")
     return files
 
 
-def file_content_hash(spec: ShardSpec) -> str:
-    """Content hash of a shard's input, for observable source assets (path-relative, order-independent).
+@dataclass(frozen=True)
+class ShardContent:
+    """What a shard's documents are built from: the sha256 of each local file, and one hash over them."""
 
-    Local files: sha256 over (relative path, file sha256). Hub: the dataset identity (name, config, split,
-    revision, data files), or the content of a local dataset directory. Demo: the generator version and its
-    parameters (the generated text is a pure function of them).
+    hash: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _combine(files: dict[str, str]) -> str:
+    return sha256_bytes("".join(f"{rel}\0{digest}\n" for rel, digest in sorted(files.items())).encode("utf-8"))
+
+
+def shard_content(spec: ShardSpec) -> ShardContent:
+    """Content identity of a shard's input, for observable source assets (paths as written, order-free).
+
+    Local files: sha256 over (path, file sha256), each file hashed again only when its size, mtime or inode
+    changed (hashing.cached_sha256_file). Hub: the dataset identity (name, config, split, revision, data
+    files), or the content of a local dataset directory. Demo: the generator version and its parameters (the
+    generated text is a pure function of them).
     """
     if spec.format == "demo":
         from . import demo_corpus
 
-        return stable_hash({"demo_version": demo_corpus.DEMO_VERSION, "params": spec.demo_params.as_dict(),
-                            "shard": spec.demo_shard_index}, length=64)
+        return ShardContent(stable_hash({"demo_version": demo_corpus.DEMO_VERSION,
+                                         "params": spec.demo_params.as_dict(), "shard": spec.demo_shard_index},
+                                        length=64))
     if spec.format == "hf":
-        return _hf_content_hash(spec)
-    lines = [f"{rel}\0{sha256_file(_absolute(rel, spec))}\n" for rel in check_files(spec)]
-    return sha256_bytes("".join(lines).encode("utf-8"))
+        return ShardContent(_hf_content_hash(spec))
+    files = {rel: cached_sha256_file(_absolute(rel, spec)) for rel in check_files(spec)}
+    return ShardContent(_combine(files), files)
+
+
+def file_content_hash(spec: ShardSpec) -> str:
+    return shard_content(spec).hash
+
+
+def id_sources(spec: ShardSpec) -> list[str]:
+    """The `source` part of every document id the shard can produce (without reading it)."""
+    if spec.format == "demo":
+        from .demo_corpus import demo_shard_source
+
+        return [demo_shard_source(spec.demo_shard_index)]
+    if spec.format == "hf":
+        return [hf_source_name(spec)]
+    return resolve_files(spec)
+
+
+def check_shards_disjoint(specs: Sequence[ShardSpec]) -> None:
+    """Fail before any work when two shards would produce the same document ids (the same file, the same
+    hub dataset split, or the same demo shard listed twice)."""
+    owner: dict[str, str] = {}
+    for index, spec in enumerate(specs):
+        for source in id_sources(spec):
+            if source in owner and owner[source] != spec.name:
+                raise SourceError(f"shards {owner[source]!r} and {spec.name!r} both read it, so their document "
+                                  f"ids would collide; list each file in one shard only", file=source,
+                                  field=f"sources.shards[{index}]", reason="duplicate_source")
+            owner[source] = spec.name
 
 
 # -------------------------------------------------------------------------------------------- readers
@@ -204,7 +304,7 @@ def file_content_hash(spec: ShardSpec) -> str:
 def _text_problem(value: Any, file: str, row: int, field_name: str) -> tuple[str | None, str | None]:
     """(text, None) for a usable text, (None, reason) for a skippable problem; raise for a non-string."""
     if value is None:
-        return None, MISSING_FIELD
+        return None, NULL
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
@@ -221,8 +321,10 @@ def _text_problem(value: Any, file: str, row: int, field_name: str) -> tuple[str
 _MESSAGES = {
     MALFORMED: "malformed JSON line",
     MISSING_FIELD: "missing text field",
+    NULL: "text is null",
     INVALID_UTF8: "invalid UTF-8",
     EMPTY: "empty (whitespace-only) document",
+    TOO_LONG: "document longer than the shard's max_chars",
 }
 
 
@@ -235,9 +337,63 @@ def _bad_record(reason: str, detail: str, file: str, row: int, field_name: str |
     raise SourceError(message, file=file, row=row, field=field_name, reason=reason)
 
 
+def _keep(value: Any, spec: ShardSpec, file: str, row: int, field_name: str | None, on_bad_record: OnBadRecord,
+          stats: ReadStats) -> Optional[str]:
+    """The document text of a raw value (capped at max_chars), or None for a skipped record."""
+    text, reason = _text_problem(value, file, row, field_name)
+    detail = ""
+    if text is not None and spec.max_chars is not None and len(text) > spec.max_chars:
+        if spec.long_documents == "truncate":
+            stats.truncated += 1
+            text = text[: spec.max_chars]
+        else:
+            reason, detail = TOO_LONG, f"{len(text)} characters, max_chars is {spec.max_chars}"
+    if reason:
+        _bad_record(reason, detail, file, row, field_name, on_bad_record, stats)
+        return None
+    stats.n_kept += 1
+    return text
+
+
+def _limit_reached(spec: ShardSpec, stats: ReadStats) -> bool:
+    return spec.limit is not None and stats.n_read >= spec.limit
+
+
+class _HashedFile:
+    """A local file hashed as it is read, so the digest is of exactly the bytes the documents came from."""
+
+    def __init__(self, path: str):
+        self.handle: BinaryIO = open(path, "rb")
+        self.digest = hashlib.sha256()
+
+    def __enter__(self) -> "_HashedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def lines(self) -> Iterator[bytes]:
+        for raw in self.handle:
+            self.digest.update(raw)
+            yield raw
+
+    def read(self) -> bytes:
+        data = self.handle.read()
+        self.digest.update(data)
+        return data
+
+    def finish(self) -> str:
+        """The digest of the whole file (the rest, after a `limit`, is hashed unread)."""
+        while block := self.handle.read(_CHUNK):
+            self.digest.update(block)
+        return self.digest.hexdigest()
+
+
 def _iter_jsonl(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: ReadStats) -> Iterator[Document]:
-    with open(_absolute(rel, spec), "rb") as handle:
-        for row, raw in enumerate(handle):
+    with _HashedFile(_absolute(rel, spec)) as source:
+        for row, raw in enumerate(source.lines()):
+            if _limit_reached(spec, stats):
+                break
             stats.n_read += 1
             try:
                 line = raw.decode("utf-8")
@@ -256,35 +412,30 @@ def _iter_jsonl(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: Re
             if spec.text_field not in record:
                 _bad_record(MISSING_FIELD, "", rel, row, spec.text_field, on_bad_record, stats)
                 continue
-            text, reason = _text_problem(record.pop(spec.text_field), rel, row, spec.text_field)
-            if reason:
-                _bad_record(reason, "", rel, row, spec.text_field, on_bad_record, stats)
-                continue
-            stats.n_kept += 1
-            yield Document(f"{rel}:{row}", text, rel, row, record)
+            text = _keep(record.pop(spec.text_field), spec, rel, row, spec.text_field, on_bad_record, stats)
+            if text is not None:
+                yield Document(f"{rel}:{row}", text, rel, row, record)
+        stats.file_sha256[rel] = source.finish()
 
 
 def _iter_text(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: ReadStats) -> Iterator[Document]:
-    with open(_absolute(rel, spec), "rb") as handle:
-        chunks = [handle.read()] if spec.text_mode == "file" else handle
+    with _HashedFile(_absolute(rel, spec)) as source:
+        chunks = [source.read()] if spec.text_mode == "file" else source.lines()
         for row, raw in enumerate(chunks):
+            if _limit_reached(spec, stats):
+                break
             stats.n_read += 1
             if spec.text_mode == "line":
                 raw = raw.rstrip(b"\r\n")
-            text, reason = _text_problem(raw, rel, row, None)
-            if reason:
-                _bad_record(reason, "", rel, row, None, on_bad_record, stats)
-                continue
-            stats.n_kept += 1
-            yield Document(f"{rel}:{row}", text, rel, row, {})
+            text = _keep(raw, spec, rel, row, None, on_bad_record, stats)
+            if text is not None:
+                yield Document(f"{rel}:{row}", text, rel, row, {})
+        stats.file_sha256[rel] = source.finish()
 
 
-def _iter_parquet(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: ReadStats) -> Iterator[Document]:
+def _parquet_text_check(schema, spec: ShardSpec, rel: str) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(_absolute(rel, spec))
-    schema = parquet.schema_arrow
     if spec.text_field not in schema.names:
         raise SourceError(f"missing text column; columns are {schema.names}", file=rel, field=spec.text_field,
                           reason=MISSING_FIELD)
@@ -295,21 +446,42 @@ def _iter_parquet(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: 
     if not textual:
         raise SourceError(f"text column must be a string column, got {text_type}", file=rel,
                           field=spec.text_field, reason="non_string")
-    meta_names = [n for n in schema.names if n != spec.text_field]
-    row = 0
-    for batch in parquet.iter_batches(batch_size=4096):
-        # Read text as raw bytes and decode here, so invalid UTF-8 is reported per row instead of failing.
-        texts = batch.column(spec.text_field).cast(pa.large_binary()).to_pylist()
-        metas = batch.select(meta_names).to_pylist() if meta_names else [{} for _ in texts]
-        for value, meta in zip(texts, metas):
-            stats.n_read += 1
-            text, reason = _text_problem(value, rel, row, spec.text_field)
-            if reason:
-                _bad_record(reason, "", rel, row, spec.text_field, on_bad_record, stats)
-            else:
-                stats.n_kept += 1
-                yield Document(f"{rel}:{row}", text, rel, row, meta)
-            row += 1
+
+
+def _iter_parquet(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: ReadStats) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _HashedFile(_absolute(rel, spec)) as source:
+        before = os.fstat(source.handle.fileno())
+        digest = source.finish()  # parquet is read by seeking: hash first, then read through the same handle
+        source.handle.seek(0)
+        try:
+            parquet = pq.ParquetFile(source.handle)
+        except pa.ArrowInvalid as err:
+            raise SourceError(f"not a parquet file ({err})", file=rel, reason="not_parquet") from None
+        schema = parquet.schema_arrow
+        _parquet_text_check(schema, spec, rel)
+        meta_names = [n for n in schema.names if n != spec.text_field]
+        row = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            if _limit_reached(spec, stats):
+                break
+            # Read text as raw bytes and decode here, so invalid UTF-8 is reported per row instead of failing.
+            texts = batch.column(spec.text_field).cast(pa.large_binary()).to_pylist()
+            metas = batch.select(meta_names).to_pylist() if meta_names else [{} for _ in texts]
+            for value, meta in zip(texts[: spec.limit - stats.n_read] if spec.limit else texts, metas):
+                stats.n_read += 1
+                text = _keep(value, spec, rel, row, spec.text_field, on_bad_record, stats)
+                if text is not None:
+                    yield Document(f"{rel}:{row}", text, rel, row, meta)
+                row += 1
+        after = os.fstat(source.handle.fileno())
+    if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (after.st_size, after.st_mtime_ns,
+                                                                     after.st_ctime_ns):
+        raise SourceError("file changed while it was being read; run again", file=rel,
+                          reason="changed_during_read")
+    stats.file_sha256[rel] = digest
 
 
 # --------------------------------------------------------------------------------------- hugging face
@@ -325,7 +497,7 @@ def _local_dataset_dir(spec: ShardSpec) -> str | None:
 
 
 def hf_source_name(spec: ShardSpec) -> str:
-    name = _relative(spec.hf_name, spec.base_dir) if _local_dataset_dir(spec) else spec.hf_name
+    name = _as_written(spec.hf_name) if _local_dataset_dir(spec) else spec.hf_name
     return f"hf:{name}/{spec.hf_config or 'default'}/{spec.hf_split}"
 
 
@@ -334,14 +506,14 @@ def _hf_content_hash(spec: ShardSpec) -> str:
 
     local = _local_dataset_dir(spec)
     if local is not None and os.path.isdir(local):
-        return hash_dir(local)
+        return hash_dir(local, file_digest=cached_sha256_file)
     data_files = []
     for pattern in spec.hf_data_files or ():
         data_files.extend(resolve_files(ShardSpec(name=spec.name, format="jsonl", paths=(pattern,),
                                                   base_dir=spec.base_dir)))
-    hashed = [(rel, sha256_file(_absolute(rel, spec))) for rel in data_files]
+    hashed = [(rel, cached_sha256_file(_absolute(rel, spec))) for rel in data_files]
     return stable_hash({"name": spec.hf_name, "config": spec.hf_config, "split": spec.hf_split,
-                        "revision": spec.hf_revision, "data_files": hashed, "limit": spec.hf_limit}, length=64)
+                        "revision": spec.hf_revision, "data_files": hashed, "limit": spec.limit}, length=64)
 
 
 def _load_hf(spec: ShardSpec):
@@ -376,19 +548,16 @@ def _iter_hf(spec: ShardSpec, on_bad_record: OnBadRecord, stats: ReadStats) -> I
         raise SourceError(f"missing text column; columns are {columns}", file=source, field=spec.text_field,
                           reason=MISSING_FIELD)
     for row, record in enumerate(dataset):
-        if spec.hf_limit is not None and row >= spec.hf_limit:
+        if _limit_reached(spec, stats):
             break
         stats.n_read += 1
         record = dict(record)
         if spec.text_field not in record:
             _bad_record(MISSING_FIELD, "", source, row, spec.text_field, on_bad_record, stats)
             continue
-        text, reason = _text_problem(record.pop(spec.text_field), source, row, spec.text_field)
-        if reason:
-            _bad_record(reason, "", source, row, spec.text_field, on_bad_record, stats)
-            continue
-        stats.n_kept += 1
-        yield Document(f"{source}:{row}", text, source, row, record)
+        text = _keep(record.pop(spec.text_field), spec, source, row, spec.text_field, on_bad_record, stats)
+        if text is not None:
+            yield Document(f"{source}:{row}", text, source, row, record)
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -404,6 +573,8 @@ def iter_documents(spec: ShardSpec, on_bad_record: OnBadRecord = "error",
         from .demo_corpus import generate_demo_shard
 
         for doc in generate_demo_shard(spec.demo_params, spec.demo_shard_index):
+            if _limit_reached(spec, stats):
+                return
             stats.n_read += 1
             stats.n_kept += 1
             yield doc
@@ -414,15 +585,42 @@ def iter_documents(spec: ShardSpec, on_bad_record: OnBadRecord = "error",
         return
     reader = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "text": _iter_text}[spec.format]
     for rel in check_files(spec):
+        if _limit_reached(spec, stats):
+            return
         yield from reader(spec, rel, on_bad_record, stats)
 
 
-def read_shard(spec: ShardSpec, on_bad_record: OnBadRecord = "error") -> tuple[list[Document], ReadStats]:
-    """All documents of a shard (files checked first), plus what was read and skipped."""
+def read_shard(spec: ShardSpec, on_bad_record: OnBadRecord = "error",
+               expected: Optional[ShardContent] = None) -> tuple[list[Document], ReadStats]:
+    """All documents of a shard (files checked first), plus what was read and skipped.
+
+    `expected`: the content the caller keyed its result on (`shard_content`); a file whose bytes as read
+    differ from it is an error. A shard that yields no document is an error too (it would fail much later).
+    """
     check_files(spec)
     stats = ReadStats()
     documents = list(iter_documents(spec, on_bad_record, stats))
+    _check_read_matches(spec, stats, expected)
+    if not documents:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items()))
+        what = f"all {stats.n_read} records were skipped ({reasons})" if stats.n_read else "it holds no records"
+        raise SourceError(f"shard {spec.name!r} has no documents: {what}",
+                          file=", ".join(id_sources(spec)[:3]) or None, reason="empty_shard")
     return documents, stats
+
+
+def _check_read_matches(spec: ShardSpec, stats: ReadStats, expected: Optional[ShardContent]) -> None:
+    if expected is None or not expected.files:
+        return
+    changed = sorted(rel for rel, digest in stats.file_sha256.items() if expected.files.get(rel) != digest)
+    if not changed:
+        return
+    cache = FileHashCache()
+    for rel in changed:  # the next run hashes them afresh
+        cache.forget(os.path.abspath(_absolute(rel, spec)))
+    raise SourceError("changed while the shard was being read (its bytes no longer match the content hash this "
+                      "build was keyed on); nothing was stored, run `gmates sync` again", file=changed[0],
+                      reason="changed_during_read")
 
 
 # ------------------------------------------------------------------------------- documents.parquet io

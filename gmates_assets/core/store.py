@@ -1,60 +1,230 @@
 """The artifact store: memoized, atomically committed, content-hashed artifact directories.
 
-Layout under the root (`GMATES_HOME`, default `.gmates/`):
+The root (`GMATES_HOME`, default `.gmates/`) is a local path, a `file://` URL, or any fsspec URL (`s3://`,
+`gs://`, `memory://`, ...) so that several machines can share one store. Layout under the root:
 
-    artifacts/<asset>/<input_key>/            a committed artifact (complete by construction)
+    artifacts/<asset>/<input_key>/                 a committed artifact (complete by construction)
     artifacts/<asset>/<input_key>/_artifact.json   its record: input key, content hash, partition, inputs
-    artifacts/<asset>/.partial-<input_key>/   work in progress; long steps resume from what it holds
-    by_content/<asset>/<content_hash>         the input key that produced that content (lookup by data version)
+    by_content/<asset>/<content_hash>              the input key that produced that content (data version lookup)
+    locks/<asset>/<input_key>.lock                 the build lock of one artifact (owner, heartbeat)
 
 An artifact is keyed by `input_key = hash(asset, code version, partition, content hashes of every input)`, so a
 repeated or reverted build finds what exists and reuses it; the key never contains a path of this machine.
-A directory becomes visible under its key only by one `rename` after all its files are written: a killed step
-leaves at most a `.partial-` directory, which never looks complete.
+
+Commit. Compute functions always write into a local work directory (zarr, parquet and safetensors writers need
+one); temp files that interrupted atomic writes left there are deleted and never hashed.
+- Local root: the work directory is `artifacts/<asset>/.partial-<input_key>/`; it receives its record and then
+  becomes visible by one `rename`. A killed step leaves at most a `.partial-` directory, which never looks
+  complete, and a resumable step restarts from the chunks it holds.
+- fsspec root: the work directory lives in the local cache ($GMATES_CACHE/stores/<root hash>/work/). Commit
+  uploads the files under a temp prefix `artifacts/<asset>/.upload-<input_key>-<token>/`, moves them under the
+  key (a server-side copy on object stores), and writes `_artifact.json` last: the record is the commit
+  marker, and a prefix without one is invisible and cleared by the next builder. Readers get a local copy:
+  `Artifact.path` downloads the artifact once into the cache and checks it against its content hash.
+
+Locks. A build takes `locks/<asset>/<input_key>.lock` by exclusive create (O_EXCL on a local or NFS path,
+`open(mode="xb")` on fsspec: a conditional put on S3, GCS and Azure), writes its owner (host, pid, token) and
+refreshes a heartbeat while it works. A second builder of the same key waits, then reuses what the first one
+committed. A lock whose owner is a dead process on this host, or whose heartbeat is older than `stale_after`
+seconds, is taken over (under a second `.break` lock, so two waiters cannot both take it).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import posixpath
 import shutil
+import socket
+import threading
+import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
-from .hashing import hash_dir, stable_hash
+import fsspec
+
+from .hashing import (BOOKKEEPING_NAMES, cache_dir, combine_file_digests, hash_dir, is_temp_name,
+                      remove_temp_files, sha256_stream, stable_hash)
 from .progress import atomic_write_text
 
 RECORD_FILE = "_artifact.json"
 DEFAULT_HOME = ".gmates"
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 120.0
+LOCAL_PROTOCOLS = ("file", "local")
 
 
 class StoreError(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Artifact:
+    """A committed artifact. `path` is always a local directory (a remote artifact is fetched on first use);
+    `location` is where it is stored (a local path or a URL)."""
+
     asset: str
     input_key: str
-    path: Path
     content_hash: str
+    location: str
     partition: Optional[str] = None
     record: Mapping[str, Any] = field(default_factory=dict)
+    fetch: Optional[Callable[[], Path]] = field(default=None, repr=False)
+
+    @cached_property
+    def path(self) -> Path:
+        return self.fetch() if self.fetch else Path(self.location)
 
     def file(self, name: str) -> Path:
         return self.path / name
 
 
-def store_root_from_env() -> Path:
-    return Path(os.environ.get("GMATES_HOME", DEFAULT_HOME)).expanduser()
+def store_root_from_env() -> str:
+    return os.environ.get("GMATES_HOME", DEFAULT_HOME)
 
 
+def is_local_root(root: str | os.PathLike) -> bool:
+    protocol, _ = fsspec.core.split_protocol(os.fspath(root))
+    return protocol is None or protocol in LOCAL_PROTOCOLS
+
+
+# ---------------------------------------------------------------------------------------------- locks
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BuildLock:
+    """An exclusive-create lock file with owner and heartbeat; works on local, NFS and fsspec paths."""
+
+    def __init__(self, fs, path: str, what: str, stale_after: float = STALE_AFTER_SECONDS,
+                 heartbeat: float = HEARTBEAT_SECONDS, log: Callable[[str], None] = lambda _m: None):
+        self.fs, self.path, self.what, self.log = fs, path, what, log
+        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
+
+    def _payload(self) -> bytes:
+        return json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "heartbeat": time.time(), "what": self.what}).encode()
+
+    def _holder(self, path: Optional[str] = None) -> Optional[dict]:
+        try:
+            return json.loads(self.fs.cat_file(path or self.path))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError):
+            return None  # being rewritten right now
+
+    def _try_create(self, path: str) -> bool:
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        try:
+            with self.fs.open(path, "xb") as handle:
+                handle.write(self._payload())
+            return True
+        except FileExistsError:
+            return False
+
+    def _is_stale(self, holder: Optional[dict], path: str) -> bool:
+        if holder is None:  # unreadable: judge by the file's age
+            try:
+                modified = self.fs.modified(path).timestamp()
+            except (FileNotFoundError, NotImplementedError, OSError):
+                return False
+            return time.time() - modified > self.stale_after
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+            return True
+        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after
+
+    def _break(self, seen: Optional[dict]) -> None:
+        """Remove a stale lock, unless someone else broke it (and maybe re-took it) first."""
+        breaker = self.path + ".break"
+        if not self._try_create(breaker):
+            if self._is_stale(self._holder(breaker), breaker):
+                self.fs.rm_file(breaker)
+            return
+        try:
+            current = self._holder()
+            if current == seen or (current is None and seen is None):
+                self.log(f"taking over the stale build lock of {self.what} ({seen or 'unreadable'})")
+                self.fs.rm_file(self.path)
+        finally:
+            self.fs.rm_file(breaker)
+
+    def acquire(self) -> None:
+        delay, announced = 0.05, False
+        while not self._try_create(self.path):
+            holder = self._holder()
+            if holder == {}:
+                continue  # released between our attempt and the read
+            if self._is_stale(holder, self.path):
+                self._break(holder)
+                continue
+            if not announced:
+                owner = f"{holder.get('host')} pid {holder.get('pid')}" if holder else "another process"
+                self.log(f"waiting for {owner}, which is building {self.what}")
+                announced = True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        self._beat = threading.Thread(target=self._keep_alive, name=f"lock {self.what}", daemon=True)
+        self._beat.start()
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            holder = self._holder()
+            if holder is None:
+                continue
+            if holder.get("token") != self.token:
+                self.lost = True
+                return
+            self.fs.pipe_file(self.path, self._payload())
+
+    def confirm(self) -> None:
+        """Raise if another process took the lock over (this one looked dead): its result wins."""
+        holder = self._holder()
+        if self.lost or (holder is not None and holder.get("token") != self.token):
+            raise StoreError(f"lost the build lock of {self.what} to another process; nothing was committed")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        holder = self._holder()
+        if holder and holder.get("token") == self.token:
+            self.fs.rm_file(self.path)
+
+
+# ---------------------------------------------------------------------------------------------- the store
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser().resolve()
+    def __init__(self, root: str | os.PathLike, cache: Optional[str | os.PathLike] = None,
+                 stale_after: float = STALE_AFTER_SECONDS, heartbeat: float = HEARTBEAT_SECONDS):
+        text = os.fspath(root)
+        self.local = is_local_root(text)
+        self.stale_after, self.heartbeat = stale_after, heartbeat
+        if self.local:
+            local = fsspec.core.strip_protocol(text) if "://" in text else text
+            self.root: Path | str = Path(local).expanduser().resolve()
+            self.fs = fsspec.filesystem("file")
+            self._base = self.root.as_posix()
+        else:
+            self.fs, self._base = fsspec.core.url_to_fs(text)
+            self._base = self._base.rstrip("/")
+            self.root = self.fs.unstrip_protocol(self._base)
+            self.cache = Path(cache) if cache else cache_dir() / "stores" / stable_hash(self.root)
+        self._scanned: dict[str, dict[str, str]] = {}
 
-    # ------------------------------------------------------------------ keys and lookups
+    # ------------------------------------------------------------------ keys and paths
     @staticmethod
     def input_key(asset: str, code_version: str, inputs: Mapping[str, Any], partition: Optional[str] = None) -> str:
         """Key of the artifact that `asset` computes from these inputs (content hashes, never paths)."""
@@ -62,32 +232,66 @@ class ArtifactStore:
             {"asset": asset, "code_version": code_version, "partition": partition, "inputs": dict(inputs)}, 32
         )
 
-    def _asset_dir(self, asset: str) -> Path:
-        return self.root / "artifacts" / asset
+    def _at(self, *parts: str) -> str:
+        return "/".join((self._base,) + parts)
 
-    def _final_dir(self, asset: str, input_key: str) -> Path:
-        return self._asset_dir(asset) / input_key
+    def _final(self, asset: str, input_key: str) -> str:
+        return self._at("artifacts", asset, input_key)
 
     def partial_dir(self, asset: str, input_key: str) -> Path:
-        return self._asset_dir(asset) / f".partial-{input_key}"
+        """The local work directory of a build (stable per key, so resumable steps find their chunks)."""
+        if self.local:
+            return Path(self._at("artifacts", asset, f".partial-{input_key}"))
+        return self.cache / "work" / asset / f".partial-{input_key}"
 
-    def _content_index(self, asset: str, content_hash: str) -> Path:
-        return self.root / "by_content" / asset / content_hash
+    def _index(self, asset: str, content_hash: str) -> str:
+        return self._at("by_content", asset, content_hash)
 
+    # ------------------------------------------------------------------ lookups
     def get(self, asset: str, input_key: str) -> Optional[Artifact]:
-        final = self._final_dir(asset, input_key)
-        record_path = final / RECORD_FILE
-        if not record_path.is_file():
+        """The committed artifact under this key, or None (no record means not committed)."""
+        record_path = f"{self._final(asset, input_key)}/{RECORD_FILE}"
+        try:
+            raw = self.fs.cat_file(record_path)
+        except FileNotFoundError:
             return None
-        record = json.loads(record_path.read_text())
-        return Artifact(asset, input_key, final, record["content_hash"], record.get("partition"), record)
+        try:
+            record = json.loads(raw)
+        except ValueError as err:
+            raise StoreError(f"{record_path}: the artifact record is not valid JSON ({err}); "
+                             f"run `gmates verify --repair`") from None
+        return self._artifact(asset, input_key, record)
+
+    def _artifact(self, asset: str, input_key: str, record: Mapping[str, Any]) -> Artifact:
+        final = self._final(asset, input_key)
+        if self.local:
+            return Artifact(asset, input_key, record["content_hash"], final, record.get("partition"), record)
+        return Artifact(asset, input_key, record["content_hash"], self.fs.unstrip_protocol(final),
+                        record.get("partition"), record,
+                        fetch=lambda: self._download(asset, input_key, record["content_hash"]))
 
     def by_content(self, asset: str, content_hash: str) -> Optional[Artifact]:
-        """The artifact of `asset` whose content hash (its Dagster data version) is `content_hash`."""
-        index = self._content_index(asset, content_hash)
-        if not index.is_file():
-            return None
-        return self.get(asset, index.read_text().strip())
+        """The artifact of `asset` whose content hash (its Dagster data version) is `content_hash`.
+
+        A missing or wrong index entry (a kill between commit and index write) is repaired from the records.
+        """
+        try:
+            key = self.fs.cat_file(self._index(asset, content_hash)).decode().strip()
+        except FileNotFoundError:
+            key = ""
+        found = self.get(asset, key) if key else None
+        if found is not None and found.content_hash == content_hash:
+            return found
+        key = self._scan(asset).get(content_hash)
+        found = self.get(asset, key) if key else None
+        if found is not None:
+            self._write_index(found)
+        return found
+
+    def _scan(self, asset: str) -> dict[str, str]:
+        if asset not in self._scanned:
+            self._scanned[asset] = {a.content_hash: a.input_key for a in self.artifacts(asset)}
+        return self._scanned[asset]
 
     def require_by_content(self, asset: str, content_hash: str, partition: Optional[str] = None) -> Artifact:
         art = self.by_content(asset, content_hash)
@@ -95,39 +299,98 @@ class ArtifactStore:
             where = f"{asset}[{partition}]" if partition else asset
             raise StoreError(
                 f"the store at {self.root} has no artifact of {where} with content hash {content_hash[:16]}…; "
-                f"it was built against another GMATES_HOME or deleted. Re-materialize {where} (gmates sync)."
+                f"it was built against another GMATES_HOME or deleted. `gmates sync` rebuilds it."
             )
         return art
 
-    # ------------------------------------------------------------------ writing
+    def ensure_indexed(self, artifact: Artifact) -> None:
+        """Repair the by_content entry of a reused artifact (cheap when it is already right)."""
+        try:
+            indexed = self.fs.cat_file(self._index(artifact.asset, artifact.content_hash)).decode().strip()
+        except FileNotFoundError:
+            indexed = None
+        if indexed != artifact.input_key:
+            self._write_index(artifact)
+
+    def _write_index(self, artifact: Artifact) -> None:
+        self._write_text(self._index(artifact.asset, artifact.content_hash), artifact.input_key)
+
+    def _write_text(self, path: str, text: str) -> None:
+        if self.local:
+            atomic_write_text(path, text)
+        else:
+            self.fs.pipe_file(path, text.encode("utf-8"))
+
+    # ------------------------------------------------------------------ building
     @contextmanager
-    def build(
-        self,
-        asset: str,
-        input_key: str,
-        partition: Optional[str] = None,
-        record: Optional[Mapping[str, Any]] = None,
-        resumable: bool = False,
-    ) -> Iterator[Path]:
-        """Yield a work directory; on success hash it, record it and rename it into place.
+    def locked(self, asset: str, input_key: str, log: Callable[[str], None] = lambda _m: None) -> Iterator[BuildLock]:
+        lock = BuildLock(self.fs, self._at("locks", asset, f"{input_key}.lock"), f"{asset}/{input_key[:12]}",
+                         self.stale_after, self.heartbeat, log)
+        lock.acquire()
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    @contextmanager
+    def build(self, asset: str, input_key: str, partition: Optional[str] = None,
+              record: Optional[Mapping[str, Any]] = None, resumable: bool = False,
+              log: Callable[[str], None] = lambda _m: None) -> Iterator[Path]:
+        """Yield a work directory under the artifact's build lock; on success hash, record and commit it.
 
         The work directory is stable for the key, so a resumable step that was killed finds its finished
-        chunks there. On an exception nothing is committed; a step that is not resumable also has its
-        partial directory removed, so bad input leaves no trace in the store.
+        chunks there (temp files of interrupted writes are removed first). On an exception nothing is
+        committed; a step that is not resumable also has its work directory removed, so bad input leaves no
+        trace in the store.
         """
+        with self.locked(asset, input_key, log) as lock:
+            with self._work_dir(asset, input_key, resumable) as work:
+                yield work
+            self._commit(lock, asset, input_key, work, partition, record or {})
+
+    def get_or_build(self, asset: str, input_key: str, fill: Callable[[Path], None],
+                     partition: Optional[str] = None, record: Optional[Mapping[str, Any]] = None,
+                     resumable: bool = False, log: Callable[[str], None] = lambda _m: None) -> tuple[Artifact, bool]:
+        """(artifact, reused): the stored artifact for this key, or `fill` a work directory and commit it.
+
+        Two processes asking for the same key at once build it once: the second waits on the build lock and
+        then reuses the first one's result. A reuse repairs the artifact's by_content entry.
+        """
+        found = self.get(asset, input_key)
+        if found is None:
+            with self.locked(asset, input_key, log) as lock:
+                found = self.get(asset, input_key)
+                if found is None:
+                    with self._work_dir(asset, input_key, resumable) as work:
+                        fill(work)
+                    self._commit(lock, asset, input_key, work, partition, record or {})
+                    return self.get(asset, input_key), False
+        self.ensure_indexed(found)
+        return found, True
+
+    @contextmanager
+    def _work_dir(self, asset: str, input_key: str, resumable: bool) -> Iterator[Path]:
         partial = self.partial_dir(asset, input_key)
         if not resumable:
             shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True, exist_ok=True)
+        elif partial.is_dir():
+            remove_temp_files(partial)  # never resume from (or hash) a half-written file
         try:
+            partial.mkdir(parents=True, exist_ok=True)
             yield partial
-        except BaseException:
-            if not resumable:
+        except BaseException as err:
+            if resumable:
+                remove_temp_files(partial)
+            else:
                 shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"no space left while building {asset} in {partial}: {err}") from err
             raise
-        self._commit(asset, input_key, partial, partition, record or {})
 
-    def _commit(self, asset: str, input_key: str, partial: Path, partition, record: Mapping[str, Any]) -> None:
+    def _commit(self, lock: BuildLock, asset: str, input_key: str, partial: Path, partition,
+                record: Mapping[str, Any]) -> None:
+        lock.confirm()
+        remove_temp_files(partial)
         content_hash = hash_dir(partial)
         full_record = {
             "asset": asset,
@@ -136,27 +399,119 @@ class ArtifactStore:
             "content_hash": content_hash,
             **dict(record),
         }
-        atomic_write_text(partial / RECORD_FILE, json.dumps(full_record, indent=2, sort_keys=True))
-        final = self._final_dir(asset, input_key)
+        text = json.dumps(full_record, indent=2, sort_keys=True)
+        atomic_write_text(partial / RECORD_FILE, text)
+        if self.local:
+            self._install_local(asset, input_key, partial)
+        else:
+            self._upload(asset, input_key, partial, text)
+        self._scanned.pop(asset, None)
+        self._write_text(self._index(asset, content_hash), input_key)
+
+    def _install_local(self, asset: str, input_key: str, partial: Path) -> None:
+        final = Path(self._final(asset, input_key))
+        if final.exists() and self.get(asset, input_key) is None:
+            shutil.rmtree(final)  # a directory without a record was never committed; we hold the lock
         try:
             os.rename(partial, final)
         except OSError:
             if self.get(asset, input_key) is None:  # not a concurrent identical commit: a real failure
                 raise
             shutil.rmtree(partial, ignore_errors=True)
-        atomic_write_text(self._content_index(asset, content_hash), input_key)
 
-    def discard_partial(self, asset: str, input_key: str) -> None:
-        shutil.rmtree(self.partial_dir(asset, input_key), ignore_errors=True)
+    def _upload(self, asset: str, input_key: str, partial: Path, record_text: str) -> None:
+        """Files under a temp prefix, moved under the key, then the record: the commit marker, written last."""
+        final = self._final(asset, input_key)
+        if self.get(asset, input_key) is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+            return
+        for leftover in self.fs.glob(self._at("artifacts", asset, f".upload-{input_key}-*")) + [final]:
+            if self.fs.exists(leftover):  # what a crashed commit left; we hold the lock
+                self.fs.rm(leftover, recursive=True)
+        temp = self._at("artifacts", asset, f".upload-{input_key}-{uuid.uuid4().hex[:12]}")
+        files = [p for p in sorted(partial.rglob("*")) if p.is_file() and p.name != RECORD_FILE]
+        for file in files:
+            self.fs.put_file(str(file), f"{temp}/{file.relative_to(partial).as_posix()}")
+        for file in files:
+            rel = file.relative_to(partial).as_posix()
+            self.fs.mv(f"{temp}/{rel}", f"{final}/{rel}")
+        if self.fs.exists(temp):
+            self.fs.rm(temp, recursive=True)
+        self.fs.pipe_file(f"{final}/{RECORD_FILE}", record_text.encode("utf-8"))
+        cached = self.cache / "artifacts" / asset / input_key
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(partial, cached)  # the local copy readers on this machine will use
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def _download(self, asset: str, input_key: str, content_hash: str) -> Path:
+        target = self.cache / "artifacts" / asset / input_key
+        if (target / RECORD_FILE).is_file():
+            return target
+        tmp = target.with_name(f".{input_key}.tmp-{uuid.uuid4().hex[:12]}")
+        final = self._final(asset, input_key)
+        try:
+            for remote in self.fs.find(final):
+                local = tmp / remote[len(final) + 1:]
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(remote, str(local))
+            if hash_dir(tmp) != content_hash:
+                raise StoreError(f"the copy of {self.fs.unstrip_protocol(final)} does not match its content hash "
+                                 f"{content_hash[:16]}…; run `gmates verify --repair`")
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / RECORD_FILE).is_file():  # not a concurrent download of the same artifact
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    # ------------------------------------------------------------------ verification and repair
+    def stored_hash(self, artifact: Artifact) -> str:
+        """The content hash of the files as they are in the store now (re-read, never the record)."""
+        final = self._final(artifact.asset, artifact.input_key)
+        if self.local:
+            return hash_dir(final)
+        pairs = []
+        for remote in sorted(self.fs.find(final)):
+            rel = remote[len(final) + 1:]
+            if Path(rel).name in BOOKKEEPING_NAMES or any(is_temp_name(part) for part in rel.split("/")):
+                continue
+            with self.fs.open(remote, "rb") as handle:
+                pairs.append((rel, sha256_stream(handle)))
+        return combine_file_digests(pairs)
+
+    def discard(self, artifact: Artifact) -> None:
+        """Remove an artifact (e.g. a corrupt one, so the next sync rebuilds it): record first, then files."""
+        final = self._final(artifact.asset, artifact.input_key)
+        if self.local:
+            trash = Path(self._at("artifacts", artifact.asset, f".tmp-discard-{uuid.uuid4().hex[:12]}"))
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            self.fs.rm_file(f"{final}/{RECORD_FILE}")
+            self.fs.rm(final, recursive=True)
+            shutil.rmtree(self.cache / "artifacts" / artifact.asset / artifact.input_key, ignore_errors=True)
+        index = self._index(artifact.asset, artifact.content_hash)
+        if self.fs.exists(index):
+            self.fs.rm_file(index)
+        self._scanned.pop(artifact.asset, None)
 
     # ------------------------------------------------------------------ inspection
     def artifacts(self, asset: str) -> list[Artifact]:
-        base = self._asset_dir(asset)
-        if not base.is_dir():
+        base = self._at("artifacts", asset)
+        try:
+            names = sorted(Path(p).name for p in self.fs.ls(base, detail=False))
+        except FileNotFoundError:
             return []
-        found = (self.get(asset, p.name) for p in sorted(base.iterdir()) if not p.name.startswith("."))
+        found = (self.get(asset, name) for name in names if not name.startswith("."))
         return [a for a in found if a is not None]
 
-    def partials(self, asset: str) -> list[Path]:
-        base = self._asset_dir(asset)
-        return sorted(base.glob(".partial-*")) if base.is_dir() else []
+    def partials(self, asset: str) -> list[str]:
+        """Work directories and upload prefixes of builds that did not commit."""
+        work = self.partial_dir(asset, "x").parent
+        local = sorted(str(p) for p in work.glob(".partial-*")) if work.is_dir() else []
+        uploads = [] if self.local else sorted(self.fs.glob(self._at("artifacts", asset, ".upload-*")))
+        return local + uploads

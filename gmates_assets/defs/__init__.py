@@ -9,6 +9,7 @@ import dagster as dg
 
 from ..core.manifest import load_manifest
 from .factory import dagster_assets, graph_for
+from .console import gmates_console_logger
 from .resources import GmatesResource
 
 DEFAULT_MANIFEST = "data_manifests/demo.yaml"
@@ -28,6 +29,7 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
         sensors=[automation],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
         executor=executor_for(loaded.manifest.execution),
+        loggers={"console": gmates_console_logger},
     )
 
 

@@ -64,6 +64,9 @@ class AssetDecl:
     # Asset checks evaluated on the stored artifact (so they also run on a reuse): (step, artifact) -> results.
     check_fn: Optional[Callable[[Any, "Artifact"], list]] = None
     enabled: Optional[Callable[["Manifest"], bool]] = None
+    # Validation run before building (on the unrecorded manifest): it may only raise, never shape the output,
+    # so it can read settings outside `sections` (e.g. the reference set fits probe.seq_len).
+    precheck: Optional[Callable[[Any], None]] = None
 
     @property
     def is_source(self) -> bool:

@@ -23,6 +23,9 @@ CODE_LOCATION = "gmates"
 CODE_MODULE = "gmates_assets.code_location"
 ASSET_JOB = "__ASSET_JOB"
 POLL_SECONDS = 0.5
+# Runs log through the Definitions' console logger (defs/console.py); Dagster uses a job's loggers only when
+# the run config names them.
+RUN_CONFIG = {"loggers": {"console": {}}}
 
 RunGroup = tuple[Optional[str], list[str]]  # (partition key or None, asset names)
 
@@ -53,7 +56,7 @@ class InProcessRuns:
         for partition, assets in groups:
             result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
                                                  asset_selection=[dg.AssetKey(a) for a in assets],
-                                                 raise_on_error=True)
+                                                 raise_on_error=True, run_config=RUN_CONFIG)
             run_ids.append(result.run_id)
         return run_ids
 
@@ -111,7 +114,7 @@ class InstanceRuns:
         selector = JobSubsetSelector(location_name=CODE_LOCATION, repository_name=self.repository.name,
                                      job_name=ASSET_JOB, op_selection=None, asset_selection=keys)
         remote_job = self.location.get_job(selector)
-        plan = self.location.get_execution_plan(remote_job, {}, step_keys_to_execute=None, known_state=None,
+        plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance)
         tags = {"gmates/launched_by": "gmates sync"}
         if partition is not None:
@@ -119,7 +122,7 @@ class InstanceRuns:
         if self.gpus is not None:
             tags[GPU_TAG] = str(next(self.gpus))
         return self.instance.create_run(
-            job_name=ASSET_JOB, run_id=None, run_config={}, resolved_op_selection=None,
+            job_name=ASSET_JOB, run_id=None, run_config=RUN_CONFIG, resolved_op_selection=None,
             step_keys_to_execute=plan.execution_plan_snapshot.step_keys_to_execute, op_selection=None,
             status=None, root_run_id=None, parent_run_id=None, tags=tags, job_snapshot=remote_job.job_snapshot,
             execution_plan_snapshot=plan.execution_plan_snapshot,

@@ -65,12 +65,14 @@ class Step:
     """What a compute function sees: the manifest (recorded), the store, resolved inputs, logging, progress."""
 
     def __init__(self, context, loaded: LoadedManifest, store: ArtifactStore, graph: AssetGraph, asset: str,
-                 partition: Optional[str], inputs: dict[str, dict[Optional[str], Artifact]]):
+                 partition: Optional[str], inputs: dict[str, dict[Optional[str], Artifact]],
+                 versions: dict[str, dict[str, str]], record_reads: bool = True):
         self.context = context
         self.raw_loaded = loaded  # unrecorded: only for what the cache key already covers (identities)
         self._view = ManifestView(loaded.manifest)
-        self.loaded = LoadedManifest(self._view, loaded.path, "")  # type: ignore[arg-type]
-        self.manifest = self._view
+        self.loaded = loaded.with_manifest(self._view) if record_reads else loaded
+        self.manifest = self.loaded.manifest
+        self.versions = versions  # data versions of every input, by asset and partition ("" = unpartitioned)
         self.store = store
         self.graph = graph
         self.asset = asset
@@ -86,6 +88,10 @@ class Step:
     @property
     def manifest_reads(self) -> set[str]:
         return self._view.reads
+
+    def input_version(self, asset: str) -> str:
+        """The data version of an input read in this step's own partition (e.g. an observed source)."""
+        return self.versions[asset][self.partition or ""]
 
     def input(self, asset: str, partition: Optional[str] = None) -> Artifact:
         by_partition = self._inputs[asset]
@@ -160,26 +166,31 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
     partition = context.partition_key if context.has_partition_key else None
     versions = input_versions(context.instance, graph, asset, partition)
     key = input_key(context.instance, store, graph, loaded, asset, partition, versions)
-    artifact = store.get(asset, key)
-    reused = artifact is not None
+    # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
+    record: dict[str, Any] = {"code_version": graph.code_version(asset), "inputs": versions}
+    computed: dict[str, Any] = {}
+
+    def fill(work_dir: Path) -> None:
+        step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions), versions)
+        started = time.monotonic()
+        computed.update(decl.compute(step, work_dir))
+        _require_declared(decl, step.manifest_reads)
+        computed["compute_seconds"] = round(time.monotonic() - started, 3)
+        computed["manifest_fields_read"] = sorted(step.manifest_reads)
+        record["metadata"] = json.loads(json.dumps(computed, default=str))
+
+    if decl.precheck:  # validation that fails before expensive work (it cannot change what is built)
+        decl.precheck(Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
+                           versions, record_reads=False))
+    # Under the artifact's build lock: a concurrent sync building the same key is waited for, then reused.
+    artifact, reused = store.get_or_build(asset, key, fill, partition, record, decl.resumable, log=context.log.info)
     if reused:
         context.log.info(f"reusing stored artifact {key[:12]} for {asset}{f'[{partition}]' if partition else ''}")
-        metadata = dict(artifact.record.get("metadata", {}))
-    else:
-        step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions))
-        started = time.monotonic()
-        # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
-        record: dict[str, Any] = {"code_version": graph.code_version(asset), "inputs": versions}
-        with store.build(asset, key, partition, record=record, resumable=decl.resumable) as work_dir:
-            metadata = decl.compute(step, work_dir)
-            _require_declared(decl, step.manifest_reads)
-            metadata["compute_seconds"] = round(time.monotonic() - started, 3)
-            metadata["manifest_fields_read"] = sorted(step.manifest_reads)
-            record["metadata"] = json.loads(json.dumps(metadata, default=str))
-        artifact = store.get(asset, key)
+    metadata = dict(artifact.record.get("metadata", {})) if reused else computed
     checks = None
     if decl.check_fn:
-        check_step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions))
+        check_step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
+                          versions, record_reads=False)
         checks = decl.check_fn(check_step, artifact)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(artifact.content_hash),
@@ -188,7 +199,7 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
             "reused": reused,
             "input_key": key,
             "content_hash": artifact.content_hash,
-            "artifact_path": dg.MetadataValue.path(str(artifact.path)),
+            "artifact_path": dg.MetadataValue.path(artifact.location),
         },
         check_results=checks,
     )

@@ -15,7 +15,10 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus  # private
 from dagster._core.loader import LoadingContextForTest  # private
 
+from ..core.sources import ReadStats
+from ..core.store import Artifact, ArtifactStore
 from .factory import graph_for
+from .launch import RUN_CONFIG
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
 
@@ -26,9 +29,11 @@ class PartitionStatus:
     partition: Optional[str]
     status: str
     causes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # e.g. records skipped while reading a shard
 
     def as_json(self) -> dict:
-        return {"asset": self.asset, "partition": self.partition, "status": self.status, "causes": list(self.causes)}
+        return {"asset": self.asset, "partition": self.partition, "status": self.status, "causes": list(self.causes),
+                "notes": list(self.notes)}
 
 
 @dataclass
@@ -97,6 +102,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
         observe_sources(defs, instance)
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    store = gmates_store(defs)
     wanted = set(assets) if assets is not None else None
     out = []
     for key in graph.toposorted_asset_keys:
@@ -107,16 +113,67 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
             continue
         for pk in _partition_keys(graph.get(key), instance):
             status = resolver.get_status(key, pk)
+            known = status != StaleStatus.MISSING and store is not None
+            stored = _stored_artifact(store, resolver, key, pk) if known else None
+            notes = _notes(stored) if stored is not None else ()
             if status == StaleStatus.MISSING:
                 out.append(PartitionStatus(name, pk, MISSING))
+            elif store is not None and stored is None:  # Dagster remembers it, the store lost it: rebuild
+                out.append(PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",)))
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
-                out.append(PartitionStatus(name, pk, STALE, causes))
+                out.append(PartitionStatus(name, pk, STALE, causes, notes))
             elif (cause := _fan_in_cause(defs, instance, name, pk)) is not None:
-                out.append(PartitionStatus(name, pk, STALE, (cause,)))
+                out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             else:
-                out.append(PartitionStatus(name, pk, FRESH))
+                out.append(PartitionStatus(name, pk, FRESH, (), notes))
     return out
+
+
+def gmates_store(defs: dg.Definitions) -> Optional[ArtifactStore]:
+    """The artifact store of gmates Definitions (None for Definitions without the gmates resource)."""
+    resource = (defs.resources or {}).get("gmates")
+    return resource.store() if resource is not None else None
+
+
+def _stored_artifact(store: ArtifactStore, resolver, key: dg.AssetKey, pk: Optional[str]) -> Optional[Artifact]:
+    """The stored artifact behind the latest materialization (its data version is the content hash)."""
+    version = resolver.get_current_data_version(key, pk)
+    return store.by_content(key.to_user_string(), version.value) if version else None
+
+
+def _notes(artifact: Artifact) -> tuple[str, ...]:
+    """Skip and truncation counts a documents artifact recorded (`on_bad_record: skip`, `max_chars`)."""
+    stats = artifact.record.get("metadata", {}).get("read_stats")
+    return tuple(ReadStats.from_dict(stats).notes()) if isinstance(stats, dict) else ()
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    asset: str
+    partition: Optional[str]
+    problem: Optional[str]  # None when the stored files hash to the recorded content hash
+    artifact: Optional[Artifact] = None
+
+
+def verify_artifacts(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[ArtifactCheck]:
+    """Re-hash every stored artifact the latest materializations point at; name what is corrupt or missing."""
+    graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    store = gmates_store(defs)
+    checks = []
+    for key in graph.toposorted_asset_keys:
+        if key not in graph.materializable_asset_keys:
+            continue
+        for pk in _partition_keys(graph.get(key), instance):
+            if resolver.get_status(key, pk) == StaleStatus.MISSING:
+                continue  # never built: nothing to verify
+            stored = _stored_artifact(store, resolver, key, pk)
+            problem = "missing from the store" if stored is None else None
+            if stored is not None and (actual := store.stored_hash(stored)) != stored.content_hash:
+                problem = f"files hash to {actual[:16]}…, the record says {stored.content_hash[:16]}…"
+            checks.append(ArtifactCheck(key.to_user_string(), pk, problem, stored))
+    return checks
 
 
 def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> Optional[str]:
@@ -125,7 +182,8 @@ def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> Optio
     if not keys:
         return None
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=True)
+    result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=True,
+                                    run_config=RUN_CONFIG)
     return result.run_id
 
 

@@ -11,7 +11,7 @@ import polars as pl
 import zarr
 from safetensors.numpy import load_file, save_file
 
-from ...core import bootstrap, lm, oracle, probe, relational
+from ...core import bootstrap, lm, oracle, probe, relational, validation
 from ...core.hashing import hash_dir
 from ...core.plots import line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
@@ -44,7 +44,8 @@ def _tokenizer(step):
 
 def _reference_batches(step, tok):
     examples = reference_examples(step.loaded, "reference")
-    pairs = lm.tokenize_reference(tok, examples, step.manifest.probe.seq_len)
+    pairs = lm.tokenize_reference(tok, examples, step.manifest.probe.seq_len, setting="probe.seq_len",
+                                  on_too_long=step.manifest.sources.reference.too_long)
     return lm.make_reference_batches(pairs, step.manifest.oracle.reference_batch_size, special_ids(tok)[1])
 
 
@@ -153,6 +154,14 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
             "lr_used": float(summary.lr), "lr_source": summary.lr_source,
             "mean_final_cumulative_delta": round(float(final.mean()), 6) if final.size else 0.0,
             "chunks_resumed": int(summary.chunks_resumed)}
+
+
+def check_before_probing(step) -> None:
+    """Settings that only the pool and the tokenizer can refute fail here, before warm-up and oracle work: the
+    pool is large enough for clustering.k and oracle.pool_size, every reference example fits probe.seq_len."""
+    rows = sum(step.shard_rows("tokenized_pool").values())
+    validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size)
+    _reference_batches(step, _tokenizer(step))
 
 
 # ------------------------------------------------------------------------------------------ compute
@@ -307,6 +316,7 @@ DECLS = [
     AssetDecl("probe_checkpoint", GROUP,
               "Model + AdamW state after warm-up on random pool data (stage 1), or a user checkpoint.",
               compute=build_probe_checkpoint, resumable=True, sections=("probe",), kinds=_TORCH,
+              precheck=check_before_probing,
               inputs=(Input("tokenized_pool_index"), Input("lm_tokenizer"),
                       Input("user_probe_checkpoint", when=_has_user_checkpoint))),
     AssetDecl("probe_pool", GROUP, "The seeded sample of pool documents that rollouts draw from, as LM training rows.",

@@ -9,6 +9,7 @@ import numpy as np
 from ...core import encode, sources, tokenize
 from ...core.hashing import hash_dir, stable_hash
 from ...core.manifest import BUILTIN_ENCODER
+from ...core.validation import loading_model
 from ..declare import SHARDS, AssetDecl, Input
 from ..runtime import table
 from ..wiring import shard_by_name, shard_spec
@@ -30,10 +31,7 @@ def local_dir_identity(path: str) -> str:
 def encoder_location(loaded) -> str:
     """The encoder to load: the bundled MiniLM folder, a local folder (relative to the manifest) or a hub name."""
     model = loaded.manifest.encoder.model
-    if model == BUILTIN_ENCODER:
-        return str(encode.default_encoder_dir())
-    local = loaded.resolve(model)
-    return str(local) if local.is_dir() else model
+    return str(encode.default_encoder_dir()) if model == BUILTIN_ENCODER else loaded.model_location(model)
 
 
 def encoder_identity(loaded, _instance=None, _graph=None) -> dict:
@@ -49,9 +47,9 @@ def tokenizer_identity(loaded, _instance=None, _graph=None) -> dict:
     section = loaded.manifest.tokenizer
     if section.kind != "pretrained":
         return {"tokenizer": "trained"}
-    local = loaded.resolve(section.name)
-    if local.is_dir():
-        return {"tokenizer": local_dir_identity(str(local))}
+    location = loaded.model_location(section.name)
+    if Path(location).is_dir():
+        return {"tokenizer": local_dir_identity(location)}
     return {"tokenizer": f"{section.name}@{section.revision or 'main'}"}
 
 
@@ -61,12 +59,21 @@ def _sample_rows(documents: list, limit: int = 3) -> dict:
 
 # ------------------------------------------------------------------------------------------ compute
 def observe_pool(loaded) -> dict[str, str]:
-    return {s.name: sources.file_content_hash(shard_spec(loaded, s)) for s in loaded.manifest.sources.shards}
+    specs = [shard_spec(loaded, s) for s in loaded.manifest.sources.shards]
+    sources.check_shards_disjoint(specs)  # colliding document ids: found here, before any work
+    return {spec.name: sources.file_content_hash(spec) for spec in specs}
 
 
 def build_documents(step, out: Path) -> dict:
     spec = shard_spec(step.loaded, shard_by_name(step.loaded, step.partition))
-    docs, stats = sources.read_shard(spec, step.manifest.sources.on_bad_record)
+    content = sources.shard_content(spec)  # bad files and sha256 mismatches fail before anything else
+    if content.hash != step.input_version("pool_source"):
+        raise sources.SourceError(f"shard {spec.name}: its files changed since they were observed; run "
+                                  f"`gmates sync` again (it re-observes the sources first)")
+    # The bytes read must be the bytes hashed: a file rewritten meanwhile is an error, never stored text.
+    docs, stats = sources.read_shard(spec, step.manifest.sources.on_bad_record, expected=content)
+    for note in stats.notes():
+        step.log(note)
     sources.write_documents_parquet(docs, out / "documents.parquet")
     return {"dagster/row_count": len(docs), "read_stats": stats.as_dict(), "sample": _sample_rows(docs)}
 
@@ -74,9 +81,9 @@ def build_documents(step, out: Path) -> dict:
 def build_lm_tokenizer(step, out: Path) -> dict:
     section = step.manifest.tokenizer
     if section.kind == "pretrained":
-        location = step.loaded.resolve(section.name)
-        tok = tokenize.load_lm_tokenizer(str(location) if location.is_dir() else section.name, section.revision,
-                                         section.trust_remote_code)
+        with loading_model("tokenizer.name", section.name):
+            tok = tokenize.load_lm_tokenizer(step.loaded.model_location(section.name), section.revision,
+                                             section.trust_remote_code)
         tok.save_pretrained(str(out))
         return {"kind": "pretrained", "name": section.name, "vocab_size": len(tok)}
     texts = _training_texts(step, section.train_max_docs)

@@ -111,7 +111,9 @@ def _evaluate(step, out: Path) -> dict:
     results["heldout_perplexity"] = evaluation.perplexity(model, heldout_texts(step.loaded), tokenizer=tok,
                                                           batch_size=section.batch_size,
                                                           prefix=section.perplexity_prefix, device=step.device)
-    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"), step.manifest.pretrain.seq_len)
+    pairs = lm.tokenize_reference(tok, reference_examples(step.loaded, "heldout_reference"),
+                                  step.manifest.pretrain.seq_len, "pretrain.seq_len",
+                                  step.manifest.sources.heldout_reference.too_long)
     batches = lm.make_reference_batches(pairs, section.batch_size, special_ids(tok)[1])
     results["heldout_reference_loss"] = lm.reference_loss(model, batches)
     # Which configuration (all sections, seeds blanked) and seeds this score belongs to, for `gmates report`.

@@ -1,0 +1,247 @@
+"""The bad-input matrix: each case, the exact message a person gets, and docs/bad_inputs.md kept equal to it.
+
+Every case runs the same core check the build runs (the CLI prints the same text after `gmates sync: `).
+`python -m tests.test_bad_inputs` prints the table for docs/bad_inputs.md.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gmates_assets.core import lm, release
+from gmates_assets.core.demo_corpus import DemoCorpusParams
+from gmates_assets.core.manifest import parse_manifest
+from gmates_assets.core.sources import (
+    ReadStats, ShardSpec, check_files, check_shards_disjoint, read_shard, shard_content)
+from gmates_assets.core.store import ArtifactStore
+from gmates_assets.core.validation import check_pool_size, items_that_fit, loading_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad_inputs.md"
+MINIMAL = "name: m\nsources:\n  shards:\n    - {name: s, format: demo}\n"
+
+
+def jsonl(d: Path, name: str, *lines: str) -> ShardSpec:
+    (d / name).write_text("".join(line + "\n" for line in lines))
+    return ShardSpec("s", "jsonl", (name,), base_dir=str(d))
+
+
+class WordTokenizer:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [len(word) for word in text.split()]}
+
+
+def run(case) -> str:
+    try:
+        return case() or ""
+    except Exception as err:  # the message is what the matrix records
+        return str(err)
+
+
+def _empty_file(d):
+    (d / "a.jsonl").write_bytes(b"")
+    check_files(ShardSpec("s", "jsonl", ("a.jsonl",), base_dir=str(d)))
+
+
+def _directory(d):
+    (d / "a.jsonl").mkdir()
+    check_files(ShardSpec("s", "jsonl", ("a.jsonl",), base_dir=str(d)))
+
+
+def _not_parquet(d):
+    (d / "p.parquet").write_text('{"text": "jsonl really"}\n')
+    check_files(ShardSpec("s", "parquet", ("p.parquet",), base_dir=str(d)))
+
+
+def _text_column_not_string(d):
+    pq.write_table(pa.table({"text": [1, 2]}), d / "p.parquet")
+    read_shard(ShardSpec("s", "parquet", ("p.parquet",), base_dir=str(d)))
+
+
+def _shard_without_documents(d):
+    (d / "t.txt").write_text("\n \n")
+    read_shard(ShardSpec("s", "text", ("t.txt",), base_dir=str(d)), on_bad_record="skip")
+
+
+def _all_records_skipped(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": " "}', "{oops"), on_bad_record="skip")
+
+
+def _same_file_in_two_shards(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    check_shards_disjoint([ShardSpec("x", "jsonl", ("a.jsonl",), base_dir=str(d)),
+                           ShardSpec("y", "jsonl", ("./a.jsonl",), base_dir=str(d))])
+
+
+def _same_demo_shard_twice(d):
+    params = DemoCorpusParams.tests_profile()
+    check_shards_disjoint([ShardSpec("x", "demo", demo_params=params), ShardSpec("y", "demo", demo_params=params)])
+
+
+def _null_text(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', '{"text": null}'))
+
+
+def _missing_text_field(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', '{"body": "x"}'))
+
+
+def _malformed_json(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', '{"text": oops}'))
+
+
+def _document_over_cap_truncated(d):
+    jsonl(d, "a.jsonl", json.dumps({"text": "x" * 50}))
+    docs, stats = read_shard(ShardSpec("s", "jsonl", ("a.jsonl",), base_dir=str(d), max_chars=10))
+    return f"(kept, {len(docs[0].text)} characters) status note: {stats.notes()[0]}"
+
+
+def _document_over_cap_rejected(d):
+    jsonl(d, "a.jsonl", '{"text": "ok"}', json.dumps({"text": "x" * 50}))
+    read_shard(ShardSpec("s", "jsonl", ("a.jsonl",), base_dir=str(d), max_chars=10, long_documents="reject"))
+
+
+def _skip_counts(d):
+    docs, stats = read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', "{oops", '{"text": null}'), on_bad_record="skip")
+    return "(kept 1) status note: " + ReadStats.from_dict(stats.as_dict()).notes()[0]
+
+
+def _sha256_mismatch(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    check_files(ShardSpec("s", "jsonl", ("a.jsonl",), base_dir=str(d), sha256={"a.jsonl": "0" * 64}))
+
+
+def _file_rewritten_while_read(d):
+    spec = jsonl(d, "a.jsonl", '{"text": "old"}')
+    keyed_on = shard_content(spec)
+    jsonl(d, "a.jsonl", '{"text": "new"}')
+    read_shard(spec, expected=keyed_on)
+
+
+def _heads_do_not_divide(d):
+    parse_manifest(MINIMAL + "probe:\n  model: {hidden_size: 30, num_heads: 4}\n", "m.yaml")
+
+
+def _clustering_k_over_pool(d):
+    check_pool_size(18, clustering_k=500, oracle_pool_size=10)
+
+
+def _reference_prompt_too_long(d):
+    ids, labels = lm.tokenize_reference(WordTokenizer(), [{"prompt": "a b c d e f", "answer": "g h"}], 4,
+                                        setting="probe.seq_len")[0]
+    return f"(kept: prompt cut from the left to {int((labels == lm.IGNORE_INDEX).sum())} token(s), answer whole)"
+
+
+def _reference_answer_too_long(d):
+    lm.tokenize_reference(WordTokenizer(), [{"prompt": "Q", "answer": "a b c d e"}], 4, setting="probe.seq_len")
+
+
+def _eval_continuation_too_long(d):
+    (d / "task.jsonl").write_text('{"context": "x", "continuation": "y"}\n\n{"context": "x", "continuation": "y"}\n')
+    items_that_fit("arc", "task.jsonl", [2, 9], max_length=4)
+
+
+def _eval_continuation_skipped(d):
+    (d / "task.jsonl").write_text('{"context": "x", "continuation": "y"}\n\n{"context": "x", "continuation": "y"}\n')
+    keep, skipped = items_that_fit("arc", "task.jsonl", [2, 9], max_length=4, on_too_long="skip")
+    return f"(kept {len(keep)}, skipped lines {skipped}; scores.json: skipped_too_long = {len(skipped)})"
+
+
+def _model_missing_offline(d):
+    with loading_model("encoder.model", "org/missing-model"):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                      "in the cached files.")
+
+
+def _disk_full(d):
+    def fill(work):
+        raise OSError(errno.ENOSPC, "No space left on device", str(work / "chunk-00003.parquet"))
+
+    ArtifactStore(d / "store").get_or_build("oracle_random", "k", fill)
+
+
+def _planted_bookkeeping_in_release(d):
+    import polars as pl
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    summary = release.write_release(d / "rel", table, 10, {}, {})
+    (summary.path / "_artifact.json").write_text("{}")
+    return "; ".join(release.verify_release(summary.path))
+
+
+CASES = {
+    "empty file": _empty_file,
+    "directory given as a file": _directory,
+    "`.parquet` file that is not parquet": _not_parquet,
+    "parquet text column of another type": _text_column_not_string,
+    "text shard of blank lines": _shard_without_documents,
+    "shard whose records are all skipped": _all_records_skipped,
+    "same file in two shards (duplicate ids)": _same_file_in_two_shards,
+    "same demo shard twice": _same_demo_shard_twice,
+    '`{"text": null}`': _null_text,
+    "text field missing": _missing_text_field,
+    "malformed JSON line": _malformed_json,
+    "document over `max_chars` (default)": _document_over_cap_truncated,
+    "document over `max_chars`, `long_documents: reject`": _document_over_cap_rejected,
+    "`on_bad_record: skip`": _skip_counts,
+    "sha256 pin mismatch": _sha256_mismatch,
+    "file rewritten between hashing and reading": _file_rewritten_while_read,
+    "`hidden_size` not divisible by `num_heads`": _heads_do_not_divide,
+    "`clustering.k` larger than the pool": _clustering_k_over_pool,
+    "reference prompt+answer over `probe.seq_len` (default)": _reference_prompt_too_long,
+    "reference answer alone over `probe.seq_len`": _reference_answer_too_long,
+    "eval continuation that cannot fit": _eval_continuation_too_long,
+    "eval continuation that cannot fit, `too_long: skip`": _eval_continuation_skipped,
+    "hub model missing offline": _model_missing_offline,
+    "disk full during a step": _disk_full,
+    "planted `_artifact.json` in a release": _planted_bookkeeping_in_release,
+}
+
+
+def matrix(workdir: Path) -> list[tuple[str, str]]:
+    rows = []
+    for index, (case, trigger) in enumerate(CASES.items()):
+        d = workdir / f"case{index}"
+        d.mkdir(parents=True)
+        cwd = os.getcwd()
+        os.chdir(d)  # relative names in messages, as a user running from the manifest's folder sees them
+        try:
+            message = run(lambda: trigger(d))
+        finally:
+            os.chdir(cwd)
+        rows.append((case, message.replace(str(d), "<dir>").replace("\n", " ")))
+    return rows
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    escape = lambda text: text.replace("|", "\\|")  # noqa: E731
+    return "\n".join(["| case | message |", "|---|---|"] + [f"| {escape(c)} | {escape(m)} |" for c, m in rows])
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    return matrix(tmp_path_factory.mktemp("bad-inputs"))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_case_says_what_is_wrong(rows, case):
+    message = dict(rows)[case]
+    assert message, f"{case}: no message"
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_docs_table_is_the_matrix(rows):
+    assert table(rows) in DOC.read_text(), "regenerate with: python -m tests.test_bad_inputs"
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    sys.stdout.write(table(matrix(Path(tempfile.mkdtemp()))) + "\n")
