@@ -49,10 +49,10 @@ def test_evaluation_skips_and_counts_items_that_cannot_fit(tmp_path):
     with pytest.raises(ValidationError, match=rf"{path}:2: task 'lm'"):
         evaluate_tasks(BigramLM(), WordTokenizer(), [TaskSpec("lm", path, "language_modeling")], device="cpu",
                        max_length=6)
-    out = evaluate_tasks(BigramLM(), WordTokenizer(), [TaskSpec("lm", path, "language_modeling", too_long="skip")],
-                         device="cpu", max_length=6)
+    out = evaluate_tasks(BigramLM(), WordTokenizer(), [TaskSpec("lm", path, "language_modeling")],
+                         device="cpu", max_length=6, too_long="skip")
     task = out["tasks"]["lm"]
-    assert task["n_items"] == 2 and task["skipped_too_long"] == 1
+    assert task["n_items"] == 2 and task["n_skipped"] == 1
     assert task["mean_logprob"] == pytest.approx((lp(0.6, 0.1) + lp(0.6, 0.3)) / 2)
 
 

@@ -32,6 +32,7 @@ import torch
 
 from gmates_assets.core.icl import TASK_KINDS, PromptFormat, Request, build_requests, tokenizer_needs_prefix_space
 from gmates_assets.core.progress import ProgressFn
+from gmates_assets.core.validation import items_that_fit
 from .devices import resolve_device
 
 NORMALIZATIONS = ("token", "char", "none")
@@ -433,17 +434,17 @@ class _PlannedTask:
 
 
 def _plan_task(spec: TaskSpec, items: list[dict], tokenizer: Any, max_length: int, too_long: str) -> _PlannedTask:
-    """Requests and their tokens; items with an answer that cannot fit raise, or are dropped and counted."""
+    """Requests and their tokens; an item whose answer cannot fit raises naming its file and line, or (too_long
+    "skip") is dropped and counted."""
     requests = task_requests(spec, items, tokenizer)
     encoded = encode_requests(tokenizer, requests)
-    unfit = sorted({r.item for r, (_, cont) in zip(requests, encoded) if not fits(cont, max_length)})
-    if unfit and too_long == "error":
-        raise ValueError(f"task {spec.name!r} ({spec.path}): item {unfit[0]} (0-based, blank lines not counted) "
-                         f"has an answer longer than max_length {max_length} - 1 tokens; "
-                         "set eval.too_long: skip to leave such items out (they are counted)")
-    dropped = set(unfit)
-    keep = [i for i, r in enumerate(requests) if r.item not in dropped]
-    return _PlannedTask(spec, items, [requests[i] for i in keep], [encoded[i] for i in keep], len(unfit))
+    longest = [0] * (max((r.item for r in requests), default=-1) + 1)
+    for request, (_, continuation) in zip(requests, encoded):
+        longest[request.item] = max(longest[request.item], len(continuation))
+    keep, skipped = items_that_fit(spec.name, spec.path, longest, max_length, too_long)
+    kept = set(keep)
+    rows = [i for i, r in enumerate(requests) if r.item in kept]
+    return _PlannedTask(spec, items, [requests[i] for i in rows], [encoded[i] for i in rows], len(skipped))
 
 
 def evaluate_task(model: Any, tokenizer: Any, spec: TaskSpec, batch_size: int = 8,

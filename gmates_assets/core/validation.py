@@ -83,8 +83,8 @@ def items_that_fit(task: str, path: str | Path, continuation_tokens: Sequence[in
         if on_too_long == "error":
             raise ValidationError(
                 f"{path}:{lines[index]}: task {task!r}: a continuation of {n_tokens} tokens cannot fit the model's "
-                f"{max_length}-token window (one context token is needed); set too_long: skip on the task to "
-                f"leave such items out (they are counted)")
+                f"{max_length}-token window (one context token is needed); set eval.too_long: skip to leave such "
+                f"items out (they are counted)")
         skipped.append(lines[index])
     if not keep:
         raise ValidationError(f"{path}: task {task!r}: none of its {len(skipped)} items fits the model's "

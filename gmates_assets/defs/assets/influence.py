@@ -156,12 +156,16 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
             "chunks_resumed": int(summary.chunks_resumed)}
 
 
-def check_before_probing(step) -> None:
-    """Settings that only the pool and the tokenizer can refute fail here, before warm-up and oracle work: the
-    pool is large enough for clustering.k and oracle.pool_size, every reference example fits probe.seq_len."""
+def check_pool_settings(step) -> None:
+    """The pool is large enough for clustering.k and oracle.pool_size (known once every shard is read)."""
     rows = sum(step.shard_rows("tokenized_pool").values())
     validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size)
-    _reference_batches(step, _tokenizer(step))
+
+
+def check_before_probing(step) -> None:
+    """Settings that only the pool and the tokenizer can refute fail here, before warm-up and oracle work."""
+    check_pool_settings(step)
+    _reference_batches(step, _tokenizer(step))  # every reference example fits probe.seq_len
 
 
 # ------------------------------------------------------------------------------------------ compute
@@ -320,7 +324,7 @@ DECLS = [
               inputs=(Input("tokenized_pool_index"), Input("lm_tokenizer"),
                       Input("user_probe_checkpoint", when=_has_user_checkpoint))),
     AssetDecl("probe_pool", GROUP, "The seeded sample of pool documents that rollouts draw from, as LM training rows.",
-              compute=build_probe_pool, kinds=frozenset({"safetensors", "parquet"}),
+              compute=build_probe_pool, kinds=frozenset({"safetensors", "parquet"}), precheck=check_pool_settings,
               inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("lm_tokenizer")),
               sections=("oracle.pool_size", "oracle.pool_seed", "probe.seq_len")),
     AssetDecl("oracle_random", GROUP,
