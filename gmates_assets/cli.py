@@ -16,7 +16,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-DEFAULT_MANIFEST = "data_manifests/demo.yaml"
+from .core.manifest import DEFAULT_MANIFEST
 
 
 def ensure_dagster_home() -> Path:

@@ -18,6 +18,9 @@ VOLATILE = {"volatile": True}
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
+DEFAULT_MANIFEST = "data_manifests/demo.yaml"  # what the CLI and the code location build when none is named
+
+
 class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the file, the dotted field and what was expected."""
 
@@ -480,9 +483,6 @@ class LoadedManifest:
         when one exists there, otherwise the name unchanged (a hub id)."""
         local = self.resolve(name)
         return str(local) if local.is_dir() else name
-
-    def fingerprint(self, *sections: str) -> str:
-        return fingerprint(self.manifest, *sections)
 
     def with_manifest(self, manifest) -> "LoadedManifest":
         """The same file seen through another manifest object (e.g. a view that records what is read)."""

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core.manifest import load_manifest
+from ..core.manifest import DEFAULT_MANIFEST, load_manifest
 from .factory import dagster_assets, graph_for
 from .console import gmates_console_logger
 from .resources import GmatesResource
 
-DEFAULT_MANIFEST = "data_manifests/demo.yaml"
 
 
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
