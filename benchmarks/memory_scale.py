@@ -118,8 +118,8 @@ def generate(root: Path, n_docs: int, docs_per_shard: int, dim: int, docs_per_cl
     for i, shard in enumerate(bench.graph.partition_keys("documents")):
         size = min(docs_per_shard, n_docs - i * docs_per_shard)
         lengths = rng.integers(20, 200, size)
-        docs = [sources.Document(f"{shard}:{r:07d}", " ".join(words[rng.integers(0, len(words), int(k))]), "synthetic", r)
-                for r, k in enumerate(lengths)]
+        docs = [sources.Document(f"{shard}:{r:07d}", " ".join(words[rng.integers(0, len(words), int(k))]),
+                                 "synthetic", r) for r, k in enumerate(lengths)]
         bench.commit(bench.step("documents", shard),
                      lambda s, out: sources.write_documents_parquet(docs, out / "documents.parquet"), rows=size)
         token_lengths = rng.integers(16, 240, size)
@@ -183,18 +183,20 @@ def measure(n_docs: int, args) -> dict[str, dict]:
 
 def report(sizes: list[int], figures: dict[int, dict[str, dict]]) -> None:
     small, large = sizes[0], sizes[-1]
-    header = (f"{'step':<22}" + "".join(f"{f'peak@{n}':>12}{f'base@{n}':>12}" for n in sizes)
-              + f"{'peak ratio':>12}{'step-only ratio':>17}")
+    header = (f"{'step':<22}" + "".join(f"{f'peak@{n}':>13}" for n in sizes) + f"{'base':>8}"
+              + f"{'growth':>9}{'peak ratio':>12}{'step-only ratio':>17}")
     print("\n" + header + "\n" + "-" * len(header))
     for asset in figures[small]:
         a, b = figures[small][asset], figures[large][asset]
-        row = "".join(f"{figures[n][asset]['peak_kib'] / 1024:>10.0f}Mi{figures[n][asset]['base_kib'] / 1024:>10.0f}Mi"
-                      for n in sizes)
+        peaks = "".join(f"{figures[n][asset]['peak_kib'] / 1024:>10.0f}MiB" for n in sizes)
         own = [(f["peak_kib"] - f["base_kib"]) / 1024 for f in (a, b)]
         ratio = f"{own[1] / own[0]:.2f}" if own[0] > 1 else "-"
-        print(f"{asset:<22}{row}{b['peak_kib'] / a['peak_kib']:>12.2f}{ratio:>17}")
-    print(f"\npool size ratio {large / small:.0f}x; peak = the step process's ru_maxrss; step-only = peak - base "
-          f"(base: the same process after imports and setup)")
+        growth = (b["peak_kib"] - a["peak_kib"]) / 1024
+        print(f"{asset:<22}{peaks}{a['base_kib'] / 1024:>5.0f}MiB{growth:>+6.0f}MiB"
+              f"{b['peak_kib'] / a['peak_kib']:>12.2f}{ratio:>17}")
+    print(f"\npool size ratio {large / small:.0f}x. peak: the step process's ru_maxrss; base: the same process after "
+          f"imports and setup,\nbefore the step; growth: peak@{large} - peak@{small}; step-only ratio: "
+          f"(peak - base)@{large} / (peak - base)@{small}")
 
 
 def main() -> None:

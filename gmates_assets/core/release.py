@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from gmates_assets.core.hashing import BOOKKEEPING_NAMES, sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.rows import compact
 
 RELEASE_FORMAT = "gmates-release/1"
 MANIFEST_NAME = "manifest.json"
@@ -125,7 +126,7 @@ class _Spill:
         with pa.OSFile(str(self.path(len(self.rows))), "wb") as sink, pa.ipc.new_file(sink, arrow.schema) as out:
             out.write_table(arrow)
         self.rows.append(arrow.num_rows)
-        self.ids.append(pl.Series("doc_id", table["doc_id"]).sort() if order == "doc_id" else table["doc_id"])
+        self.ids.append(compact(table["doc_id"].sort() if order == "doc_id" else table["doc_id"]))
 
     def path(self, piece: int) -> Path:
         return self.directory / f"piece-{piece:06d}.arrow"
@@ -151,37 +152,29 @@ class _Spill:
         return pa.concat_tables(parts).take(take).combine_chunks()
 
 
-def _release_order(ids: pl.Series, spill: _Spill, order: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(global row -> position in the concatenated pieces, its piece, the piece's first position)."""
-    positions = (ids.arg_sort().to_numpy().astype(np.int64) if order == "doc_id"
-                 else np.arange(len(ids), dtype=np.int64))
-    piece_of = np.repeat(np.arange(len(spill.rows), dtype=np.int64), spill.rows)[positions]
-    starts = np.concatenate([[0], np.cumsum(spill.rows)]).astype(np.int64)
-    return positions, piece_of, starts
-
-
 def shard_names(n_shards: int) -> list[str]:
     return [f"{DATA_DIR}/train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
 
 
 def _write_shards(spill: _Spill, ids: pl.Series, root: Path, rows_per_shard: int, order: str,
                   stats: "_StatsBuilder") -> list[dict[str, Any]]:
-    """One release shard at a time: its rows come from contiguous row ranges of the (sorted) pieces."""
-    positions, piece_of, starts = _release_order(ids, spill, order)
+    """One release shard at a time. The release visits each piece's rows in their stored order (sorted by doc_id,
+    or as given), so a shard takes one contiguous row range [cursor, cursor + count) of every piece."""
+    # release row -> row of the concatenated pieces
+    positions = ids.arg_sort().to_numpy().astype(np.int64) if order == "doc_id" else np.arange(len(ids))
+    starts = np.concatenate([[0], np.cumsum(spill.rows)]).astype(np.int64)
+    piece_of = np.searchsorted(starts, positions, side="right") - 1
+    cursor = starts[:-1].copy()  # next unread row of each piece
     n_shards = max(1, math.ceil(len(ids) / rows_per_shard))
     (root / DATA_DIR).mkdir(parents=True)
-    cursor = starts[:-1].copy()  # next unread position of each piece
     shards = []
     for index, name in enumerate(shard_names(n_shards)):
-        wanted = positions[index * rows_per_shard:(index + 1) * rows_per_shard]
+        rows = positions[index * rows_per_shard:(index + 1) * rows_per_shard]
         pieces = piece_of[index * rows_per_shard:(index + 1) * rows_per_shard]
         counts = np.bincount(pieces, minlength=len(spill.rows))
-        listed = [(int(i), int(cursor[i] - starts[i]), int(cursor[i] - starts[i] + counts[i]))
+        ranges = [(int(i), int(cursor[i] - starts[i]), int(cursor[i] - starts[i] + counts[i]))
                   for i in np.flatnonzero(counts)]
-        block_start = np.concatenate([[0], np.cumsum(counts[counts > 0])])[:-1]
-        block_of_piece = np.zeros(len(spill.rows), dtype=np.int64)
-        block_of_piece[counts > 0] = block_start
-        part = spill.gather(listed, block_of_piece[pieces] + (wanted - cursor[pieces]))
+        part = spill.gather(ranges, (np.cumsum(counts) - counts)[pieces] + rows - cursor[pieces])
         cursor += counts
         pq.write_table(part, root / name, compression="zstd", row_group_size=ROW_GROUP_SIZE,
                        write_statistics=True)

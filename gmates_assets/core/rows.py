@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
 
 
 class ShardLayout:
@@ -78,12 +80,12 @@ class ConcatRows:
         start, stop, step = key.indices(self.shape[0])
         if step != 1:
             raise TypeError("ConcatRows slices take no step")
-        pieces = [np.empty((0,) + self.shape[1:], dtype=self.dtype)]
+        out = np.empty((max(0, stop - start),) + self.shape[1:], dtype=self.dtype)
         for shard, (first, size) in enumerate(zip(self.layout.starts, self.layout.sizes)):
             lo, hi = max(start, first), min(stop, first + size)
             if lo < hi:
-                pieces.append(np.asarray(self.parts[shard][lo - first:hi - first]))
-        return np.concatenate(pieces).astype(self.dtype, copy=False)
+                out[lo - start:hi - start] = self.parts[shard][lo - first:hi - first]
+        return out
 
 
 class RowFile:
@@ -150,12 +152,16 @@ class RowFile:
         return data.reshape(stop - start, self.shape[1])
 
 
+def compact(series: pl.Series) -> pl.Series:
+    """A copy that owns just its values: polars' gather, filter and sort of strings keep views into the whole
+    source buffer (e.g. a shard's entire text column), which would keep every shard read alive."""
+    return pl.Series(series.name, series.to_list(), dtype=series.dtype)
+
+
 class ParquetColumn:
     """One column of per-shard parquet files (in pool order) as one sequence, read one shard at a time."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], column: str):
-        import pyarrow.parquet as pq
-
         self.paths = [Path(p) for p in paths]
         self.column = column
         self.layout = ShardLayout([pq.ParquetFile(p).metadata.num_rows for p in self.paths])
@@ -163,35 +169,29 @@ class ParquetColumn:
     def __len__(self) -> int:
         return self.layout.n
 
-    def shard(self, i: int):
-        import polars as pl
-
+    def shard(self, i: int) -> pl.Series:
         return pl.read_parquet(self.paths[i], columns=[self.column])[self.column]
 
-    def scan(self):
+    def scan(self) -> pl.LazyFrame:
         """The whole column as a lazy frame (for polars' streaming sinks)."""
-        import polars as pl
-
         return pl.concat([pl.scan_parquet(p).select(self.column) for p in self.paths])
 
-    def __getitem__(self, index) -> "pl.Series":  # noqa: F821
+    def __getitem__(self, index) -> pl.Series:
         """Values at these global row indices, in request order."""
-        import polars as pl
-
         located = self.layout.locate(index)
         if not located:
             return self.scan().head(0).collect()[self.column]
-        values = pl.concat([self.shard(shard).gather(local) for shard, _, local in located])
+        values = pl.concat([compact(self.shard(shard).gather(local)) for shard, _, local in located])
         return values.gather(np.argsort(np.concatenate([positions for _, positions, _ in located])))
 
-    def find(self, values: "pl.Series") -> np.ndarray:  # noqa: F821
+    def find(self, values: pl.Series) -> np.ndarray:
         """Sorted global indices of the rows whose value is one of `values`."""
         found = [np.empty(0, dtype=np.int64)]
         for shard, start in enumerate(self.layout.starts):
             found.append(start + np.flatnonzero(self.shard(shard).is_in(values.implode()).to_numpy()))
         return np.concatenate(found)
 
-    def contains(self, values: "pl.Series") -> np.ndarray:  # noqa: F821
+    def contains(self, values: pl.Series) -> np.ndarray:
         """For each of `values`, whether the column holds it (bool [len(values)])."""
         known = np.zeros(len(values), dtype=bool)
         for shard in range(len(self.paths)):

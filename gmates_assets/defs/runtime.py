@@ -102,10 +102,6 @@ class Step:
         return {row["shard"]: self.store.require_by_content(asset, row["content_hash"], row["shard"])
                 for row in index["shards"]}
 
-    def shard_rows(self, asset: str) -> dict[str, int]:
-        index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
-        return {row["shard"]: int(row["rows"]) for row in index["shards"]}
-
     def log(self, message: str) -> None:
         self.context.log.info(message)
 

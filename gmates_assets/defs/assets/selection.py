@@ -58,14 +58,17 @@ def _pool_scores(step, scratch_dir: Path) -> methods.PoolScores:
 def build_cluster_assignments(step, out: Path) -> dict:
     section = step.manifest.clustering
     source = ("influence_scores", "h") if section.space == "influence" else ("embeddings", "pooled")
-    x = pool_rows(step, *source)
+    x, ids = pool_rows(step, *source), documents_column(step, "doc_id")
+    if len(ids) != len(x):
+        raise ValueError(f"the pool has {len(ids)} documents but {len(x)} rows of {source[0]} {source[1]!r}")
     result = methods.cluster(x, _cluster_config(section))
     sel.save_centroid_index(result.centroids, out / "centroids.faiss")
-    columns = pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64), "cluster": result.assignment.astype(np.int64),
+    columns = pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64),
+                            "cluster": result.assignment.astype(np.int64),
                             "similarity": result.similarity.astype(np.float32),
                             "member_rank": methods.member_ranks(result.members, len(x))})
     # doc_ids stream from the documents shards into the file; the numeric columns are O(n) small arrays
-    (pl.concat([columns.lazy(), documents_column(step, "doc_id").scan()], how="horizontal")
+    (pl.concat([columns.lazy(), ids.scan()], how="horizontal")
      .select("doc_index", "doc_id", "cluster", "similarity", "member_rank").sink_parquet(out / "assignments.parquet"))
     sizes = np.array([len(m) for m in result.members])
     return {"dagster/row_count": int(len(x)), "k": section.k, "space": section.space,
