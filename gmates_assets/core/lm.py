@@ -1,7 +1,8 @@
 """Causal LMs for the probe and target models (method.md §3.1, §3.8, §8).
 
 - a transformers model factory (Llama or GPT-NeoX layout, any size, seeded init);
-- token windows: packed sequences (open_lm style) and one-document-per-row sequences with a label mask;
+- token windows: packed sequences (open_lm style; in memory, or streamed into a file that training reads
+  batch by batch) and one-document-per-row sequences with a label mask;
 - a plain AdamW loop (warmup + cosine to min_lr, grad-norm clip, open_lm z-loss) that checkpoints as it
   goes and resumes to a byte-identical end state;
 - checkpoint IO without pickle: safetensors for weights and optimizer moments, JSON for hyperparameters;
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .hashing import hash_dir, stable_hash
 from .progress import ProgressFn, atomic_write_text
 from .devices import resolve_device
+from .rows import RowFile
 
 IGNORE_INDEX = -100
 FAMILIES = ("llama", "gpt_neox")
@@ -197,9 +199,7 @@ class PackedSequences:
     def seq_len(self) -> int:
         return self.width - 1
 
-    def _rows(self):
-        from .rows import RowFile
-
+    def _rows(self) -> RowFile:
         return RowFile(self.path, (self.n_rows, self.width), np.int32)
 
     def batch(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
