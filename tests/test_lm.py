@@ -83,6 +83,34 @@ def test_pack_sequences_concatenates_with_eos_and_drops_the_tail():
     assert seqs.labels.tolist() == [[2, 3], [4, 9]]
 
 
+def test_packing_in_blocks_and_to_a_file_gives_the_same_rows(packed, tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [((int(rng.integers(60)) + np.arange(int(rng.integers(3, 30)))) % 60).tolist() for _ in range(60)]
+    blocks = list(lm.iter_packed_rows(iter(docs), seq_len=16, eos_id=63, block_tokens=40))
+    assert len(blocks) > 5 and np.array_equal(np.concatenate(blocks), packed)
+    on_disk = lm.pack_sequences_to_file(iter(docs), 16, 63, tmp_path / "packed.int32")
+    assert (len(on_disk), on_disk.seq_len, on_disk.token_bounds()) == (len(packed), 16, (0, 63))
+    in_memory = lm.as_token_sequences(packed)
+    assert on_disk.content_hash(block_rows=7) == in_memory.content_hash()
+    index = np.array([5, 0, 5, len(packed) - 1])
+    for got, expected in zip(on_disk.batch(index), in_memory.batch(index)):
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
+    empty = lm.pack_sequences_to_file([[1]], 4, 9, tmp_path / "empty.int32")
+    assert len(empty) == 0 and empty.token_bounds() is None
+    with lm.packed_scratch(iter(docs), 16, 63, tmp_path) as scratch:
+        assert scratch.path.is_file()
+    assert not scratch.path.exists()
+
+
+def test_train_lm_on_packed_file_equals_training_on_the_array(packed, tmp_path):
+    from_array, model_a = run_train(packed, tmp_path / "array", 4)
+    # one document holding the packed stream, whose EOS completes the last row: the same rows on disk
+    same = lm.pack_sequences_to_file(iter([packed.reshape(-1)[:-1]]), 16, int(packed[-1, -1]), tmp_path / "same")
+    from_file, model_b = run_train(same, tmp_path / "file", 4)
+    assert from_file.losses == from_array.losses and lm.weights_hash(model_a) == lm.weights_hash(model_b)
+    assert hash_dir(tmp_path / "array") == hash_dir(tmp_path / "file")  # same fingerprint: same job
+
+
 def test_document_sequences_pad_and_mask():
     seqs = lm.document_sequences([[1, 2, 3], [4, 5, 6, 7, 8, 9]], seq_len=3, pad_id=0, eos_id=99)
     assert seqs.tokens.tolist() == [[1, 2, 3, 99], [4, 5, 6, 7]]

@@ -254,3 +254,23 @@ def test_sigkill_then_resume_is_byte_identical(setup, tmp_path):
     for name in ("rollouts.parquet", "oracle.json"):
         assert (killed / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     assert sorted(os.listdir(killed)) == ["oracle.json", "rollouts.parquet"]
+
+
+def test_probe_warm_up_packs_the_sampled_documents_shard_by_shard(tmp_path):
+    from gmates_assets.core import probe
+    from gmates_assets.core.tokenize import RaggedShards, write_ragged_zarr
+
+    rng = np.random.default_rng(1)
+    docs = [((int(rng.integers(60)) + np.arange(int(rng.integers(3, 30)))) % 60).astype(np.int32) for _ in range(90)]
+    for i, part in enumerate((docs[:40], docs[40:90])):
+        write_ragged_zarr(tmp_path / f"shard{i}", np.concatenate(part),
+                          np.concatenate([[0], np.cumsum([len(d) for d in part])]))
+    config = probe.WarmUpConfig(arch=ARCH, optim=CFG, save_step=3, batch_size=4, seq_len=16, seed=2, sample_docs=30)
+    summary = probe.warm_up(RaggedShards([tmp_path / "shard0", tmp_path / "shard1"]), 63, config, tmp_path / "ck")
+    assert not (tmp_path / "ck" / lm.PACKED_SCRATCH_NAME).exists()
+    pick = probe.sample_documents(90, 30, 2)
+    expected = lm.pack_sequences([docs[i] for i in pick], 16, 63)
+    model = lm.build_causal_lm(ARCH, 2)
+    reference = lm.train_lm(model, expected, CFG, 3, 4, 2, tmp_path / "ref", 50, device="cpu")
+    assert summary["sequences"] == len(expected) and summary["losses"] == reference.losses
+    assert lm.read_checkpoint_meta(tmp_path / "ck")["extra"]["fingerprint"] == reference.extra["fingerprint"]

@@ -213,3 +213,31 @@ def test_export_verifies_before_the_copy_appears_and_leaves_nothing_on_failure(r
             export_release(release.path, target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out", "rel"]  # no partial copy, no temp folder
     assert not any((tmp_path / "empty").iterdir())
+
+
+@pytest.mark.parametrize("order", ["doc_id", "given"])
+def test_a_table_in_pieces_gives_the_same_release_bytes(tmp_path, order):
+    table = make_table(47).with_columns(pl.int_range(47).alias("rank"))
+    pieces = [table.slice(0, 20), table.slice(20, 0), table.slice(20, 27)]  # an empty piece too
+    whole = write_release(tmp_path / "whole", table, 10, LINEAGE, CARD, order=order, volatile={"created_at": "x"})
+    streamed = write_release(tmp_path / "pieces", iter(pieces), 10, LINEAGE, CARD, order=order,
+                             volatile={"created_at": "x"})
+    assert streamed.content_hash == whole.content_hash and streamed.n_shards == 5
+    assert release_files(streamed.path) == release_files(whole.path)  # spilled pieces are not left behind
+    frame = pl.read_parquet(streamed.path / "data" / "*.parquet")
+    expected = table.sort("doc_id") if order == "doc_id" else table
+    assert frame["doc_id"].to_list() == expected["doc_id"].to_list()
+
+
+def test_pieces_are_checked_as_one_table(tmp_path):
+    with pytest.raises(ReleaseError, match="'doc_id' has duplicates"):
+        write_release(tmp_path / "x", [make_table(3), make_table(4)], 10, LINEAGE, CARD)
+    nulls = make_table(3).with_columns(pl.lit(None, dtype=pl.String).alias("source"))
+    with pytest.raises(ReleaseError, match="'source' has 6 null"):
+        write_release(tmp_path / "x", [nulls, nulls.with_columns(pl.col("doc_id") + "b")], 10, LINEAGE, CARD)
+    with pytest.raises(ReleaseError, match="piece 1 has columns"):
+        write_release(tmp_path / "x", [make_table(3), make_table(3).with_columns(pl.lit(1).alias("x"))], 10,
+                      LINEAGE, CARD)
+    with pytest.raises(ReleaseError, match="missing column"):
+        write_release(tmp_path / "x", [], 10, LINEAGE, CARD)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

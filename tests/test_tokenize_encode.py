@@ -18,8 +18,8 @@ from gmates_assets.core.encode import (  # noqa: E402
     EMBEDDINGS_NAME, chunk_encoder_inputs, default_encoder_dir, embed_documents, load_encoder,
     pool_chunk_outputs, prepare_text, read_embeddings)
 from gmates_assets.core.tokenize import (  # noqa: E402
-    EOS_TOKEN, PAD_TOKEN, load_lm_tokenizer, read_ragged_zarr, save_tokenizer_dir, tokenize_documents,
-    train_bpe_tokenizer, write_ragged_zarr)
+    EOS_TOKEN, PAD_TOKEN, RaggedShards, bpe_training_sample, load_lm_tokenizer, read_ragged_zarr, save_tokenizer_dir,
+    tokenize_documents, train_bpe_tokenizer, write_ragged_zarr)
 
 TEXTS = [d.text for d in generate_demo_shard(DemoCorpusParams.tests_profile(), 0)]
 
@@ -282,3 +282,30 @@ def test_default_encoder_is_offline_minilm(tmp_path):
         assert np.allclose(got["chunks"][i, 0], expected, atol=1e-5)
         assert np.allclose(got["pooled"][i], expected / np.linalg.norm(expected), atol=1e-6)
     assert got["chunk_mask"].tolist() == [[True, False], [True, False]]
+
+
+def test_ragged_shards_read_lengths_and_rows_one_shard_at_a_time(bpe, tmp_path):
+    values, offsets = tokenize_documents(bpe, TEXTS, max_tokens=64, add_eos=True, batch_size=64)
+    rows = [values[offsets[i]:offsets[i + 1]] for i in range(len(TEXTS))]
+    bounds = [0, 50, 50, 120, len(TEXTS)]  # one empty shard
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        part = rows[lo:hi]
+        write_ragged_zarr(tmp_path / str(i), np.concatenate(part) if part else np.zeros(0, np.int32),
+                          np.concatenate([[0], np.cumsum([len(r) for r in part])]))
+    shards = RaggedShards([tmp_path / str(i) for i in range(4)])
+    assert len(shards) == len(TEXTS)
+    assert np.array_equal(shards.lengths(), np.diff(offsets))
+    wanted = np.array([0, 49, 50, 51, len(TEXTS) - 1])
+    got = list(shards.rows(wanted))
+    assert all(np.array_equal(g, rows[i]) and g.base is None for g, i in zip(got, wanted))
+    with pytest.raises(ValueError, match="sorted"):
+        list(shards.rows(np.array([3, 1])))
+    with pytest.raises(IndexError):
+        list(shards.rows(np.array([len(TEXTS)])))
+
+
+def test_bpe_training_sample_is_fixed_sorted_and_capped():
+    assert bpe_training_sample(5, 10).tolist() == [0, 1, 2, 3, 4]
+    sample = bpe_training_sample(1000, 50)
+    assert len(np.unique(sample)) == 50 and np.all(np.diff(sample) > 0) and sample.max() < 1000
+    assert np.array_equal(sample, bpe_training_sample(1000, 50))

@@ -1,7 +1,8 @@
 """Causal LMs for the probe and target models (method.md §3.1, §3.8, §8).
 
 - a transformers model factory (Llama or GPT-NeoX layout, any size, seeded init);
-- token windows: packed sequences (open_lm style) and one-document-per-row sequences with a label mask;
+- token windows: packed sequences (open_lm style; in memory, or streamed into a file that training reads
+  batch by batch) and one-document-per-row sequences with a label mask;
 - a plain AdamW loop (warmup + cosine to min_lr, grad-norm clip, open_lm z-loss) that checkpoints as it
   goes and resumes to a byte-identical end state;
 - checkpoint IO without pickle: safetensors for weights and optimizer moments, JSON for hyperparameters;
@@ -21,7 +22,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from .hashing import hash_dir, stable_hash
 from .progress import ProgressFn, atomic_write_text
 from .devices import resolve_device
+from .rows import RowFile
 
 IGNORE_INDEX = -100
 FAMILIES = ("llama", "gpt_neox")
@@ -183,6 +185,54 @@ class TokenSequences:
             digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
+    def batch(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.tokens[index], self.labels[index]
+
+    def token_bounds(self) -> Optional[tuple[int, int]]:
+        return (int(self.tokens.min()), int(self.tokens.max())) if self.tokens.size else None
+
+
+@dataclass(frozen=True)
+class PackedSequences:
+    """Packed rows [m, L+1] (every next token is a target) in a raw int32 file, read one batch at a time.
+
+    Behaves in training exactly like `TokenSequences(rows, rows[:, 1:])` of the same rows (same batches, same
+    content hash) without holding them: `pack_sequences_to_file` writes it from a stream of documents.
+    """
+
+    path: Path
+    n_rows: int
+    width: int
+    bounds: Optional[tuple[int, int]]  # smallest and largest token id, None when empty
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def seq_len(self) -> int:
+        return self.width - 1
+
+    def _rows(self) -> RowFile:
+        return RowFile(self.path, (self.n_rows, self.width), np.int32)
+
+    def batch(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._rows()[index].astype(np.int64)
+        return rows, rows[:, 1:].copy()
+
+    def token_bounds(self) -> Optional[tuple[int, int]]:
+        return self.bounds
+
+    def content_hash(self, block_rows: int = 1 << 14) -> str:
+        """TokenSequences.content_hash of the same rows, read block by block."""
+        digest = hashlib.sha256()
+        rows = self._rows()
+        for shape, columns in (((self.n_rows, self.width), slice(None)), ((self.n_rows, self.seq_len), slice(1, None))):
+            digest.update(str(shape).encode())
+            for start in range(0, self.n_rows, block_rows):
+                block = rows[start:start + block_rows].astype(np.int64)
+                digest.update(np.ascontiguousarray(block[:, columns]).tobytes())
+        return digest.hexdigest()
+
 
 def as_token_sequences(sequences: "TokenSequences | np.ndarray") -> TokenSequences:
     """Accept TokenSequences, or a packed int array [m, L+1] whose every next token is a target."""
@@ -195,21 +245,70 @@ def as_token_sequences(sequences: "TokenSequences | np.ndarray") -> TokenSequenc
     return TokenSequences(tokens, tokens[:, 1:].copy())
 
 
-def pack_sequences(token_lists: Sequence[Sequence[int]], seq_len: int, eos_id: int) -> np.ndarray:
+def pack_sequences(token_lists: Iterable[Sequence[int]], seq_len: int, eos_id: int) -> np.ndarray:
     """Concatenate documents, each followed by EOS, and cut the stream into rows of seq_len+1 tokens.
 
     Rows do not overlap and the incomplete tail is dropped (open_lm / DCLM packing, method.md §2 A2).
     """
+    blocks = list(iter_packed_rows(token_lists, seq_len, eos_id))
+    return np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), np.int64)
+
+
+def iter_packed_rows(token_lists: Iterable[Sequence[int]], seq_len: int, eos_id: int,
+                     block_tokens: int = 1 << 20) -> Iterator[np.ndarray]:
+    """The rows of pack_sequences, int64 [r, seq_len+1] blocks of about block_tokens, as documents stream in."""
     if seq_len < 1:
         raise ValueError(f"seq_len: must be >= 1, got {seq_len}")
-    pieces = []
-    for doc in token_lists:
-        pieces.append(np.asarray(doc, dtype=np.int64).reshape(-1))
-        pieces.append(np.array([eos_id], dtype=np.int64))
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
     width = seq_len + 1
+    eos = np.array([eos_id], dtype=np.int64)
+    pending: list[np.ndarray] = []
+    size = 0
+    for doc in token_lists:
+        pending += [np.asarray(doc, dtype=np.int64).reshape(-1), eos]
+        size += pending[-2].size + 1
+        if size >= block_tokens:
+            rows, rest = _cut_rows(np.concatenate(pending), width)
+            pending, size = [rest], rest.size
+            yield rows
+    rows, _ = _cut_rows(np.concatenate(pending) if pending else np.zeros(0, np.int64), width)
+    if len(rows):
+        yield rows
+
+
+def _cut_rows(stream: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     n_rows = stream.size // width
-    return stream[: n_rows * width].reshape(n_rows, width).copy()
+    return stream[: n_rows * width].reshape(n_rows, width), stream[n_rows * width:]
+
+
+def pack_sequences_to_file(token_lists: Iterable[Sequence[int]], seq_len: int, eos_id: int,
+                           path: str | os.PathLike) -> PackedSequences:
+    """pack_sequences written block by block to `path` (int32): memory holds one block, not the rows."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    n_rows, low, high = 0, None, None
+    with open(target, "wb") as handle:
+        for rows in iter_packed_rows(token_lists, seq_len, eos_id):
+            lo, hi = int(rows.min()), int(rows.max())
+            if lo < 0 or hi > np.iinfo(np.int32).max:
+                raise ValueError(f"token ids span [{lo}, {hi}], outside int32")
+            low, high = (lo, hi) if low is None else (min(low, lo), max(high, hi))
+            handle.write(rows.astype(np.int32).tobytes())
+            n_rows += len(rows)
+    return PackedSequences(target, n_rows, seq_len + 1, None if low is None else (low, high))
+
+
+PACKED_SCRATCH_NAME = ".packed-sequences.int32"
+
+
+@contextlib.contextmanager
+def packed_scratch(token_lists: Iterable[Sequence[int]], seq_len: int, eos_id: int,
+                   directory: str | os.PathLike) -> Iterator[PackedSequences]:
+    """pack_sequences_to_file into a scratch file under `directory` that is removed afterwards."""
+    path = Path(directory) / PACKED_SCRATCH_NAME
+    try:
+        yield pack_sequences_to_file(token_lists, seq_len, eos_id, path)
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def document_sequences(
@@ -577,7 +676,7 @@ def _apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -
 
 def train_lm(
     model,
-    sequences: "TokenSequences | np.ndarray",
+    sequences: "TokenSequences | PackedSequences | np.ndarray",
     optim_cfg: OptimConfig,
     steps: int,
     batch_size: int,
@@ -600,7 +699,7 @@ def train_lm(
     if steps < 0 or batch_size < 1 or checkpoint_every < 1:
         raise ValueError(f"train_lm: need steps >= 0, batch_size >= 1, checkpoint_every >= 1; "
                          f"got {steps}, {batch_size}, {checkpoint_every}")
-    data = as_token_sequences(sequences)
+    data = sequences if isinstance(sequences, PackedSequences) else as_token_sequences(sequences)
     _check_fits(model, data)
     device = resolve_device(device)
     out = Path(out_dir)
@@ -641,8 +740,7 @@ def train_lm(
     with deterministic_torch():
         while step < end_step:
             idx = sampler.indices(step - start_step)
-            tokens = torch.from_numpy(data.tokens[idx]).to(device)
-            labels = torch.from_numpy(data.labels[idx]).to(device)
+            tokens, labels = (torch.from_numpy(a).to(device) for a in data.batch(idx))
             lr = optim_cfg.lr_at(step)
             set_lr(optimizer, lr)
             loss, ce = sequence_loss(model, tokens, labels, optim_cfg.z_loss)
@@ -687,14 +785,15 @@ def _commit_intermediate(out: Path, model, optimizer, step: int, extra: dict[str
             shutil.rmtree(older, ignore_errors=True)
 
 
-def _check_fits(model, data: TokenSequences) -> None:
+def _check_fits(model, data: "TokenSequences | PackedSequences") -> None:
     config = model.config
     if data.seq_len > getattr(config, "max_position_embeddings", data.seq_len):
         raise ValueError(f"sequences: length {data.seq_len} exceeds the model's max_position_embeddings "
                          f"{config.max_position_embeddings}")
     vocab = getattr(config, "vocab_size", None)
-    if vocab is not None and data.tokens.size and (data.tokens.max() >= vocab or data.tokens.min() < 0):
-        raise ValueError(f"sequences: token ids span [{data.tokens.min()}, {data.tokens.max()}], outside the "
+    bounds = data.token_bounds()
+    if vocab is not None and bounds is not None and (bounds[1] >= vocab or bounds[0] < 0):
+        raise ValueError(f"sequences: token ids span [{bounds[0]}, {bounds[1]}], outside the "
                          f"model vocabulary of {vocab}")
 
 

@@ -7,7 +7,7 @@ methods are compared at equal data. Add a method by decorating a function with `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -33,8 +33,10 @@ class Clustering:
     members: list[np.ndarray]  # per cluster, in §3.5 order (farthest first)
 
 
-def cluster(x: np.ndarray, config: ClusterConfig) -> Clustering:
-    """Spherical k-means, assignment by largest inner product, member order farthest first (§3.5)."""
+def cluster(x, config: ClusterConfig) -> Clustering:
+    """Spherical k-means, assignment by largest inner product, member order farthest first (§3.5).
+
+    x: [n, d] rows, a numpy array or any row source read by row subsets and blocks (`rows.ConcatRows`)."""
     centroids = sel.spherical_kmeans(x, config.k, config.niter, config.seed, config.max_points_per_centroid,
                                      subsample=config.subsample)
     assignment, similarity = sel.assign_clusters(x, centroids, return_similarity=True)
@@ -78,15 +80,17 @@ def budgets(members: list[np.ndarray], config: SelectionConfig, total: Optional[
 
 @dataclass
 class PoolScores:
-    """What methods read. Arrays that only some methods need are loaded on first use."""
+    """What methods read. Arrays that only some methods need are loaded on first use; h is never loaded
+    whole: it is any [n, d] row source (a numpy array, a memmap, a `rows.ConcatRows` over the shards)."""
 
-    h: Callable[[], np.ndarray]  # [n, d] influence representations
+    h: Any  # [n, d] influence representations, read cluster by cluster
     s: np.ndarray  # [n] relational-model individual scores (z-space, lower is better)
     members: list[np.ndarray]  # influence-aware clusters
     tau: float
     alpha: float
     s_individual: Callable[[], np.ndarray]  # [n] the individual-only (MATES) model's scores
     semantic_members: Callable[[], list[np.ndarray]]  # clusters of the raw encoder embeddings
+    scratch_dir: Optional[str] = None  # where h is copied in cluster order (system temp dir if None)
 
 
 MethodFn = Callable[[PoolScores, SelectionConfig, int, ProgressFn], sel.SelectionResult]
@@ -108,17 +112,21 @@ def select(name: str, pool: PoolScores, config: SelectionConfig, progress: Progr
     return METHODS[name](pool, config, n_select, progress)
 
 
+def _group_greedy(pool: PoolScores, members: list[np.ndarray], cluster_budgets: np.ndarray,
+                  config: SelectionConfig, progress: ProgressFn) -> sel.SelectionResult:
+    return sel.group_greedy_by_cluster(pool.h, pool.s, members, cluster_budgets, pool.tau, pool.alpha,
+                                       scratch_dir=pool.scratch_dir, workers=config.workers, progress=progress)
+
+
 @method("group_mates")
 def _group_mates(pool: PoolScores, config: SelectionConfig, n_select: int, progress: ProgressFn):
-    return sel.group_greedy_select(pool.h(), pool.s, pool.members, budgets(pool.members, config), pool.tau,
-                                   pool.alpha, workers=config.workers, progress=progress)
+    return _group_greedy(pool, pool.members, budgets(pool.members, config), config, progress)
 
 
 @method("semantic_clusters")
 def _semantic_clusters(pool: PoolScores, config: SelectionConfig, n_select: int, progress: ProgressFn):
     members = pool.semantic_members()
-    return sel.group_greedy_select(pool.h(), pool.s, members, budgets(members, config, total=n_select), pool.tau,
-                                   pool.alpha, workers=config.workers, progress=progress)
+    return _group_greedy(pool, members, budgets(members, config, total=n_select), config, progress)
 
 
 @method("no_relation")
@@ -128,7 +136,7 @@ def _no_relation(pool: PoolScores, config: SelectionConfig, n_select: int, progr
 
 @method("no_clustering")
 def _no_clustering(pool: PoolScores, config: SelectionConfig, n_select: int, progress: ProgressFn):
-    return sel.global_greedy_select(pool.h(), pool.s, n_select, pool.tau, pool.alpha,
+    return sel.global_greedy_select(pool.h, pool.s, n_select, pool.tau, pool.alpha,
                                     max_docs=config.global_greedy_max_docs)
 
 

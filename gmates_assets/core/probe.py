@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from . import lm
 from .progress import ProgressFn
+from .tokenize import RaggedShards
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,18 @@ def sample_documents(n_docs: int, sample_docs: Optional[int], seed: int) -> np.n
     return np.sort(np.random.default_rng(seed).choice(n_docs, sample_docs, replace=False))
 
 
-def warm_up(token_lists: Sequence[np.ndarray], eos_id: int, config: WarmUpConfig, out_dir: Path,
+def warm_up(documents: RaggedShards, eos_id: int, config: WarmUpConfig, out_dir: Path,
             progress: ProgressFn = None, device=None) -> dict:
-    """Train from scratch for `save_step` steps of a `optim.total_steps` schedule; resumable in `out_dir`."""
-    pick = sample_documents(len(token_lists), config.sample_docs, config.seed)
-    sequences = lm.pack_sequences([token_lists[i] for i in pick], config.seq_len, eos_id)
+    """Train from scratch for `save_step` steps of a `optim.total_steps` schedule; resumable in `out_dir`.
+
+    The sampled documents are packed shard by shard into a scratch file under out_dir (removed afterwards).
+    """
+    pick = sample_documents(len(documents), config.sample_docs, config.seed)
     model = lm.build_causal_lm(config.arch, config.seed)
-    summary = lm.train_lm(model, sequences, config.optim, steps=config.save_step, batch_size=config.batch_size,
-                          seed=config.seed, out_dir=out_dir, checkpoint_every=config.checkpoint_every,
-                          progress=progress, device=device)
+    with lm.packed_scratch(documents.rows(pick), config.seq_len, eos_id, out_dir) as sequences:
+        summary = lm.train_lm(model, sequences, config.optim, steps=config.save_step,
+                              batch_size=config.batch_size, seed=config.seed, out_dir=out_dir,
+                              checkpoint_every=config.checkpoint_every, progress=progress, device=device)
     losses = list(summary.losses)
     return {"steps": config.save_step, "schedule_steps": config.optim.total_steps, "sequences": int(len(sequences)),
             "tokens_seen": int(summary.tokens_seen), "final_loss": round(float(losses[-1]), 4) if losses else None,

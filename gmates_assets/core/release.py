@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -28,17 +29,19 @@ import shutil
 import socket
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from gmates_assets.core.hashing import sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.hashing import BOOKKEEPING_NAMES, sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.rows import compact
 
 RELEASE_FORMAT = "gmates-release/1"
 MANIFEST_NAME = "manifest.json"
@@ -69,23 +72,21 @@ class ReleaseSummary:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Table preparation
+# Table preparation: pieces are checked and spilled to disk, then each release shard is gathered from them
 
-def _arrow_table(table: pl.DataFrame, order: str) -> pa.Table:
+SPILL_DIR = ".pieces"
+
+
+def _check_columns(table: pl.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ReleaseError(f"release table is missing column(s) {missing}; it has {table.columns}")
-    for column in NON_NULL_COLUMNS:
-        nulls = table[column].null_count()
-        if nulls:
-            raise ReleaseError(f"release table column {column!r} has {nulls} null value(s)")
-    duplicates = table["doc_id"].filter(table["doc_id"].is_duplicated()).unique().sort()
-    if len(duplicates):
-        raise ReleaseError(f"release table column 'doc_id' has duplicates, e.g. {duplicates.head(3).to_list()}")
+
+
+def _arrow_piece(table: pl.DataFrame, order: str) -> pa.Table:
+    """A piece with the release's column order and plain arrow types, sorted by doc_id in doc_id order."""
     if order == "doc_id":
         table = table.sort("doc_id")
-    elif order != "given":
-        raise ReleaseError(f"order must be 'doc_id' or 'given', got {order!r}")
     columns = list(REQUIRED_COLUMNS) + [c for c in table.columns if c not in REQUIRED_COLUMNS]
     arrow = table.select(columns).to_arrow()
     return pa.Table.from_arrays([_cast_column(arrow, name) for name in columns], names=columns)
@@ -102,25 +103,93 @@ def _cast_column(arrow: pa.Table, name: str) -> pa.ChunkedArray:
                            f"{err}") from None
 
 
+@dataclass
+class _Spill:
+    """The checked pieces on disk (arrow IPC, one file per piece) and what the layout needs in memory."""
+
+    directory: Path
+    schema: Optional[pa.Schema] = None
+    rows: list[int] = field(default_factory=list)  # rows per piece
+    ids: list[pl.Series] = field(default_factory=list)  # doc_ids per piece, in the piece's stored order
+    nulls: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: pl.DataFrame, order: str) -> None:
+        _check_columns(table)
+        for column in NON_NULL_COLUMNS:
+            self.nulls[column] = self.nulls.get(column, 0) + table[column].null_count()
+        arrow = _arrow_piece(table, order)
+        if self.schema is None:
+            self.schema = arrow.schema
+        elif arrow.schema != self.schema:
+            raise ReleaseError(f"release table piece {len(self.rows)} has columns {arrow.schema.names} of types "
+                               f"{arrow.schema.types}; the first piece has {self.schema.names} {self.schema.types}")
+        with pa.OSFile(str(self.path(len(self.rows))), "wb") as sink, pa.ipc.new_file(sink, arrow.schema) as out:
+            out.write_table(arrow)
+        self.rows.append(arrow.num_rows)
+        self.ids.append(compact(table["doc_id"].sort() if order == "doc_id" else table["doc_id"]))
+
+    def path(self, piece: int) -> Path:
+        return self.directory / f"piece-{piece:06d}.arrow"
+
+    def check(self) -> pl.Series:
+        """All doc_ids (pieces concatenated); raises on nulls or duplicates as a whole table would."""
+        if self.schema is None:
+            _check_columns(pl.DataFrame())
+        for column in NON_NULL_COLUMNS:
+            if self.nulls[column]:
+                raise ReleaseError(f"release table column {column!r} has {self.nulls[column]} null value(s)")
+        ids = pl.concat(self.ids)
+        duplicates = ids.filter(ids.is_duplicated()).unique().sort()
+        if len(duplicates):
+            raise ReleaseError(f"release table column 'doc_id' has duplicates, e.g. {duplicates.head(3).to_list()}")
+        return ids
+
+    def gather(self, piece_rows: list[tuple[int, int, int]], take: np.ndarray) -> pa.Table:
+        """Rows [start, stop) of each listed piece (piece, start, stop), concatenated, then taken in `take` order."""
+        parts = [self.schema.empty_table()]  # slices of memory maps, unmapped once `take` has copied the rows
+        for piece, start, stop in piece_rows:
+            parts.append(pa.ipc.open_file(pa.memory_map(str(self.path(piece)))).read_all().slice(start, stop - start))
+        return pa.concat_tables(parts).take(take).combine_chunks()
+
+
 def shard_names(n_shards: int) -> list[str]:
     return [f"{DATA_DIR}/train-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
 
 
-def _write_shards(arrow: pa.Table, root: Path, rows_per_shard: int) -> list[dict[str, Any]]:
-    n_shards = max(1, math.ceil(arrow.num_rows / rows_per_shard))
+def _write_shards(spill: _Spill, ids: pl.Series, root: Path, rows_per_shard: int, order: str,
+                  stats: "_StatsBuilder") -> list[dict[str, Any]]:
+    """One release shard at a time. The release visits each piece's rows in their stored order (sorted by doc_id,
+    or as given), so a shard takes one contiguous row range [cursor, cursor + count) of every piece."""
+    # release row -> row of the concatenated pieces
+    positions = ids.arg_sort().to_numpy().astype(np.int64) if order == "doc_id" else np.arange(len(ids))
+    starts = np.concatenate([[0], np.cumsum(spill.rows)]).astype(np.int64)
+    piece_of = np.searchsorted(starts, positions, side="right") - 1
+    cursor = starts[:-1].copy()  # next unread row of each piece
+    n_shards = max(1, math.ceil(len(ids) / rows_per_shard))
     (root / DATA_DIR).mkdir(parents=True)
     shards = []
     for index, name in enumerate(shard_names(n_shards)):
-        part = arrow.slice(index * rows_per_shard, rows_per_shard)
+        rows = positions[index * rows_per_shard:(index + 1) * rows_per_shard]
+        pieces = piece_of[index * rows_per_shard:(index + 1) * rows_per_shard]
+        counts = np.bincount(pieces, minlength=len(spill.rows))
+        ranges = [(int(i), int(cursor[i] - starts[i]), int(cursor[i] - starts[i] + counts[i]))
+                  for i in np.flatnonzero(counts)]
+        part = spill.gather(ranges, (np.cumsum(counts) - counts)[pieces] + rows - cursor[pieces])
+        cursor += counts
         pq.write_table(part, root / name, compression="zstd", row_group_size=ROW_GROUP_SIZE,
                        write_statistics=True)
+        stats.add(part)
         shards.append({"path": name, "rows": part.num_rows})
     return shards
 
 
-def selected_ids_sha256(doc_ids: Sequence[str]) -> str:
+def selected_ids_sha256(doc_ids: "Sequence[str] | pl.Series") -> str:
     """sha256 of the sorted ids, each followed by a newline (UTF-8); independent of the row order."""
-    return sha256_bytes("".join(f"{doc_id}\n" for doc_id in sorted(doc_ids)).encode("utf-8"))
+    ids = (doc_ids if isinstance(doc_ids, pl.Series) else pl.Series("doc_id", list(doc_ids), dtype=pl.String)).sort()
+    digest = hashlib.sha256()
+    for start in range(0, len(ids), 1 << 16):
+        digest.update("".join(f"{doc_id}\n" for doc_id in ids.slice(start, 1 << 16).to_list()).encode("utf-8"))
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,24 +205,39 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _dataset_stats(arrow: pa.Table, shards: list[dict[str, Any]], rows_per_shard: int, order: str) -> dict[str, Any]:
-    frame = pl.from_arrow(arrow.select(["doc_id", "source", "influence_score", "cluster"]))
-    sources = frame.group_by("source").len().sort("source")
-    clusters = frame.filter(pl.col("cluster") >= 0)["cluster"].n_unique()
-    scores = [x for x in frame["influence_score"].to_list() if x is not None and math.isfinite(x)]
-    return {
-        "rows": arrow.num_rows,
-        "rows_per_shard": rows_per_shard,
-        "order": order,
-        "shards": shards,
-        "columns": [{"name": f.name, "type": str(f.type)} for f in arrow.schema],
-        "rows_per_source": dict(zip(sources["source"].to_list(), sources["len"].to_list())),
-        "clusters": clusters,
-        # fsum: exactly rounded, so the mean does not depend on how the column happens to be chunked
-        "influence_score": ({"min": min(scores), "mean": math.fsum(scores) / len(scores), "max": max(scores)}
-                            if scores else None),
-        "selected_ids_sha256": selected_ids_sha256(frame["doc_id"].to_list()),
-    }
+class _StatsBuilder:
+    """Dataset counts accumulated shard by shard, in release row order."""
+
+    def __init__(self) -> None:
+        self.rows_per_source: dict[str, int] = {}
+        self.clusters: set[int] = set()
+        self.scores: list[np.ndarray] = []  # finite influence scores, float64
+
+    def add(self, part: pa.Table) -> None:
+        frame = pl.from_arrow(part.select(["source", "influence_score", "cluster"]))
+        for source, count in frame.group_by("source").len().iter_rows():
+            self.rows_per_source[source] = self.rows_per_source.get(source, 0) + count
+        self.clusters.update(frame.filter(pl.col("cluster") >= 0)["cluster"].unique().to_list())
+        scores = frame["influence_score"].drop_nulls().cast(pl.Float64)
+        self.scores.append(scores.filter(scores.is_finite()).to_numpy())
+
+    def result(self, schema: pa.Schema, ids: pl.Series, shards: list[dict[str, Any]], rows_per_shard: int,
+               order: str) -> dict[str, Any]:
+        scores = np.concatenate(self.scores)
+        return {
+            "rows": len(ids),
+            "rows_per_shard": rows_per_shard,
+            "order": order,
+            "shards": shards,
+            "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
+            "rows_per_source": dict(sorted(self.rows_per_source.items())),
+            "clusters": len(self.clusters),
+            # fsum: exactly rounded, so the mean does not depend on how the column happens to be chunked;
+            # argmin/argmax: the first extreme in row order, as min()/max() over the rows would give
+            "influence_score": ({"min": float(scores[np.argmin(scores)]), "mean": math.fsum(scores) / len(scores),
+                                 "max": float(scores[np.argmax(scores)])} if scores.size else None),
+            "selected_ids_sha256": selected_ids_sha256(ids.cast(pl.String)),
+        }
 
 
 def content_hash(content: dict[str, Any]) -> str:
@@ -278,10 +362,15 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
     os.rename(tmp, out)
 
 
-def write_release(out_dir: str | os.PathLike, table: pl.DataFrame, rows_per_shard: int, lineage: dict[str, Any],
-                  card: dict[str, Any], *, order: str = "doc_id", volatile: dict[str, Any] | None = None,
-                  overwrite: bool = False) -> ReleaseSummary:
+def write_release(out_dir: str | os.PathLike, table: "pl.DataFrame | Iterable[pl.DataFrame]", rows_per_shard: int,
+                  lineage: dict[str, Any], card: dict[str, Any], *, order: str = "doc_id",
+                  volatile: dict[str, Any] | None = None, overwrite: bool = False) -> ReleaseSummary:
     """Write a release into `out_dir` (which must be absent or empty unless overwrite=True).
+
+    table: one DataFrame, or an iterable of DataFrames with the same columns (e.g. one per pool shard) that
+    together form the table; the release is the same bytes either way. Pieces are checked and spilled to
+    disk one at a time, then every release shard is gathered from them, so memory holds one piece or one
+    release shard plus the doc_ids, never the whole table. order="given" keeps the concatenation order.
 
     lineage: JSON-like; recognised keys (all optional) are `build_manifest` {"fingerprint", "text"}, `assets`
     {asset: {partition: {"code_version", "data_version"}}} (or {asset: {...versions}} when unpartitioned),
@@ -290,15 +379,23 @@ def write_release(out_dir: str | os.PathLike, table: pl.DataFrame, rows_per_shar
     """
     if rows_per_shard < 1:
         raise ReleaseError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if order not in ("doc_id", "given"):
+        raise ReleaseError(f"order must be 'doc_id' or 'given', got {order!r}")
     stable_lineage = _canonical_copy({k: v for k, v in lineage.items() if k != "volatile"}, "lineage")
     stable_card = _canonical_copy(card, "card")
-    arrow = _arrow_table(table, order)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
-        shards = _write_shards(arrow, tmp, rows_per_shard)
-        stats = _dataset_stats(arrow, shards, rows_per_shard, order)
+        spill = _Spill(tmp / SPILL_DIR)
+        spill.directory.mkdir(parents=True)
+        for piece in [table] if isinstance(table, pl.DataFrame) else table:
+            spill.add(piece, order)
+        ids = spill.check()
+        builder = _StatsBuilder()
+        shards = _write_shards(spill, ids, tmp, rows_per_shard, order, builder)
+        shutil.rmtree(spill.directory)
+        stats = builder.result(spill.schema, ids, shards, rows_per_shard, order)
         (tmp / CARD_NAME).write_text(render_card(stable_card, stable_lineage, stats), encoding="utf-8")
         files = {name: sha256_file(tmp / name) for name in sorted([s["path"] for s in shards] + [CARD_NAME])}
         content = _canonical_copy({"format": RELEASE_FORMAT, "lineage": stable_lineage, "card": stable_card,

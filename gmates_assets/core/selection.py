@@ -1,7 +1,8 @@
 """Influence-aware clustering and group-level selection (method.md §3.5, §3.6, §5, §7).
 
 Pipeline: `spherical_kmeans` on the DIM's h -> `assign_clusters` (largest inner product) ->
-`cluster_member_order` (farthest first) -> `cluster_budgets` -> `group_greedy_select`.
+`cluster_member_order` (farthest first) -> `cluster_budgets` -> `group_greedy_select` (or, for an h read
+from the pool's shards, `group_greedy_by_cluster`: the same picks, one cluster batch in memory at a time).
 Baselines: `mates_select`, `random_select`, `no_relation_select`, `global_greedy_select`. The semantic-clusters
 ablation is `group_greedy_select` with member lists computed from raw encoder embeddings instead of h.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from gmates_assets.core.progress import ProgressFn
+from gmates_assets.core.rows import RowFile
 
 # Bits kept per row of h by `quantize_for_relation`. With |m_i| <= 2**26 the products and every partial sum
 # of a dot product stay below 2**53 in units of one power of two, hence float64 dot products are exact.
@@ -85,8 +88,18 @@ class SelectionResult:
         if self.indices.size and int(self.indices.max()) >= len(ids):
             raise ValueError(f"selection refers to document index {int(self.indices.max())} but only "
                              f"{len(ids)} doc_ids were given")
+        return self.table(ids[self.indices])
+
+    def table(self, selected_ids):
+        """to_polars given only the ids of the selected documents, in rank order (not the whole pool's)."""
+        import polars as pl
+
+        if len(selected_ids) != self.indices.size:
+            raise ValueError(f"{len(selected_ids)} ids given for {self.indices.size} selected documents")
+        ids = (selected_ids.cast(pl.String).alias("doc_id") if isinstance(selected_ids, pl.Series)
+               else pl.Series("doc_id", [str(x) for x in selected_ids], dtype=pl.String))
         return pl.DataFrame({
-            "doc_id": pl.Series("doc_id", [str(x) for x in ids[self.indices]], dtype=pl.String),
+            "doc_id": ids,
             "rank": pl.Series("rank", self.rank, dtype=pl.Int64),
             "score": pl.Series("score", self.score, dtype=pl.Float64),
             "cluster": pl.Series("cluster", self.cluster, dtype=pl.Int64),
@@ -122,8 +135,9 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
     k > n raises ValueError rather than clamping: the number of clusters is a manifest setting that
     downstream budgets and cluster ids depend on, so silently changing it would be worse than failing.
     When n > k * max_points_per_centroid, subsample "gmates" draws the training subsample here (numpy
-    Generator(seed), sorted rows) so that only those rows are read from a memmap; "faiss" hands faiss every
-    row and lets it draw the subsample itself, as the official code does (all of x is loaded as float32).
+    Generator(seed), sorted rows) so that only those rows are read from a memmap or a `rows.ConcatRows`; "faiss"
+    hands faiss every row and lets it draw the subsample itself, as the official code does (all of x is loaded
+    as float32).
     """
     n, d = _check_matrix(x, "x")
     if not 1 <= k <= n:
@@ -138,7 +152,7 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
         rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
         train = np.ascontiguousarray(x[rows], dtype=np.float32)
     else:
-        train = np.ascontiguousarray(x, dtype=np.float32)
+        train = np.ascontiguousarray(x[:n], dtype=np.float32)
     if not np.isfinite(train).all():
         raise ValueError("spherical_kmeans: x contains NaN or infinite values")
     gpu = (faiss.get_num_gpus() > 0) if use_gpu is None else bool(use_gpu)
@@ -359,13 +373,18 @@ def relation_matrix(hq: np.ndarray, out: Optional[np.ndarray] = None,
 # --------------------------------------------------------------------------------------------------------
 # Greedy selection (§3.6)
 # --------------------------------------------------------------------------------------------------------
-def _check_greedy_args(h_c, s_c, k, tau) -> tuple[np.ndarray, int]:
-    n, _ = _check_matrix(h_c, "h")
-    s64 = np.asarray(s_c, dtype=np.float64).reshape(-1)
+def _check_scores(s, n: int) -> np.ndarray:
+    s64 = np.asarray(s, dtype=np.float64).reshape(-1)
     if s64.shape != (n,):
         raise ValueError(f"s has {s64.size} values but h has {n} rows")
     if not np.isfinite(s64).all():
         raise ValueError(f"s[{int(np.flatnonzero(~np.isfinite(s64))[0])}] is NaN or infinite")
+    return s64
+
+
+def _check_greedy_args(h_c, s_c, k, tau) -> tuple[np.ndarray, int]:
+    n, _ = _check_matrix(h_c, "h")
+    s64 = _check_scores(s_c, n)
     if not 0 <= k <= n:
         raise ValueError(f"greedy budget k={k} must lie in [0, n={n}]")
     if not (math.isfinite(tau) and tau > 0):
@@ -634,11 +653,7 @@ def group_greedy_select(h: np.ndarray, s: np.ndarray, clusters: Clusters, budget
     progress(done_clusters, total_clusters, "clusters") is called after each batch.
     """
     n, _ = _check_matrix(h, "h")
-    s64 = np.asarray(s, dtype=np.float64).reshape(-1)
-    if s64.shape != (n,):
-        raise ValueError(f"s has {s64.size} values but h has {n} rows")
-    if not np.isfinite(s64).all():
-        raise ValueError(f"s[{int(np.flatnonzero(~np.isfinite(s64))[0])}] is NaN or infinite")
+    s64 = _check_scores(s, n)
     if not (math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive finite number, got {tau}")
     members = _member_lists(clusters, n)
@@ -680,6 +695,30 @@ def group_greedy_select(h: np.ndarray, s: np.ndarray, clusters: Clusters, budget
             if progress:
                 progress(done, total_clusters, "clusters")
     return _assemble(members, budgets, results)
+
+
+def group_greedy_by_cluster(h, s: np.ndarray, clusters: Clusters, budgets, tau: float = 1.0, alpha: float = 1.0,
+                            *, scratch_dir: Union[str, os.PathLike, None] = None, block_rows: int = 4096,
+                            **options) -> SelectionResult:
+    """group_greedy_select for an h too large to hold (e.g. a `rows.ConcatRows` over the pool's shards).
+
+    h is read once, in pool-order blocks of block_rows, and written in cluster member order to a scratch file
+    under scratch_dir (the system temp dir if None), so that every cluster is one contiguous read; the greedy
+    then holds one batch of clusters at a time. Same picks, scores and ranks as group_greedy_select on the
+    same h, bit for bit (each cluster sees the same rows in the same order). options: those of
+    group_greedy_select (workers, device, max_gram_bytes, batch_bytes, progress).
+    """
+    n, _ = _check_matrix(h, "h")
+    s64 = _check_scores(s, n)
+    members = _member_lists(clusters, n)
+    order = np.concatenate(members) if members else np.empty(0, dtype=np.int64)
+    bounds = np.cumsum([0] + [m.size for m in members])
+    local = [np.arange(bounds[c], bounds[c + 1], dtype=np.int64) for c in range(len(members))]
+    with tempfile.TemporaryDirectory(prefix=".gmates-h-by-cluster-", dir=scratch_dir) as tmp:
+        h_ordered = RowFile.write_permuted(Path(tmp) / "h.bin", h, order, block_rows)
+        result = group_greedy_select(h_ordered, s64[order], local, budgets, tau, alpha, **options)
+    return SelectionResult(indices=order[result.indices], rank=result.rank, score=result.score,
+                           cluster=result.cluster)
 
 
 def _assemble(members, budgets, results) -> SelectionResult:

@@ -9,10 +9,11 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .hashing import stable_hash
 from .progress import ProgressFn, atomic_write_text
 
 EOS_TOKEN = "<|endoftext|>"
@@ -179,6 +180,57 @@ def read_ragged_zarr(out_dir: str | os.PathLike, name: str = RAGGED_NAME) -> tup
     offsets = np.asarray(group["offsets"][:], dtype=np.int64)
     _check_ragged(values, offsets, str(path))
     return values, offsets
+
+
+class RaggedShards:
+    """The tokenized pool: one ragged zarr group per shard, in pool order, read one shard at a time."""
+
+    def __init__(self, dirs: Sequence[str | os.PathLike], name: str = RAGGED_NAME):
+        self.dirs = [Path(d) for d in dirs]
+        self.name = name
+
+    def _offsets_array(self, shard: int):
+        import zarr
+
+        path = self.dirs[shard] / self.name
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no ragged token group here")
+        return zarr.open_group(str(path), mode="r")["offsets"]
+
+    def _offsets(self, shard: int) -> np.ndarray:
+        return np.asarray(self._offsets_array(shard)[:], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return sum(self._offsets_array(s).shape[0] - 1 for s in range(len(self.dirs)))
+
+    def lengths(self) -> np.ndarray:
+        """Token count of every document of the pool (int64 [n]); reads only the offsets."""
+        return np.concatenate([np.diff(self._offsets(s)) for s in range(len(self.dirs))] or [np.zeros(0, np.int64)])
+
+    def rows(self, global_index: np.ndarray) -> Iterator[np.ndarray]:
+        """Token rows (int32 copies) of these documents, which must be sorted ascending; one shard in memory."""
+        index = np.asarray(global_index, dtype=np.int64).reshape(-1)
+        if np.any(np.diff(index) < 0):
+            raise ValueError("RaggedShards.rows: document indices must be sorted ascending")
+        start = 0
+        for shard in range(len(self.dirs)):
+            stop = start + self._offsets_array(shard).shape[0] - 1
+            local = index[(index >= start) & (index < stop)] - start
+            if local.size:
+                values, offsets = read_ragged_zarr(self.dirs[shard], self.name)
+                for i in local:
+                    yield values[offsets[i]:offsets[i + 1]].copy()
+            start = stop
+        if index.size and index[-1] >= start:
+            raise IndexError(f"document index {int(index[-1])} is beyond the {start} documents of the pool")
+
+
+def bpe_training_sample(n_docs: int, limit: int) -> np.ndarray:
+    """Sorted indices of the documents a BPE tokenizer trains on: all of them, or a fixed-seed sample of limit."""
+    if n_docs <= limit:
+        return np.arange(n_docs, dtype=np.int64)
+    seed = int(stable_hash("bpe-sample", 8), 16)
+    return np.sort(np.random.default_rng(seed).permutation(n_docs)[:limit])
 
 
 def _check_ragged(values: np.ndarray, offsets: np.ndarray, where: str) -> None:

@@ -109,6 +109,7 @@ class Step:
                 for row in index["shards"]}
 
     def shard_rows(self, asset: str) -> dict[str, int]:
+        """Documents per shard, from the index alone (no shard is opened)."""
         index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
         return {row["shard"]: int(row["rows"]) for row in index["shards"]}
 

@@ -15,7 +15,7 @@ from ...core import bootstrap, lm, oracle, probe, relational, validation
 from ...core.hashing import hash_dir
 from ...core.plots import line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
-from ..artifacts import doc_ids, gather_embeddings, token_lists, zarr_group
+from ..artifacts import documents_column, gather_embeddings, pool_tokens, zarr_group
 from ..declare import SEEDS, SHARDS, AssetDecl, Input
 from ..graph import seed_from_key
 from ..runtime import png_md
@@ -85,15 +85,8 @@ def _model_features(step, chunk_arrays: Callable[[], dict], texts: Callable[[], 
 
 def _probe_item_features(step) -> dict[str, np.ndarray]:
     items = _probe_pool_frame(step)["global_index"].to_numpy()
-
-    def texts() -> list[str]:
-        wanted = _probe_pool_frame(step)["doc_id"]
-        frame = pl.concat([pl.read_parquet(a.file("documents.parquet"), columns=["doc_id", "text"])
-                           .filter(pl.col("doc_id").is_in(wanted)) for a in step.shards("documents").values()])
-        by_id = dict(zip(frame["doc_id"].to_list(), frame["text"].to_list()))
-        return [by_id[d] for d in wanted.to_list()]
-
-    return _model_features(step, lambda: gather_embeddings(step, items), texts)
+    return _model_features(step, lambda: gather_embeddings(step, items),
+                           lambda: documents_column(step, "text")[items].to_list())
 
 
 def _shard_features(step) -> dict[str, np.ndarray]:
@@ -191,7 +184,7 @@ def build_probe_checkpoint(step, out: Path) -> dict:
         arch=lm_architecture(section.model, len(tok)), optim=optim_config(section.optim, section.total_steps),
         save_step=section.save_step, batch_size=section.batch_size, seq_len=section.seq_len, seed=section.seed,
         sample_docs=section.sample_docs, checkpoint_every=section.checkpoint_every)
-    summary = probe.warm_up(token_lists(step), special_ids(tok)[0], config, out, progress=step.progress("warm-up"),
+    summary = probe.warm_up(pool_tokens(step), special_ids(tok)[0], config, out, progress=step.progress("warm-up"),
                             device=step.device)
     losses = summary.pop("losses")
     return {**summary, "loss_curve": png_md(line_plot({"train loss": losses}, "probe warm-up loss"), "loss curve")}
@@ -199,21 +192,21 @@ def build_probe_checkpoint(step, out: Path) -> dict:
 
 def build_probe_pool(step, out: Path) -> dict:
     section = step.manifest.oracle
-    tokens = token_lists(step)
+    tokens = pool_tokens(step)
+    lengths = tokens.lengths()
     # A training row needs at least 2 tokens; shorter documents can never be probed.
-    eligible = np.array([i for i, t in enumerate(tokens) if len(t) >= 2], dtype=np.int64)
+    eligible = np.flatnonzero(lengths >= 2).astype(np.int64)
     if section.pool_size > len(eligible):
         raise ValueError(f"oracle.pool_size ({section.pool_size}) exceeds the {len(eligible)} pool documents "
                          f"with at least 2 tokens")
     items = eligible[oracle.sample_probe_pool(len(eligible), section.pool_size, section.pool_seed)]
     _, pad = special_ids(_tokenizer(step))
-    seqs = lm.document_sequences([tokens[i] for i in items], step.manifest.probe.seq_len, pad)
+    seqs = lm.document_sequences(list(tokens.rows(items)), step.manifest.probe.seq_len, pad)
     save_file({"tokens": seqs.tokens, "labels": seqs.labels}, str(out / "sequences.safetensors"))
-    ids = doc_ids(step)
     pl.DataFrame({"item": np.arange(len(items), dtype=np.int64), "global_index": items.astype(np.int64),
-                  "doc_id": [ids[i] for i in items]}).write_parquet(out / "probe_pool.parquet")
-    return {"dagster/row_count": int(len(items)), "pool_documents": len(tokens),
-            "too_short_to_probe": int(len(tokens) - len(eligible))}
+                  "doc_id": documents_column(step, "doc_id")[items]}).write_parquet(out / "probe_pool.parquet")
+    return {"dagster/row_count": int(len(items)), "pool_documents": len(lengths),
+            "too_short_to_probe": int(len(lengths) - len(eligible))}
 
 
 def build_oracle_random(step, out: Path) -> dict:

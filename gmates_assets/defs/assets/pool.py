@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from ...core import encode, sources, tokenize
-from ...core.hashing import hash_dir, stable_hash
+from ...core.hashing import hash_dir
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
+from ..artifacts import documents_column
 from ..declare import SHARDS, AssetDecl, Input
 from ..runtime import table
 from ..wiring import shard_by_name, shard_spec
@@ -122,15 +123,9 @@ def build_embeddings(step, out: Path) -> dict:
 
 
 def _training_texts(step, limit: int) -> list[str]:
-    """A deterministic, shard-balanced sample of pool texts for training the BPE tokenizer."""
-    texts = []
-    for artifact in step.shards("documents").values():
-        docs = sources.read_documents_parquet(artifact.file("documents.parquet"))
-        texts.extend(d.text for d in docs)
-    if len(texts) <= limit:
-        return texts
-    order = np.random.default_rng(int(stable_hash("bpe-sample", 8), 16)).permutation(len(texts))[:limit]
-    return [texts[i] for i in sorted(order)]
+    """A deterministic sample of pool texts for training the BPE tokenizer, read shard by shard."""
+    texts = documents_column(step, "text")
+    return texts[tokenize.bpe_training_sample(len(texts), limit)].to_list()
 
 
 def _trains_on_pool(manifest) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import dagster as dg
 import numpy as np
@@ -9,7 +10,7 @@ import polars as pl
 
 from ...core import release as rel
 from ...core.manifest import _semantic_value, fingerprint, section_value
-from ..artifacts import read_all
+from ..artifacts import documents_column, pool_rows
 from ..declare import AssetDecl, Input
 
 GROUP = "release"
@@ -59,17 +60,23 @@ def _seeds(manifest) -> dict:
             "selection": manifest.selection.seed}
 
 
-def _release_table(step, method: str) -> pl.DataFrame:
-    selected = pl.read_parquet(step.input("selected_subset", method).file("selected.parquet"))
-    docs = pl.concat([pl.read_parquet(a.file("documents.parquet"), columns=["doc_id", "text", "source"])
-                      for a in step.shards("documents").values()])
-    scores = pl.DataFrame({"doc_id": docs["doc_id"], "influence_score": read_all(step, "influence_scores", "s")
-                           .astype(np.float64)})
+def _release_pieces(step, method: str) -> Iterator[pl.DataFrame]:
+    """The release table one documents shard at a time: its selected documents with score and cluster."""
+    selected = pl.read_parquet(step.input("selected_subset", method).file("selected.parquet"))["doc_id"]
     clusters = pl.read_parquet(step.input("cluster_assignments").file("assignments.parquet"),
-                               columns=["doc_id", "cluster"])
-    return (selected.select("doc_id").join(docs, on="doc_id", how="left")
-            .join(scores, on="doc_id", how="left").join(clusters, on="doc_id", how="left")
-            .select(["doc_id", "text", "source", "influence_score", "cluster"]))
+                               columns=["cluster"])["cluster"]
+    scores = pool_rows(step, "influence_scores", "s")
+    docs = documents_column(step, "doc_id")
+    found = 0
+    for shard, (start, size) in enumerate(zip(docs.layout.starts, docs.layout.sizes)):
+        rows = pl.read_parquet(docs.paths[shard], columns=["doc_id", "text", "source"]).with_columns(
+            influence_score=pl.Series(scores[start:start + size].astype(np.float64)),
+            cluster=clusters.slice(start, size))
+        piece = rows.filter(pl.col("doc_id").is_in(selected.implode()))
+        found += piece.height
+        yield piece
+    if found != selected.n_unique():
+        raise ValueError(f"{selected.n_unique() - found} selected doc_id(s) of {method} are not pool documents")
 
 
 def build_dataset_release(step, out: Path) -> dict:
@@ -79,7 +86,7 @@ def build_dataset_release(step, out: Path) -> dict:
                "volatile": {"dagster_run_ids": identity["run_ids"]}}
     card = {"pretty_name": section.name, "description": section.description or f"{section.method} selection",
             "method": section.method, "license": section.license}
-    summary = rel.write_release(out / RELEASE_DIR, _release_table(step, section.method), section.rows_per_shard,
+    summary = rel.write_release(out / RELEASE_DIR, _release_pieces(step, section.method), section.rows_per_shard,
                                 lineage, card)
     return {"dagster/row_count": summary.n_rows, "shards": summary.n_shards,
             "release_content_hash": summary.content_hash, "selected_ids_sha256": summary.selected_ids_sha256,

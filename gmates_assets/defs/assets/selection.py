@@ -1,6 +1,7 @@
 """Selection stage: influence-aware clusters, then one selected subset per method (Group-MATES + baselines)."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -10,7 +11,7 @@ import polars as pl
 from ...core import methods, relational
 from ...core import selection as sel
 from ...core.plots import bar_plot, histograms
-from ..artifacts import doc_ids, read_all
+from ..artifacts import documents_column, pool_rows
 from ..declare import METHODS, Check, AssetDecl, Input
 from ..runtime import png_md
 
@@ -43,26 +44,33 @@ def _relation_params(step) -> tuple[float, float]:
     return float(trained.tau), float(trained.alpha)
 
 
-def _pool_scores(step) -> methods.PoolScores:
+def _pool_scores(step, scratch_dir: Path) -> methods.PoolScores:
     tau, alpha = _relation_params(step)
     return methods.PoolScores(
-        h=lambda: read_all(step, "influence_scores", "h"), s=read_all(step, "influence_scores", "s"),
+        h=pool_rows(step, "influence_scores", "h"), s=pool_rows(step, "influence_scores", "s")[:],
         members=_stored_members(step), tau=tau, alpha=alpha,
-        s_individual=lambda: read_all(step, "influence_scores", "s_individual"),
-        semantic_members=lambda: methods.cluster(read_all(step, "embeddings", "pooled"),
-                                                 _cluster_config(step.manifest.clustering)).members)
+        s_individual=lambda: pool_rows(step, "influence_scores", "s_individual")[:],
+        semantic_members=lambda: methods.cluster(pool_rows(step, "embeddings", "pooled"),
+                                                 _cluster_config(step.manifest.clustering)).members,
+        scratch_dir=str(scratch_dir))
 
 
 # ------------------------------------------------------------------------------------------ compute
 def build_cluster_assignments(step, out: Path) -> dict:
     section = step.manifest.clustering
     source = ("influence_scores", "h") if section.space == "influence" else ("embeddings", "pooled")
-    x = read_all(step, *source)
+    x, ids = pool_rows(step, *source), documents_column(step, "doc_id")
+    if len(ids) != len(x):
+        raise ValueError(f"the pool has {len(ids)} documents but {len(x)} rows of {source[0]} {source[1]!r}")
     result = methods.cluster(x, _cluster_config(section))
     sel.save_centroid_index(result.centroids, out / "centroids.faiss")
-    pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64), "doc_id": doc_ids(step),
-                  "cluster": result.assignment.astype(np.int64), "similarity": result.similarity.astype(np.float32),
-                  "member_rank": methods.member_ranks(result.members, len(x))}).write_parquet(out / "assignments.parquet")
+    columns = pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64),
+                            "cluster": result.assignment.astype(np.int64),
+                            "similarity": result.similarity.astype(np.float32),
+                            "member_rank": methods.member_ranks(result.members, len(x))})
+    # doc_ids stream from the documents shards into the file; the numeric columns are O(n) small arrays
+    (pl.concat([columns.lazy(), ids.scan()], how="horizontal")
+     .select("doc_index", "doc_id", "cluster", "similarity", "member_rank").sink_parquet(out / "assignments.parquet"))
     sizes = np.array([len(m) for m in result.members])
     return {"dagster/row_count": int(len(x)), "k": section.k, "space": section.space,
             "largest_cluster": int(sizes.max()), "smallest_cluster": int(sizes.min()),
@@ -72,9 +80,10 @@ def build_cluster_assignments(step, out: Path) -> dict:
 
 def build_selected_subset(step, out: Path) -> dict:
     method = step.partition
-    pool = _pool_scores(step)
-    result = methods.select(method, pool, _selection_config(step.manifest.selection), step.progress("select"))
-    result.to_polars(doc_ids(step)).write_parquet(out / "selected.parquet")
+    with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out) as scratch:
+        pool = _pool_scores(step, Path(scratch))
+        result = methods.select(method, pool, _selection_config(step.manifest.selection), step.progress("select"))
+    result.table(documents_column(step, "doc_id")[result.indices]).write_parquet(out / "selected.parquet")
     return _selection_metadata(result, pool, method)
 
 
@@ -100,9 +109,8 @@ def _selection_metadata(result: sel.SelectionResult, pool: methods.PoolScores, m
 def check_selection(step, artifact) -> list[dg.AssetCheckResult]:
     """Expected size and known ids, read independently of the selection from the upstream artifacts."""
     ids = pl.read_parquet(artifact.file("selected.parquet"))["doc_id"]
-    known = pl.Series(doc_ids(step))
     expected = int(methods.budgets(_stored_members(step), _selection_config(step.manifest.selection)).sum())
-    unknown = int((~ids.is_in(known)).sum())
+    unknown = int((~documents_column(step, "doc_id").contains(ids)).sum())
     duplicates = int(len(ids) - ids.n_unique())
     return [
         dg.AssetCheckResult(check_name="no_duplicate_ids", passed=duplicates == 0, metadata={"duplicates": duplicates}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import polars as pl
@@ -13,7 +14,7 @@ from ...core.hashing import stable_hash
 from ...core.manifest import replicate_identity
 from ...core.plots import grouped_bar_plot, line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
-from ..artifacts import doc_ids, token_lists
+from ..artifacts import documents_column, pool_tokens
 from ..declare import METHODS, AssetDecl, Input
 from ..runtime import md, png_md, table
 from ..wiring import demo_params, heldout_texts, reference_examples, textset_identity
@@ -61,28 +62,26 @@ def _task_specs(step, out: Path) -> tuple[list[evaluation.TaskSpec], evaluation.
     return specs, core
 
 
-def _selected_tokens(step) -> list[np.ndarray]:
-    """Token rows of the selected documents, in pool order (independent of the method's ranking)."""
-    selected = set(pl.read_parquet(step.input("selected_subset").file("selected.parquet"))["doc_id"].to_list())
-    keep = [i for i, d in enumerate(doc_ids(step)) if d in selected]
-    tokens = token_lists(step)
-    return [tokens[i] for i in keep]
+def _selected_tokens(step) -> Iterator[np.ndarray]:
+    """Token rows of the selected documents, in pool order (independent of the method's ranking), streamed."""
+    selected = pl.read_parquet(step.input("selected_subset").file("selected.parquet"))["doc_id"]
+    return pool_tokens(step).rows(documents_column(step, "doc_id").find(selected))
 
 
 def _pretrain(step, out: Path) -> dict:
     section = step.manifest.pretrain
     tok_dir = step.input("lm_tokenizer").path
     tok = load_lm_tokenizer(str(tok_dir))
-    sequences = lm.pack_sequences(_selected_tokens(step), section.seq_len, special_ids(tok)[0])
     start_state, start_step = None, 0
     if section.init == "probe":
         start_state = step.input("probe_checkpoint").path
         start_step = int(lm.read_checkpoint_meta(start_state)["step"])
     model = lm.build_causal_lm(lm_architecture(section.model, len(tok)), section.seed)
-    summary = lm.train_lm(model, sequences, optim_config(section.optim, start_step + section.steps),
-                          steps=section.steps, batch_size=section.batch_size, seed=section.seed,
-                          out_dir=out / "train", checkpoint_every=section.checkpoint_every,
-                          progress=step.progress("pretrain"), start_state=start_state, device=step.device)
+    with lm.packed_scratch(_selected_tokens(step), section.seq_len, special_ids(tok)[0], out) as sequences:
+        summary = lm.train_lm(model, sequences, optim_config(section.optim, start_step + section.steps),
+                              steps=section.steps, batch_size=section.batch_size, seed=section.seed,
+                              out_dir=out / "train", checkpoint_every=section.checkpoint_every,
+                              progress=step.progress("pretrain"), start_state=start_state, device=step.device)
     lm.save_hf_pretrained(model, str(tok_dir), out / MODEL_DIR)
     shutil.rmtree(out / "train")  # resumable training state; the released model is the HF folder
     losses = list(summary.losses)
