@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from ..core.manifest import load_manifest
+from .automation import sensor_interval, with_sync_conditions
 from .partitions import partitions_for
 from .resources import GmatesResource
 
@@ -24,10 +25,10 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     path = Path(manifest_path).resolve()
     manifest = load_manifest(path).manifest
     parts = partitions_for(manifest)
-    assets = [a for factory in _asset_modules() for a in factory(manifest, parts)]
+    assets = with_sync_conditions([a for factory in _asset_modules() for a in factory(manifest, parts)])
     automation = dg.AutomationConditionSensorDefinition(
         "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=sensor_interval(),
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
                     "version changed), after 'Reload definitions'.")
     return dg.Definitions(

@@ -1,4 +1,4 @@
-"""One decorator for every gmates asset: versions, grouping, automation and UI metadata in one place."""
+"""One decorator for every gmates asset: versions, grouping and UI metadata (automation: ../automation.py)."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
@@ -6,7 +6,6 @@ from typing import Iterable, Optional, Sequence
 import dagster as dg
 
 from ...core.manifest import Manifest
-from ..automation import sync_condition
 from ..resources import GmatesResource
 from ..versioning import code_version, owner_sections
 
@@ -44,7 +43,6 @@ def gmates_asset(
         deps=list(deps),
         partitions_def=partitions_def,
         code_version=code_version(manifest, name),
-        automation_condition=sync_condition(),
         kinds=set(kinds) | {"python"},
         tags={"gmates/stage": group},
         metadata={"manifest_sections": owner_sections(name)},
