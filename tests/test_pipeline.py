@@ -12,21 +12,6 @@ from gmates_assets.defs.sync import FRESH
 
 from .pipeline import TESTS_MANIFEST, Build, assets_of
 
-ALL_ASSETS = {
-    "documents", "lm_tokenizer", "tokenized_pool", "embeddings", "probe_checkpoint", "probe_pool", "oracle_random",
-    "relational_model_init", "bootstrap_rollouts", "oracle_bootstrap", "relational_model", "influence_scores",
-    "cluster_assignments", "selected_subset", "pretrained_checkpoint", "eval_scores", "method_comparison",
-    "dataset_release",
-}
-
-
-@pytest.fixture(scope="session")
-def full_build(tmp_path_factory) -> Build:
-    build = Build.create(tmp_path_factory.mktemp("full") / "b", TESTS_MANIFEST.read_text())
-    report = build.sync()
-    assert assets_of(report.executed) == ALL_ASSETS
-    return build
-
 
 @pytest.fixture
 def edited(full_build, tmp_path) -> Build:
@@ -152,11 +137,10 @@ def test_release_verify_names_a_changed_shard(full_build, tmp_path):
     assert problems and any(shard.name in p for p in problems)
 
 
-def test_cli_exports_a_verified_release_and_status_json(full_build, tmp_path, monkeypatch, capsys):
+def test_cli_exports_a_verified_release_and_status_json(full_build, build_env, tmp_path, capsys):
     from gmates_assets.cli import main
 
-    monkeypatch.setenv("DAGSTER_HOME", str(full_build.dagster_home))
-    monkeypatch.setenv("GMATES_HOME", str(full_build.store))
+    build_env(full_build)
     assert main(["release", "export", str(tmp_path / "out")]) == 0
     assert verify_release(tmp_path / "out") == []
     assert pl.read_parquet(str(tmp_path / "out" / "data" / "*.parquet")).height == 160

@@ -1,4 +1,4 @@
-"""Relational data influence model (DIM), its training, and the bootstrap beam search (method.md §3.2, §3.3).
+"""Relational data influence model (DIM), its training, and the bootstrap beam search (docs/method.md §3.2, §3.3).
 
 Everything lives in the z-space of the oracle labels: y = (I − μ)/σ, lower is better (negative marginal
 influence = the step lowered the reference loss).
@@ -58,7 +58,7 @@ def zscore_labels(marginals: np.ndarray, stats_rows: Optional[np.ndarray] = None
     """y = (I − μ)/σ with μ, σ (population std) over every position of the rows in `stats_rows`.
 
     `stats_rows` is a boolean mask [R] or an index array; None uses every rollout, which is what the original
-    code does (held-out rollouts included, method.md §4.8). The tool passes the training rows.
+    code does (held-out rollouts included, docs/method.md §4.8). The tool passes the training rows.
     """
     values = np.asarray(marginals, dtype=np.float64)
     if values.ndim != 2:
@@ -632,7 +632,7 @@ def _top_k_rows(keys: np.ndarray, k: int) -> np.ndarray:
 def bootstrap_beam_search(h: np.ndarray, s: np.ndarray, tau: float, alpha: float, length: int, beam_k: int,
                           keep: int, direction: int, step0: str = "predicted", block_size: int = 256,
                           progress: ProgressFn = None) -> BeamSearchResult:
-    """Beam search for extreme-influence rollouts under the learned model (method.md §3.3).
+    """Beam search for extreme-influence rollouts under the learned model (docs/method.md §3.3).
 
     direction +1 seeks the minimum (best), −1 the maximum. At step i a state's candidate k scores a_k·s_k,
     with a the mean of α(1 − R_{·j}/τ) over its chosen j (updated as (i·a + c_k)/(i+1) in float64, the code's

@@ -120,7 +120,7 @@ def pool_assets(manifest, parts: Partitions) -> list:
 
     @gmates_asset(manifest, "embeddings", group=GROUP, partitions_def=parts.shards, deps=[same_partition("documents")],
                   kinds={"zarr", "pytorch"},
-                  description="Sentence-encoder chunk vectors and pooled h per document (method §3.2): zarr.")
+                  description="Sentence-encoder chunk vectors and pooled h per document (docs/method.md §3.2): zarr.")
     def embeddings(context, gmates: GmatesResource):
         section = gmates.manifest().manifest.encoder
 
