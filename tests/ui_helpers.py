@@ -13,9 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -67,7 +68,7 @@ class DagsterDev:
                    DAGSTER_DISABLE_TELEMETRY="1", **self.env_extra)
         return env
 
-    def start(self) -> "DagsterDev":
+    def start(self) -> DagsterDev:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         self.gmates_home.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
@@ -366,8 +367,8 @@ def sensor_ticks(gql: Gql, name: str, limit: int = 10) -> list[dict]:
     """Latest ticks first: status, timestamp (epoch s), runIds, requestedAssetMaterializationCount."""
     selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
     data = gql("""query($s: SensorSelector!, $n: Int) { sensorOrError(sensorSelector: $s) { ... on Sensor {
-                  sensorState { ticks(limit: $n) { status timestamp runIds requestedAssetMaterializationCount } } } } }""",
-               {"s": selector, "n": limit})
+                  sensorState { ticks(limit: $n) { status timestamp runIds requestedAssetMaterializationCount }
+                  } } } }""", {"s": selector, "n": limit})
     return data["sensorOrError"]["sensorState"]["ticks"]
 
 

@@ -29,6 +29,7 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     automation = dg.AutomationConditionSensorDefinition(
         "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=sensor_interval(),
+        emit_backfills=False,  # runs go straight to the run queue, not through the 30 s backfill daemon loop
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
                     "version changed), after 'Reload definitions'.")
     return dg.Definitions(

@@ -11,7 +11,8 @@ each later one: the other chains were still two or three assets further up.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import dagster as dg
 
