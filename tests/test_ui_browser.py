@@ -188,7 +188,7 @@ def reload_definitions(page, dev: h.DagsterDev, asset: str) -> str:
         version = h.asset_nodes(dev.gql)[asset]["opVersion"]
         return version if version != old else None
 
-    return h.wait_until(new_version, 120, f"the reloaded definitions to change {asset}'s code version", every=0.5)
+    return h.wait_until(new_version, 300, f"the reloaded definitions to change {asset}'s code version", every=0.5)
 
 
 def materialize_unsynced_dialog(page, dev: h.DagsterDev) -> str:
@@ -211,7 +211,7 @@ def finished_tick_after(dev: h.DagsterDev, after: float) -> dict:
         ticks = [t for t in h.sensor_ticks(dev.gql, SENSOR) if t["timestamp"] > after and t["status"] != "STARTED"]
         return ticks[-1] if ticks else None
 
-    return h.wait_until(tick, 120, f"a tick of {SENSOR}", every=1)
+    return h.wait_until(tick, 300, f"a tick of {SENSOR}", every=1)
 
 
 def check_png(path: Path, min_size=(800, 500)) -> None:
@@ -304,7 +304,7 @@ def cli_statuses(manifest: Path, capsys) -> set[str]:
 # ------------------------------------------------------------------------------------------ the scenario
 def test_ui_reload_after_an_edit_rebuilds_only_what_changed(server, page, capsys):
     started = time.time()
-    info = server.wait_ready()
+    info = server.wait_ready(timeout=300)
     assert info["dagster_webserver_version"] == "1.13.27", info
     t_ready = time.time()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
