@@ -1,6 +1,6 @@
 """Per-step cost of oracle probing through `probe_rollouts` vs a bare torch loop doing the same steps.
 
-Both run in this process on the small-recipe probe model (method.md §8: 2 layers, d 128, 4 heads, FFN 512,
+Both run in this process on the small-recipe probe model (docs/method.md §8: 2 layers, d 128, 4 heads, FFN 512,
 seq 128, vocab 2048) from the same checkpoint: restore weights + AdamW state, one AdamW step on one sequence
 (CE + z-loss, clip 1.0), then the reference loss over the reference batches. `probe_rollouts` is timed end to
 end (checkpoint load, input hashing, parquet commits included); the bare loop only for its steps. The bare

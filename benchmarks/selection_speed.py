@@ -33,7 +33,7 @@ def synthetic_h(out: np.ndarray, n_topics: int, seed: int, chunks: int = 4, doc_
     """Fill out [n, d] float32 block by block (bounded memory, works on a memmap).
 
     A document is a topic direction plus its own offset; each of its chunks adds more noise and is
-    normalized; h is the mean of the unit chunk vectors, so ||h|| <= 1 as in method.md §3.2.
+    normalized; h is the mean of the unit chunk vectors, so ||h|| <= 1 as in docs/method.md §3.2.
     """
     n, d = out.shape
     topics = np.random.default_rng([seed, 0]).standard_normal((n_topics, d)).astype(np.float32)

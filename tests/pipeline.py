@@ -15,6 +15,12 @@ from gmates_assets.defs.sync import FRESH, asset_statuses, sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS_MANIFEST = ROOT / "data_manifests" / "tests.yaml"
+ALL_ASSETS = {
+    "documents", "lm_tokenizer", "tokenized_pool", "embeddings", "probe_checkpoint", "probe_pool", "oracle_random",
+    "relational_model_init", "bootstrap_rollouts", "oracle_bootstrap", "relational_model", "influence_scores",
+    "cluster_assignments", "selected_subset", "pretrained_checkpoint", "eval_scores", "method_comparison",
+    "dataset_release", "documents_index", "tokenized_pool_index", "embeddings_index", "influence_scores_index",
+}
 
 
 @dataclass
@@ -49,6 +55,10 @@ class Build:
         copy = Build(root)
         (copy.dagster_home / "dagster.yaml").write_text(local_instance_yaml(copy.dagster_home))  # its own events
         return copy
+
+    def env(self) -> dict[str, str]:
+        """The variables that make the CLI and `dagster dev` use this build's instance and store."""
+        return {"DAGSTER_HOME": str(self.dagster_home), "GMATES_HOME": str(self.store)}
 
     def defs(self) -> dg.Definitions:
         return build_definitions(self.manifest, home=str(self.store))

@@ -5,8 +5,6 @@ import json
 import math
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch
@@ -14,26 +12,16 @@ import torch
 from gmates_assets.core import lm
 from gmates_assets.core.hashing import hash_dir
 
-TINY = lm.LMArchitecture("llama", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                         max_seq_len=16, vocab_size=64)
+from .tiny import TINY, counting_docs
+
 TINY_NEOX_TIED = lm.LMArchitecture("gpt_neox", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                                    max_seq_len=16, vocab_size=64, tie_word_embeddings=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def packed() -> np.ndarray:
-    # counting runs (k, k+1, ...) mod 60: learnable within a few steps, so loss curves mean something
-    rng = np.random.default_rng(0)
-    docs = [((int(rng.integers(60)) + np.arange(int(rng.integers(3, 30)))) % 60).tolist() for _ in range(60)]
-    return lm.pack_sequences(docs, seq_len=16, eos_id=63)
+    return lm.pack_sequences(counting_docs(np.random.default_rng(0), 60), seq_len=16, eos_id=63)
 
 
 def tiny_tokenizer():

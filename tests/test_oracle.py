@@ -11,8 +11,6 @@ import sys
 import textwrap
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import numpy as np
 import polars as pl
 import pytest
@@ -23,17 +21,10 @@ from hypothesis.extra.numpy import arrays
 
 from gmates_assets.core import lm, oracle
 
-ARCH = lm.LMArchitecture("llama", hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                         max_seq_len=16, vocab_size=64)
+from .tiny import TINY, counting_docs
+
 CFG = lm.OptimConfig(lr=3e-3, min_lr=3e-5, warmup_steps=1, total_steps=10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +32,8 @@ def setup(tmp_path_factory):
     """A probe checkpoint mid-schedule (AdamW moments present), a probe pool and reference batches."""
     root = tmp_path_factory.mktemp("oracle")
     rng = np.random.default_rng(0)
-    docs = [((int(rng.integers(60)) + np.arange(int(rng.integers(3, 30)))) % 60).tolist() for _ in range(80)]
-    pool = lm.pack_sequences(docs, seq_len=16, eos_id=63)
-    model = lm.build_causal_lm(ARCH, seed=0)
+    pool = lm.pack_sequences(counting_docs(rng, 80), seq_len=16, eos_id=63)
+    model = lm.build_causal_lm(TINY, seed=0)
     lm.train_lm(model, pool, CFG, 4, 4, 0, root / "ck", checkpoint_every=4, device="cpu")
     pairs = []
     for _ in range(6):

@@ -12,21 +12,6 @@ from gmates_assets.defs.sync import FRESH
 
 from .pipeline import TESTS_MANIFEST, Build, assets_of
 
-ALL_ASSETS = {
-    "documents", "lm_tokenizer", "tokenized_pool", "embeddings", "probe_checkpoint", "probe_pool", "oracle_random",
-    "relational_model_init", "bootstrap_rollouts", "oracle_bootstrap", "relational_model", "influence_scores",
-    "cluster_assignments", "selected_subset", "pretrained_checkpoint", "eval_scores", "method_comparison",
-    "dataset_release", "documents_index", "tokenized_pool_index", "embeddings_index", "influence_scores_index",
-}
-
-
-@pytest.fixture(scope="session")
-def full_build(tmp_path_factory) -> Build:
-    build = Build.create(tmp_path_factory.mktemp("full") / "b", TESTS_MANIFEST.read_text())
-    report = build.sync()
-    assert assets_of(report.executed) == ALL_ASSETS
-    return build
-
 
 @pytest.fixture
 def edited(full_build, tmp_path) -> Build:
@@ -62,11 +47,9 @@ def test_no_edit_computes_nothing(edited):
     assert edited.sync().executed == []
 
 
-def test_encoder_edit_makes_exactly_its_readers_stale_and_revert_reuses(edited):
+def test_encoder_edit_makes_exactly_embeddings_stale_and_revert_reuses(edited):
     edited.edit("encoder.pooling", "cls")
-    # embeddings, and the influence models that pool the chunk vectors themselves (they read encoder.pooling)
-    assert assets_of(edited.not_fresh()) == {"embeddings", "relational_model_init", "bootstrap_rollouts",
-                                             "relational_model", "influence_scores"}
+    assert assets_of(edited.not_fresh()) == {"embeddings"}
     report = edited.sync(select=["embeddings", "tokenized_pool"])
     assert assets_of(report.executed) == {"embeddings"}
     assert edited.latest_metadata("embeddings", "shard-000")["reused"] is False
@@ -126,7 +109,7 @@ def test_pretrain_edit_recomputes_training_scores_comparison_only(edited):
 def test_eval_edit_recomputes_only_scores_and_comparison(edited):
     data = edited.manifest.read_text().replace("shots: 1, random_baseline: 0.25", "shots: 2, random_baseline: 0.25")
     edited.manifest.write_text(data)
-    assert assets_of(edited.not_fresh()) == {"eval_scores"}  # method_comparison reads no manifest field
+    assert assets_of(edited.not_fresh()) == {"eval_scores", "method_comparison"}
     ran = assets_of(edited.sync().executed)
     assert ran == {"eval_scores", "method_comparison"} or ran == {"eval_scores"}
 
@@ -154,15 +137,14 @@ def test_release_verify_names_a_changed_shard(full_build, tmp_path):
     assert problems and any(shard.name in p for p in problems)
 
 
-def test_cli_exports_a_verified_release_and_status_json(full_build, tmp_path, monkeypatch, capsys):
+def test_cli_exports_a_verified_release_and_status_json(full_build, build_env, tmp_path, capsys):
     from gmates_assets.cli import main
 
-    monkeypatch.setenv("DAGSTER_HOME", str(full_build.dagster_home))
-    monkeypatch.setenv("GMATES_HOME", str(full_build.store))
+    build_env(full_build)
     assert main(["release", "export", str(tmp_path / "out")]) == 0
     assert verify_release(tmp_path / "out") == []
     assert pl.read_parquet(str(tmp_path / "out" / "data" / "*.parquet")).height == 160
     capsys.readouterr()
     assert main(["status", "--manifest", str(full_build.manifest), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes", "notes"} == set(rows[0])
+    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes"} == set(rows[0])

@@ -1,4 +1,4 @@
-"""Relational influence model (method.md §3.2), its training, and the bootstrap beam search (§3.3)."""
+"""Relational influence model (docs/method.md §3.2), its training, and the bootstrap beam search (§3.3)."""
 from __future__ import annotations
 
 import json

@@ -14,7 +14,7 @@ from gmates_assets.core import selection as sel
 
 
 def mean_of_unit_vectors(rng, n, d, chunks=3):
-    """h as in method.md §3.2: the mean of unit vectors, so ||h|| <= 1."""
+    """h as in docs/method.md §3.2: the mean of unit vectors, so ||h|| <= 1."""
     v = rng.standard_normal((n, chunks, d))
     v /= np.linalg.norm(v, axis=2, keepdims=True)
     return v.mean(axis=1).astype(np.float32)

@@ -23,13 +23,7 @@ from gmates_assets.core.tokenize import (  # noqa: E402
 
 TEXTS = [d.text for d in generate_demo_shard(DemoCorpusParams.tests_profile(), 0)]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tree_bytes(root: Path) -> dict:

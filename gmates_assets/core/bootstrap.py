@@ -56,7 +56,7 @@ def _top_k_rows(keys: np.ndarray, k: int) -> np.ndarray:
 def bootstrap_beam_search(h: np.ndarray, s: np.ndarray, tau: float, alpha: float, length: int, beam_k: int,
                           keep: int, direction: int, step0: str = "predicted", block_size: int = 256,
                           progress: ProgressFn = None) -> BeamSearchResult:
-    """Beam search for extreme-influence rollouts under the learned model (method.md §3.3).
+    """Beam search for extreme-influence rollouts under the learned model (docs/method.md §3.3).
 
     direction +1 seeks the minimum (best), −1 the maximum. At step i a state's candidate k scores a_k·s_k,
     with a the mean of α(1 − R_{·j}/τ) over its chosen j (updated as (i·a + c_k)/(i+1) in float64, the code's

@@ -1,4 +1,4 @@
-"""The embedded demo dataset: a seeded, generated pool with a reference set and eval tasks (architecture §5).
+"""The embedded demo dataset: a seeded, generated pool with a reference set and eval tasks.
 
 The "target" domain is a bestiary of made-up creatures. A knowledge base (KB) gives every creature six
 attributes (fur color, habitat, diet, size, sound, number of legs); target documents state a few facts about

@@ -1,4 +1,4 @@
-"""Sentence-encoder embeddings of pool documents (method.md §3.2, §3.4, §7 d, §8).
+"""Sentence-encoder embeddings of pool documents (docs/method.md §3.2, §3.4, §7 d, §8).
 
 A document is prepared (§3.4: strip every line, join with single spaces), tokenized to `max_length`
 tokens and split into C = max_length / chunk_size chunks. Each chunk with real tokens is encoded and pooled

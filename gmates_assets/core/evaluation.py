@@ -1,4 +1,4 @@
-"""Log-likelihood evaluation of a causal LM on DCLM / llm-foundry eval-gauntlet tasks (method.md §3.9).
+"""Log-likelihood evaluation of a causal LM on DCLM / llm-foundry eval-gauntlet tasks (docs/method.md §3.9).
 
 Task files are jsonl, one object per line (docs/contracts.md):
 - multiple choice: {"query": str, "choices": [str, ...], "gold": int}

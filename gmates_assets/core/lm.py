@@ -1,4 +1,4 @@
-"""Causal LMs for the probe and target models (method.md §3.1, §3.8, §8).
+"""Causal LMs for the probe and target models (docs/method.md §3.1, §3.8, §8).
 
 - a transformers model factory (Llama or GPT-NeoX layout, any size, seeded init);
 - token windows: packed sequences (open_lm style; in memory, or streamed into a file that training reads
@@ -248,7 +248,7 @@ def as_token_sequences(sequences: "TokenSequences | np.ndarray") -> TokenSequenc
 def pack_sequences(token_lists: Iterable[Sequence[int]], seq_len: int, eos_id: int) -> np.ndarray:
     """Concatenate documents, each followed by EOS, and cut the stream into rows of seq_len+1 tokens.
 
-    Rows do not overlap and the incomplete tail is dropped (open_lm / DCLM packing, method.md §2 A2).
+    Rows do not overlap and the incomplete tail is dropped (open_lm / DCLM packing, docs/method.md §2 A2).
     """
     blocks = list(iter_packed_rows(token_lists, seq_len, eos_id))
     return np.concatenate(blocks) if blocks else np.zeros((0, seq_len + 1), np.int64)
@@ -751,7 +751,7 @@ def train_lm(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             # Like a PyTorch scheduler, leave the *next* step's LR in the groups, so a saved checkpoint
-            # carries the LR in effect at that point (what the oracle uses, method.md §3.1 item 3).
+            # carries the LR in effect at that point (what the oracle uses, docs/method.md §3.1 item 3).
             set_lr(optimizer, optim_cfg.lr_at(step))
             record["losses"].append(float(ce.detach()))
             record["lrs"].append(lr)
@@ -904,7 +904,7 @@ def _masked_target_ce(model, input_ids: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def reference_loss(model, ref_batches) -> float:
-    """L_ref (method.md §1, §3.1): token-mean CE over labels != -100 per batch, averaged over batches.
+    """L_ref (docs/method.md §1, §3.1): token-mean CE over labels != -100 per batch, averaged over batches.
 
     ref_batches: (input_ids [B, L], labels [B, L]) pairs with labels aligned to input_ids (HF convention).
     """

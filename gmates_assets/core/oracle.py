@@ -1,4 +1,4 @@
-"""Oracle probing (method.md §3.1): group-level influence labels from short training rollouts.
+"""Oracle probing (docs/method.md §3.1): group-level influence labels from short training rollouts.
 
 For each rollout (x_0 .. x_{T-1}) the probe model M_0 (weights and full AdamW state from the checkpoint) is
 restored, then trained one AdamW step per element on that single sequence; after each step the reference loss
@@ -58,7 +58,7 @@ def sample_probe_pool(n_total_docs: int, pool_size: int, seed: int) -> np.ndarra
 
 
 def sample_random_rollouts(pool_size: int, n_rollouts: int, length: int, seed: int) -> np.ndarray:
-    """int64 [n_rollouts, length] of probe-pool indices, distinct within a rollout (method.md §2 A6).
+    """int64 [n_rollouts, length] of probe-pool indices, distinct within a rollout (docs/method.md §2 A6).
 
     As in the reference code: numpy's legacy generator seeded with the seed id, one permutation of the pool
     per rollout, its first `length` entries.
@@ -256,7 +256,7 @@ def probe_rollouts(
 
     sequences: the probe pool ([N, L+1] packed ids, or TokenSequences with a label mask); rollouts index it.
     ref_batches: (input_ids, labels) pairs, labels -100 off the answer (lm.make_reference_batches).
-    lr_policy: "checkpoint" keeps the LR saved in the checkpoint's param groups (method.md §3.1 item 3);
+    lr_policy: "checkpoint" keeps the LR saved in the checkpoint's param groups (docs/method.md §3.1 item 3);
     a float overrides it. seed: the oracle seed, stored per row; rollout_ids default to seed * R + r.
     precision: "fp32", or "bf16" autocast for the training steps and reference losses (the official default).
     Work is committed every `chunk_rollouts` rollouts (chunk-NNNNN.parquet) and a killed call resumes from

@@ -52,7 +52,7 @@ def zscore_labels(marginals: np.ndarray, stats_rows: Optional[np.ndarray] = None
     """y = (I − μ)/σ with μ, σ (population std) over every position of the rows in `stats_rows`.
 
     `stats_rows` is a boolean mask [R] or an index array; None uses every rollout, which is what the original
-    code does (held-out rollouts included, method.md §4.8). The tool passes the training rows.
+    code does (held-out rollouts included, docs/method.md §4.8). The tool passes the training rows.
     """
     values = np.asarray(marginals, dtype=np.float64)
     if values.ndim != 2:

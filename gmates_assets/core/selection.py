@@ -1,4 +1,4 @@
-"""Influence-aware clustering and group-level selection (method.md §3.5, §3.6, §5, §7).
+"""Influence-aware clustering and group-level selection (docs/method.md §3.5, §3.6, §5, §7).
 
 Pipeline: `spherical_kmeans` on the DIM's h -> `assign_clusters` (largest inner product) ->
 `cluster_member_order` (farthest first) -> `cluster_budgets` -> `group_greedy_select` (or, for an h read
@@ -8,7 +8,7 @@ ablation is `group_greedy_select` with member lists computed from raw encoder em
 
 Exact relation values (why picks never depend on BLAS). The greedy compares float64 scores a_x * s_x and
 breaks exact ties by member order, so a last-ulp difference between a GEMM (Gram matrix) and a GEMV
-(one column per step) could flip a pick (method.md §7 f). Both the reference loop and the fast path
+(one column per step) could flip a pick (docs/method.md §7 f). Both the reference loop and the fast path
 therefore compute R from `quantize_for_relation(h)`: every row of h rounded onto a power-of-two grid
 (26 bits relative to the row's own norm, a perturbation below the float32 rounding of the original
 code), then float64 dot products. On that grid every product and every

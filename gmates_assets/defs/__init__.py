@@ -8,8 +8,9 @@ from pathlib import Path
 import dagster as dg
 
 from ..core.manifest import DEFAULT_MANIFEST, load_manifest
-from .factory import dagster_assets, graph_for
+from .automation import sensor_interval, with_sync_conditions
 from .console import gmates_console_logger
+from .factory import dagster_assets, graph_for
 from .resources import GmatesResource
 
 
@@ -20,11 +21,12 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     graph = graph_for(loaded)
     automation = dg.AutomationConditionSensorDefinition(
         "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=sensor_interval(),
+        emit_backfills=False,  # runs go straight to the run queue, not through the 30 s backfill daemon loop
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
                     "version changed), after 'Reload definitions'.")
     return dg.Definitions(
-        assets=dagster_assets(graph),
+        assets=with_sync_conditions(dagster_assets(graph)),
         sensors=[automation],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
         executor=executor_for(loaded.manifest.execution),

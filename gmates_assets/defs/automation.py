@@ -2,19 +2,75 @@
 
 Eager, plus: a new code version (a manifest edit reaches an asset this way) or a dependency's new data version
 requests a run; a dependency that re-materialized with identical content does not (early cutoff).
+
+Each asset also waits while any partition of any of its ancestors is running or being requested (the wave
+barrier of `gmates sync`). Guarding only the direct dependencies lets an asset that fans in over partitions
+(method_comparison over eval_scores[method]) run as soon as the first partition's chain finishes and again for
+each later one: the other chains were still two or three assets further up.
 """
 from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import dagster as dg
 
 AC = dg.AutomationCondition
+INTERVAL_ENV = "GMATES_AUTOMATION_INTERVAL_S"
 
 
-def sync_condition() -> dg.AutomationCondition:
-    return (
+def sensor_interval() -> int:
+    """Seconds between evaluations of the automation sensor; $GMATES_AUTOMATION_INTERVAL_S overrides 15."""
+    return int(os.environ.get(INTERVAL_ENV, "15"))
+
+
+def _busy() -> dg.AutomationCondition:
+    return AC.in_progress() | AC.will_be_requested()
+
+
+def _any_partition_busy(ancestor: dg.AssetKey, hub: Optional[dg.AssetKey]) -> dg.AutomationCondition:
+    """True for every candidate partition while any partition of `ancestor` is running or requested.
+
+    `asset_matches` maps partitions through the pair's partition mapping, which between unrelated static
+    partition sets (methods vs shards) is identity and matches nothing; passing through an unpartitioned
+    `hub` asset widens the match to the whole ancestor and back to every candidate partition.
+    """
+    inner = AC.asset_matches(ancestor, _busy())
+    return AC.asset_matches(hub, inner) if hub is not None else inner
+
+
+def sync_condition(ancestors: Iterable[dg.AssetKey] = (), hub: Optional[dg.AssetKey] = None) -> dg.AutomationCondition:
+    condition = (
         (AC.missing() | AC.code_version_changed() | AC.any_deps_match(AC.data_version_changed()))
         .since_last_handled()
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
-    ).with_label("gmates_sync")
+    )
+    for ancestor in sorted(ancestors, key=lambda k: k.to_user_string()):
+        condition = condition & ~_any_partition_busy(ancestor, hub)
+    return condition.with_label("gmates_sync")
+
+
+def with_sync_conditions(assets: Sequence) -> list:
+    """The assets with `sync_condition` on every materializable one, guarded by its materializable ancestors."""
+    specs = {spec.key: spec for a in assets if isinstance(a, dg.AssetsDefinition) and a.is_materializable
+             for spec in a.specs}
+    hub = min((k for k, spec in specs.items() if spec.partitions_def is None), key=dg.AssetKey.to_user_string,
+              default=None)
+
+    def ancestors(key: dg.AssetKey) -> set[dg.AssetKey]:
+        seen, todo = set(), [key]
+        while todo:
+            for dep in specs[todo.pop()].deps:
+                if dep.asset_key in specs and dep.asset_key not in seen:
+                    seen.add(dep.asset_key)
+                    todo.append(dep.asset_key)
+        return seen
+
+    def with_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(automation_condition=sync_condition(ancestors(spec.key), hub))
+
+    return [a.map_asset_specs(with_condition) if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
+            for a in assets]

@@ -1,4 +1,4 @@
-"""Declarations -> Dagster asset definitions: deps and partition mappings, code versions, checks, automation."""
+"""Declarations -> Dagster asset definitions: deps and partition mappings, code versions, checks (automation: automation.py)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,7 +6,6 @@ from functools import lru_cache
 import dagster as dg
 
 from ..core.manifest import LoadedManifest
-from .automation import sync_condition
 from .declare import METHODS, SEEDS, SHARDS, AssetDecl, Input
 from .graph import AssetGraph, partition_keys_for
 from .resources import GmatesResource
@@ -60,7 +59,7 @@ def _asset(decl: AssetDecl, graph: AssetGraph, partitions_def) -> dg.AssetsDefin
 
     @dg.asset(name=decl.name, group_name=decl.group, description=decl.description,
               deps=[_dep(graph, i) for i in graph.inputs(decl.name)], partitions_def=partitions_def,
-              code_version=graph.code_version(decl.name), automation_condition=sync_condition(),
+              code_version=graph.code_version(decl.name),
               kinds=set(decl.kinds) | {"python"}, tags={"gmates/stage": decl.group}, metadata=_metadata(decl),
               check_specs=checks or None)
     def materialize(context, gmates: GmatesResource):

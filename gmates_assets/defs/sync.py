@@ -1,4 +1,4 @@
-"""`sync` and `status`: what Dagster alone does not do (reference/dagster.md §3, §6).
+"""`sync` and `status`: what Dagster alone does not do (staleness across waves and partitions, see below).
 
 Dagster's "unsynced" status is one hop per run, partitioned assets never look stale on the global graph, and
 `stale_assets_only` ignores partitions. `sync` therefore observes the sources, then runs the stale or missing

@@ -1,0 +1,43 @@
+"""Shared fixtures: offline hub, one torch thread, the tests-profile graph built once, its homes in the env."""
+from __future__ import annotations
+
+import os
+
+# Tests never reach the Hugging Face hub; set before any test module imports transformers or datasets.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (exact, repeatable CPU numbers; no oversubscription on small machines)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def full_build(tmp_path_factory):
+    """The tests profile built once by `sync` (what `gmates sync` runs); tests copy it before changing it."""
+    from .pipeline import ALL_ASSETS, TESTS_MANIFEST, Build, assets_of
+
+    build = Build.create(tmp_path_factory.mktemp("full") / "b", TESTS_MANIFEST.read_text())
+    report = build.sync()
+    assert assets_of(report.executed) == ALL_ASSETS
+    return build
+
+
+@pytest.fixture
+def build_env(monkeypatch):
+    """Point $DAGSTER_HOME and $GMATES_HOME at a Build's homes for this test (what the CLI and UI read)."""
+    def point_at(build) -> None:
+        for name, value in build.env().items():
+            monkeypatch.setenv(name, value)
+
+    return point_at

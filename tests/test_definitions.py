@@ -1,0 +1,66 @@
+"""Every shipped manifest builds its Definitions offline: directly and through `dagster definitions validate`.
+
+Building definitions must not read pool files or reach the Hugging Face hub (example_hub.yaml names hub
+datasets, tokenizers and encoders): sockets refuse to connect for the whole test.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+
+import dagster as dg
+import pytest
+
+from gmates_assets.core.manifest import load_manifest
+from gmates_assets.defs import build_definitions
+
+from .pipeline import ALL_ASSETS, ROOT
+
+MANIFESTS = sorted(p.name for p in (ROOT / "data_manifests").glob("*.yaml"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise OSError("network access while building definitions")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def shard_partitions(defs: dg.Definitions) -> list[str]:
+    return defs.resolve_asset_graph().get(dg.AssetKey("documents")).partitions_def.get_partition_keys()
+
+
+def test_the_shipped_manifests_are_the_expected_ones():
+    assert {"demo.yaml", "tests.yaml", "example_local.yaml", "example_hub.yaml"} <= set(MANIFESTS)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_builds_loadable_definitions(name, no_network):
+    path = ROOT / "data_manifests" / name
+    defs = build_definitions(path)
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.materializable_asset_keys} == ALL_ASSETS
+    assert shard_partitions(defs) == [s.name for s in load_manifest(path).manifest.sources.shards]
+    assert all(graph.get(k).automation_condition is not None for k in graph.materializable_asset_keys)
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_workspace_loads_through_dagster_definitions_validate(name, no_network, monkeypatch, tmp_path):
+    """The command itself, in this process (its default): workspace.yaml -> definitions.py -> $GMATES_MANIFEST."""
+    from click.testing import CliRunner
+    from dagster._cli.definitions import definitions_validate_command
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    path = ROOT / "data_manifests" / name
+    monkeypatch.setenv("GMATES_MANIFEST", str(path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_IS_DEFS_VALIDATION_CLI", "1")  # the command sets it; restored after the test
+    monkeypatch.delitem(sys.modules, "definitions", raising=False)  # dagster caches definitions.py by name
+    result = CliRunner().invoke(definitions_validate_command, ["-w", str(ROOT / "workspace.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "Validation successful for code location gmates" in result.output
+    loaded = sys.modules["definitions"].defs
+    assert shard_partitions(loaded) == [s.name for s in load_manifest(path).manifest.sources.shards]
