@@ -255,12 +255,12 @@ def test_probe_warm_up_packs_the_sampled_documents_shard_by_shard(tmp_path):
     for i, part in enumerate((docs[:40], docs[40:90])):
         write_ragged_zarr(tmp_path / f"shard{i}", np.concatenate(part),
                           np.concatenate([[0], np.cumsum([len(d) for d in part])]))
-    config = probe.WarmUpConfig(arch=ARCH, optim=CFG, save_step=3, batch_size=4, seq_len=16, seed=2, sample_docs=30)
+    config = probe.WarmUpConfig(arch=TINY, optim=CFG, save_step=3, batch_size=4, seq_len=16, seed=2, sample_docs=30)
     summary = probe.warm_up(RaggedShards([tmp_path / "shard0", tmp_path / "shard1"]), 63, config, tmp_path / "ck")
     assert not (tmp_path / "ck" / lm.PACKED_SCRATCH_NAME).exists()
     pick = probe.sample_documents(90, 30, 2)
     expected = lm.pack_sequences([docs[i] for i in pick], 16, 63)
-    model = lm.build_causal_lm(ARCH, 2)
+    model = lm.build_causal_lm(TINY, 2)
     reference = lm.train_lm(model, expected, CFG, 3, 4, 2, tmp_path / "ref", 50, device="cpu")
     assert summary["sequences"] == len(expected) and summary["losses"] == reference.losses
     assert lm.read_checkpoint_meta(tmp_path / "ck")["extra"]["fingerprint"] == reference.extra["fingerprint"]
