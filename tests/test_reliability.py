@@ -194,3 +194,22 @@ def test_status_prints_no_dagster_debug_lines_or_beta_warnings(documents_built, 
     out, err = capfd.readouterr()
     assert err == "" and "DEBUG" not in out and not [w for w in shown if "beta" in str(w.message)]
     assert ["documents[a]", "fresh"] in [line.split() for line in out.splitlines()]
+
+
+# ------------------------------------------------------------------------------ an object-store root
+def test_sync_and_status_work_on_an_fsspec_store_root(documents_built, tmp_path):
+    import uuid
+
+    from gmates_assets.defs.sync import sync
+
+    build = documents_built.copy_to(tmp_path / "b")
+    root = f"memory://gmates-{uuid.uuid4().hex}"  # the object-store protocol: temp prefix, record last, copies
+    defs = build_definitions(build.manifest, home=root)
+    with build.instance() as instance:
+        report = sync(defs, instance, select=["tokenized_pool"])
+        assert {a for a, _ in report.executed} == {"documents", "lm_tokenizer", "tokenized_pool"}
+        assert {s.status for s in asset_statuses(defs, instance, ["documents", "tokenized_pool"])} == {"fresh"}
+    store = ArtifactStore(root)
+    tokens = [a for a in store.artifacts("tokenized_pool") if a.partition == "a"][0]
+    assert tokens.location.startswith("memory://") and tokens.path.is_dir()
+    assert store.stored_hash(tokens) == tokens.content_hash and not store.partials("tokenized_pool")
