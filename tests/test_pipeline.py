@@ -47,9 +47,11 @@ def test_no_edit_computes_nothing(edited):
     assert edited.sync().executed == []
 
 
-def test_encoder_edit_makes_exactly_embeddings_stale_and_revert_reuses(edited):
+def test_encoder_edit_makes_exactly_its_readers_stale_and_revert_reuses(edited):
     edited.edit("encoder.pooling", "cls")
-    assert assets_of(edited.not_fresh()) == {"embeddings"}
+    # embeddings, and the influence models that pool the chunk vectors themselves (they read encoder.pooling)
+    assert assets_of(edited.not_fresh()) == {"embeddings", "relational_model_init", "bootstrap_rollouts",
+                                             "relational_model", "influence_scores"}
     report = edited.sync(select=["embeddings", "tokenized_pool"])
     assert assets_of(report.executed) == {"embeddings"}
     assert edited.latest_metadata("embeddings", "shard-000")["reused"] is False
@@ -109,7 +111,7 @@ def test_pretrain_edit_recomputes_training_scores_comparison_only(edited):
 def test_eval_edit_recomputes_only_scores_and_comparison(edited):
     data = edited.manifest.read_text().replace("shots: 1, random_baseline: 0.25", "shots: 2, random_baseline: 0.25")
     edited.manifest.write_text(data)
-    assert assets_of(edited.not_fresh()) == {"eval_scores", "method_comparison"}
+    assert assets_of(edited.not_fresh()) == {"eval_scores"}  # method_comparison reads no manifest field
     ran = assets_of(edited.sync().executed)
     assert ran == {"eval_scores", "method_comparison"} or ran == {"eval_scores"}
 
@@ -147,4 +149,4 @@ def test_cli_exports_a_verified_release_and_status_json(full_build, build_env, t
     capsys.readouterr()
     assert main(["status", "--manifest", str(full_build.manifest), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes"} == set(rows[0])
+    assert {r["status"] for r in rows} == {FRESH} and {"asset", "partition", "status", "causes", "notes"} == set(rows[0])
