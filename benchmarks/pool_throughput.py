@@ -23,7 +23,12 @@ import torch  # noqa: E402
 
 from gmates_assets.core.demo_corpus import DemoCorpusParams, generate_demo_shard  # noqa: E402
 from gmates_assets.core.encode import (  # noqa: E402
-    chunk_encoder_inputs, embed_documents, load_encoder, pool_chunk_outputs, prepare_text)
+    chunk_encoder_inputs,
+    embed_documents,
+    load_encoder,
+    pool_chunk_outputs,
+    prepare_text,
+)
 from gmates_assets.core.tokenize import tokenize_documents, train_bpe_tokenizer  # noqa: E402
 
 

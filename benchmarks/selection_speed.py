@@ -195,6 +195,7 @@ def main(argv=None) -> None:
             os.environ[var] = str(args.threads)
     global np, sel
     import numpy as np  # noqa: F811
+
     from gmates_assets.core import selection as sel  # noqa: F811
     print(f"numpy {np.__version__}; cpu cores visible: {os.cpu_count()}; timings are wall clock on a "
           f"shared machine and may be pessimistic")

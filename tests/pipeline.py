@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import dagster as dg
 import yaml
@@ -42,14 +43,14 @@ class Build:
         return self.root / "dagster_home"
 
     @classmethod
-    def create(cls, root: Path, manifest_text: str) -> "Build":
+    def create(cls, root: Path, manifest_text: str) -> Build:
         build = cls(root)
         root.mkdir(parents=True, exist_ok=True)
         build.manifest.write_text(manifest_text)
         ensure_local_instance(build.dagster_home)
         return build
 
-    def copy_to(self, root: Path) -> "Build":
+    def copy_to(self, root: Path) -> Build:
         """An independent copy (store, instance, manifest): lets one full build serve many edit tests."""
         shutil.copytree(self.root, root)
         copy = Build(root)

@@ -19,7 +19,13 @@ from gmates_assets.core import lm, release
 from gmates_assets.core.demo_corpus import DemoCorpusParams
 from gmates_assets.core.manifest import parse_manifest
 from gmates_assets.core.sources import (
-    ReadStats, ShardSpec, check_files, check_shards_disjoint, read_shard, shard_content)
+    ReadStats,
+    ShardSpec,
+    check_files,
+    check_shards_disjoint,
+    read_shard,
+    shard_content,
+)
 from gmates_assets.core.store import ArtifactStore
 from gmates_assets.core.validation import check_pool_size, items_that_fit, loading_model
 

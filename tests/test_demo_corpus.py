@@ -5,8 +5,17 @@ import json
 import pytest
 
 from gmates_assets.core.demo_corpus import (
-    ATTRIBUTES, TASK_TYPES, DemoCorpusParams, _fact_splits, build_kb, generate_demo_shard, generate_eval_tasks,
-    generate_heldout_text, generate_reference, write_demo_files)
+    ATTRIBUTES,
+    TASK_TYPES,
+    DemoCorpusParams,
+    _fact_splits,
+    build_kb,
+    generate_demo_shard,
+    generate_eval_tasks,
+    generate_heldout_text,
+    generate_reference,
+    write_demo_files,
+)
 from gmates_assets.core.sources import ShardSpec, read_shard
 
 PARAMS = DemoCorpusParams.tests_profile(seed=3)

@@ -10,7 +10,7 @@ import pytest
 from gmates_assets.core.encode import default_encoder_dir
 from gmates_assets.core.store import ArtifactStore
 
-from .pipeline import Build, assets_of
+from .pipeline import Build
 
 POOL = ["tokenized_pool", "embeddings"]
 

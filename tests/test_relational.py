@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmates_assets.core.oracle import cumulative_from_marginals, marginals_from_cumulative
 from gmates_assets.core.bootstrap import bootstrap_beam_search, bootstrap_rollouts, seed_share
+from gmates_assets.core.oracle import cumulative_from_marginals, marginals_from_cumulative
 from gmates_assets.core.relational import (
     RelationalInfluenceModel,
     load_influence_model,

@@ -13,8 +13,16 @@ import pytest  # noqa: E402
 from gmates_assets.core.demo_corpus import DemoCorpusParams, generate_demo_shard  # noqa: E402
 from gmates_assets.core.hashing import FileHashCache, cached_sha256_file, sha256_file  # noqa: E402
 from gmates_assets.core.sources import (  # noqa: E402
-    ShardSpec, SourceError, check_files, check_shards_disjoint, file_content_hash, read_documents_parquet,
-    read_shard, shard_content, write_documents_parquet)
+    ShardSpec,
+    SourceError,
+    check_files,
+    check_shards_disjoint,
+    file_content_hash,
+    read_documents_parquet,
+    read_shard,
+    shard_content,
+    write_documents_parquet,
+)
 
 
 def write_lines(path, lines: list[bytes]):

@@ -15,11 +15,27 @@ import torch  # noqa: E402
 
 from gmates_assets.core.demo_corpus import DemoCorpusParams, generate_demo_shard  # noqa: E402
 from gmates_assets.core.encode import (  # noqa: E402
-    EMBEDDINGS_NAME, chunk_encoder_inputs, default_encoder_dir, embed_documents, load_encoder,
-    pool_chunk_outputs, prepare_text, read_embeddings)
+    EMBEDDINGS_NAME,
+    chunk_encoder_inputs,
+    default_encoder_dir,
+    embed_documents,
+    load_encoder,
+    pool_chunk_outputs,
+    prepare_text,
+    read_embeddings,
+)
 from gmates_assets.core.tokenize import (  # noqa: E402
-    EOS_TOKEN, PAD_TOKEN, RaggedShards, bpe_training_sample, load_lm_tokenizer, read_ragged_zarr, save_tokenizer_dir,
-    tokenize_documents, train_bpe_tokenizer, write_ragged_zarr)
+    EOS_TOKEN,
+    PAD_TOKEN,
+    RaggedShards,
+    bpe_training_sample,
+    load_lm_tokenizer,
+    read_ragged_zarr,
+    save_tokenizer_dir,
+    tokenize_documents,
+    train_bpe_tokenizer,
+    write_ragged_zarr,
+)
 
 TEXTS = [d.text for d in generate_demo_shard(DemoCorpusParams.tests_profile(), 0)]
 

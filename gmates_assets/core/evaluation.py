@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from gmates_assets.core.icl import TASK_KINDS, PromptFormat, Request, build_requests, tokenizer_needs_prefix_space
 from gmates_assets.core.progress import ProgressFn
 from gmates_assets.core.validation import items_that_fit
+
 from .devices import resolve_device
 
 NORMALIZATIONS = ("token", "char", "none")
@@ -72,7 +74,7 @@ class TaskSpec:
                              f"got {self.random_baseline}")
         if self.max_items is not None and self.max_items < 1:
             raise ValueError(f"task {self.name!r}: max_items must be >= 1, got {self.max_items}")
-        self.normalization  # validates length_normalize
+        _ = self.normalization  # validates length_normalize
 
     @property
     def normalization(self) -> str:

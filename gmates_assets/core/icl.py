@@ -27,8 +27,9 @@ DCLM scores its Core tasks with llm-foundry's ICL datasets (llm-foundry 0.9, `ic
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 TASK_KINDS = ("multiple_choice", "schema", "language_modeling")
 

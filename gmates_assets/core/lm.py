@@ -20,18 +20,19 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from .devices import resolve_device
 from .hashing import hash_dir, stable_hash
 from .progress import ProgressFn, atomic_write_text
-from .devices import resolve_device
 from .rows import RowFile
 
 IGNORE_INDEX = -100
@@ -103,7 +104,7 @@ class LMArchitecture:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "LMArchitecture":
+    def from_dict(cls, values: dict[str, Any]) -> LMArchitecture:
         return cls(**values)
 
 
@@ -234,7 +235,7 @@ class PackedSequences:
         return digest.hexdigest()
 
 
-def as_token_sequences(sequences: "TokenSequences | np.ndarray") -> TokenSequences:
+def as_token_sequences(sequences: TokenSequences | np.ndarray) -> TokenSequences:
     """Accept TokenSequences, or a packed int array [m, L+1] whose every next token is a target."""
     if isinstance(sequences, TokenSequences):
         return TokenSequences(np.asarray(sequences.tokens, np.int64), np.asarray(sequences.labels, np.int64))
@@ -429,7 +430,7 @@ class OptimConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "OptimConfig":
+    def from_dict(cls, values: dict[str, Any]) -> OptimConfig:
         return cls(**values)
 
 
@@ -550,7 +551,8 @@ def load_optimizer_into(model: torch.nn.Module, directory: str | os.PathLike) ->
     for g_index, saved in enumerate(meta["param_groups"]):
         missing = [n for n in saved["params"] if n not in named]
         if missing:
-            raise ValueError(f"{d / OPTIMIZER_META_FILE}: param_groups[{g_index}] names unknown parameters {missing[:3]}")
+            raise ValueError(f"{d / OPTIMIZER_META_FILE}: param_groups[{g_index}] names unknown parameters "
+                             f"{missing[:3]}")
         groups.append({"params": [named[n] for n in saved["params"]], **_adamw_kwargs(saved)})
     optimizer = torch.optim.AdamW(groups)
     for group, saved in zip(optimizer.param_groups, meta["param_groups"]):
@@ -676,7 +678,7 @@ def _apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -
 
 def train_lm(
     model,
-    sequences: "TokenSequences | PackedSequences | np.ndarray",
+    sequences: TokenSequences | PackedSequences | np.ndarray,
     optim_cfg: OptimConfig,
     steps: int,
     batch_size: int,
@@ -785,7 +787,7 @@ def _commit_intermediate(out: Path, model, optimizer, step: int, extra: dict[str
             shutil.rmtree(older, ignore_errors=True)
 
 
-def _check_fits(model, data: "TokenSequences | PackedSequences") -> None:
+def _check_fits(model, data: TokenSequences | PackedSequences) -> None:
     config = model.config
     if data.seq_len > getattr(config, "max_position_embeddings", data.seq_len):
         raise ValueError(f"sequences: length {data.seq_len} exceeds the model's max_position_embeddings "

@@ -11,7 +11,8 @@ two backends report the same quantities.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .evaluation import (
     ContinuationScore,

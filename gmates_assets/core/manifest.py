@@ -77,7 +77,7 @@ class ShardSource(Section):
         "truncate", description="reject = a bad record (an error, or skipped under on_bad_record: skip)")
 
     @model_validator(mode="after")
-    def _format_fields(self) -> "ShardSource":
+    def _format_fields(self) -> ShardSource:
         if self.format in ("jsonl", "parquet", "text") and not self.paths:
             raise ValueError(f"format '{self.format}' needs at least one entry in paths")
         if self.format == "hf" and not self.dataset:
@@ -97,7 +97,7 @@ class TextSetSource(Section):
     max_examples: Optional[int] = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _path_for_jsonl(self) -> "TextSetSource":
+    def _path_for_jsonl(self) -> TextSetSource:
         if self.format == "jsonl" and not self.path:
             raise ValueError("format 'jsonl' needs path")
         return self
@@ -140,7 +140,7 @@ class TokenizerSection(Section):
     batch_size: int = Field(1000, ge=1, json_schema_extra=VOLATILE)
 
     @model_validator(mode="after")
-    def _name_for_pretrained(self) -> "TokenizerSection":
+    def _name_for_pretrained(self) -> TokenizerSection:
         if self.kind == "pretrained" and not self.name:
             raise ValueError("kind 'pretrained' needs name")
         return self
@@ -155,14 +155,15 @@ class EncoderSection(Section):
     max_length: int = Field(256, ge=8)
     chunk_size: int = Field(128, ge=8)
     pooling: Literal["mean", "cls"] = "mean"
-    cls_rule: Literal["every", "paper"] = Field("every", description="every chunk framed by CLS/SEP, or only the first (paper)")
+    cls_rule: Literal["every", "paper"] = Field(
+        "every", description="every chunk framed by CLS/SEP, or only the first (paper)")
     padding_chunks: Literal["skip", "include"] = "skip"
     batch_size: int = Field(64, ge=1)
     trust_remote_code: bool = False
     commit_every_docs: int = Field(512, ge=1, json_schema_extra=VOLATILE)
 
     @model_validator(mode="after")
-    def _chunks_divide(self) -> "EncoderSection":
+    def _chunks_divide(self) -> EncoderSection:
         if self.max_length % self.chunk_size:
             raise ValueError(f"max_length ({self.max_length}) must be a multiple of chunk_size ({self.chunk_size})")
         return self
@@ -178,7 +179,7 @@ class LMArchitectureSpec(Section):
     max_seq_len: int = Field(128, ge=8)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "LMArchitectureSpec":
+    def _heads_divide(self) -> LMArchitectureSpec:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
@@ -209,7 +210,7 @@ class ProbeSection(Section):
     checkpoint_every: int = Field(50, ge=1, json_schema_extra=VOLATILE)
 
     @model_validator(mode="after")
-    def _save_within_schedule(self) -> "ProbeSection":
+    def _save_within_schedule(self) -> ProbeSection:
         if self.save_step > self.total_steps:
             raise ValueError(f"save_step ({self.save_step}) must be <= total_steps ({self.total_steps})")
         return self
@@ -358,7 +359,7 @@ class TaskSuiteFile(Section):
     tasks: list[SuiteTask] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _complete(self) -> "TaskSuiteFile":
+    def _complete(self) -> TaskSuiteFile:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, repeated: {sorted({n for n in names if names.count(n) > 1})}")
@@ -454,13 +455,14 @@ class Manifest(Section):
     release: ReleaseSection = ReleaseSection()
 
     @model_validator(mode="after")
-    def _cross_section(self) -> "Manifest":
+    def _cross_section(self) -> Manifest:
         if self.release.method not in self.selection.methods:
             raise ValueError(
                 f"release.method '{self.release.method}' is not one of selection.methods {self.selection.methods}"
             )
         if self.pretrain.init == "probe" and self.pretrain.model != self.probe.model:
-            raise ValueError("pretrain.init 'probe' continues the probe model, so pretrain.model must equal probe.model")
+            raise ValueError("pretrain.init 'probe' continues the probe model, so pretrain.model must equal "
+                             "probe.model")
         if self.oracle.pool_size < self.oracle.rollout_length:
             raise ValueError("oracle.pool_size must be at least oracle.rollout_length")
         return self
@@ -484,7 +486,7 @@ class LoadedManifest:
         local = self.resolve(name)
         return str(local) if local.is_dir() else name
 
-    def with_manifest(self, manifest) -> "LoadedManifest":
+    def with_manifest(self, manifest) -> LoadedManifest:
         """The same file seen through another manifest object (e.g. a view that records what is read)."""
         return LoadedManifest(manifest, self.path, self.text)
 

@@ -6,8 +6,9 @@ methods are compared at equal data. Add a method by decorating a function with `
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 

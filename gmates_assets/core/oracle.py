@@ -10,9 +10,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import polars as pl
@@ -237,12 +238,12 @@ def _array_hash(array: np.ndarray) -> str:
 
 def probe_rollouts(
     checkpoint_dir: str | os.PathLike,
-    sequences: "TokenSequences | np.ndarray",
+    sequences: TokenSequences | np.ndarray,
     ref_batches,
     rollouts: np.ndarray,
     out_dir: str | os.PathLike,
     chunk_rollouts: int,
-    lr_policy: "str | float" = "checkpoint",
+    lr_policy: str | float = "checkpoint",
     seed: int = 0,
     progress: ProgressFn = None,
     device=None,

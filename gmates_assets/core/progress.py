@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 # progress(done, total, unit) -> None; the Dagster shell turns it into log lines with percent and rate.
 ProgressFn = Optional[Callable[[int, int, str], None]]

@@ -19,9 +19,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 
 from gmates_assets.core.encode import pool_chunk_outputs
 from gmates_assets.core.progress import ProgressFn, atomic_write_bytes, atomic_write_text
+
 from .devices import resolve_device as default_device
 
 MODES = ("adapter", "finetune")
@@ -127,7 +129,7 @@ class RelationalInfluenceModel(nn.Module):
 
     @classmethod
     def from_encoder_dir(cls, encoder_dir: str | os.PathLike, pooling: str = "cls", dropout: float = 0.1
-                         ) -> "RelationalInfluenceModel":
+                         ) -> RelationalInfluenceModel:
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(str(encoder_dir), local_files_only=True)

@@ -29,10 +29,11 @@ import shutil
 import socket
 import sys
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import polars as pl
@@ -40,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from gmates_assets.core.hashing import BOOKKEEPING_NAMES, sha256_bytes, sha256_file, stable_json
+from gmates_assets.core.hashing import sha256_bytes, sha256_file, stable_json
 from gmates_assets.core.rows import compact
 
 RELEASE_FORMAT = "gmates-release/1"
@@ -157,7 +158,7 @@ def shard_names(n_shards: int) -> list[str]:
 
 
 def _write_shards(spill: _Spill, ids: pl.Series, root: Path, rows_per_shard: int, order: str,
-                  stats: "_StatsBuilder") -> list[dict[str, Any]]:
+                  stats: _StatsBuilder) -> list[dict[str, Any]]:
     """One release shard at a time. The release visits each piece's rows in their stored order (sorted by doc_id,
     or as given), so a shard takes one contiguous row range [cursor, cursor + count) of every piece."""
     # release row -> row of the concatenated pieces
@@ -183,7 +184,7 @@ def _write_shards(spill: _Spill, ids: pl.Series, root: Path, rows_per_shard: int
     return shards
 
 
-def selected_ids_sha256(doc_ids: "Sequence[str] | pl.Series") -> str:
+def selected_ids_sha256(doc_ids: Sequence[str] | pl.Series) -> str:
     """sha256 of the sorted ids, each followed by a newline (UTF-8); independent of the row order."""
     ids = (doc_ids if isinstance(doc_ids, pl.Series) else pl.Series("doc_id", list(doc_ids), dtype=pl.String)).sort()
     digest = hashlib.sha256()
@@ -362,7 +363,7 @@ def _install(tmp: Path, out: Path, overwrite: bool) -> None:
     os.rename(tmp, out)
 
 
-def write_release(out_dir: str | os.PathLike, table: "pl.DataFrame | Iterable[pl.DataFrame]", rows_per_shard: int,
+def write_release(out_dir: str | os.PathLike, table: pl.DataFrame | Iterable[pl.DataFrame], rows_per_shard: int,
                   lineage: dict[str, Any], card: dict[str, Any], *, order: str = "doc_id",
                   volatile: dict[str, Any] | None = None, overwrite: bool = False) -> ReleaseSummary:
     """Write a release into `out_dir` (which must be absent or empty unless overwrite=True).

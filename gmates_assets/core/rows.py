@@ -11,8 +11,8 @@ once never leaves the whole file resident in the process.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -102,7 +102,7 @@ class RowFile:
         return self.shape[0]
 
     @classmethod
-    def write_permuted(cls, path: str | os.PathLike, x, order: np.ndarray, block_rows: int = 8192) -> "RowFile":
+    def write_permuted(cls, path: str | os.PathLike, x, order: np.ndarray, block_rows: int = 8192) -> RowFile:
         """Rows x[order[0]], x[order[1]], ... in a new file, reading x in pool-order blocks of block_rows.
 
         Each block is scattered into the file through a memory map that is closed right after, so at most

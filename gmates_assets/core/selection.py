@@ -23,11 +23,12 @@ import math
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class SelectionResult:
     cluster: np.ndarray
 
     @classmethod
-    def from_picks(cls, indices, score, cluster=None) -> "SelectionResult":
+    def from_picks(cls, indices, score, cluster=None) -> SelectionResult:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         score = np.asarray(score, dtype=np.float64).reshape(-1)
         cluster = (np.full(indices.shape, -1, dtype=np.int64) if cluster is None

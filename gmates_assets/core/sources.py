@@ -22,9 +22,10 @@ import glob
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Literal, Optional, Sequence
+from typing import Any, BinaryIO, Literal, Optional
 
 from .hashing import FileHashCache, cached_sha256_file, sha256_bytes, stable_hash
 
@@ -84,7 +85,7 @@ class ReadStats:
                 "truncated": self.truncated}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ReadStats":
+    def from_dict(cls, data: dict) -> ReadStats:
         return cls(data.get("n_read", 0), data.get("n_kept", 0), dict(data.get("skipped", {})),
                    data.get("truncated", 0))
 
@@ -366,7 +367,7 @@ class _HashedFile:
         self.handle: BinaryIO = open(path, "rb")
         self.digest = hashlib.sha256()
 
-    def __enter__(self) -> "_HashedFile":
+    def __enter__(self) -> _HashedFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -39,16 +39,25 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 import fsspec
 
-from .hashing import (BOOKKEEPING_NAMES, cache_dir, combine_file_digests, hash_dir, is_temp_name,
-                      remove_temp_files, sha256_stream, stable_hash)
+from .hashing import (
+    BOOKKEEPING_NAMES,
+    cache_dir,
+    combine_file_digests,
+    hash_dir,
+    is_temp_name,
+    remove_temp_files,
+    sha256_stream,
+    stable_hash,
+)
 from .progress import atomic_write_text
 
 RECORD_FILE = "_artifact.json"

@@ -7,9 +7,10 @@ setting (dotted manifest field) and, where there is one, the file and line.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 TooLong = Literal["error", "skip"]
 

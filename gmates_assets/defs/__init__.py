@@ -14,7 +14,6 @@ from .factory import dagster_assets, graph_for
 from .resources import GmatesResource
 
 
-
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
     path = Path(manifest_path).resolve()
     loaded = load_manifest(path)

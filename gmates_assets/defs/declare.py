@@ -8,8 +8,9 @@ cache key, and release lineage is the set of graph ancestors. Nothing else lists
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
     from ..core.manifest import LoadedManifest, Manifest
@@ -29,9 +30,9 @@ SHARDS, SEEDS, METHODS = "shards", "seeds", "methods"
 class Input:
     asset: str
     partitions: PartitionMap = None
-    when: Optional[Callable[["Manifest"], bool]] = None  # an input some manifests don't have
+    when: Optional[Callable[[Manifest], bool]] = None  # an input some manifests don't have
 
-    def active(self, manifest: "Manifest") -> bool:
+    def active(self, manifest: Manifest) -> bool:
         return self.when is None or bool(self.when(manifest))
 
 
@@ -50,7 +51,7 @@ class AssetDecl:
     group: str
     description: str
     compute: Optional[Callable[..., dict]] = None
-    observe: Optional[Callable[["LoadedManifest"], Any]] = None
+    observe: Optional[Callable[[LoadedManifest], Any]] = None
     inputs: tuple[Input, ...] = ()
     sections: tuple[str, ...] = ()
     version: str = "1"
@@ -59,11 +60,11 @@ class AssetDecl:
     resumable: bool = False
     # Input identities that are not assets (an encoder's weights, a tokenizer revision, a release's lineage):
     # (raw manifest, Dagster instance, AssetGraph) -> dict, folded into the cache key.
-    identity: Optional[Callable[["LoadedManifest", Any, Any], dict]] = None
+    identity: Optional[Callable[[LoadedManifest, Any, Any], dict]] = None
     checks: tuple[Check, ...] = ()
     # Asset checks evaluated on the stored artifact (so they also run on a reuse): (step, artifact) -> results.
-    check_fn: Optional[Callable[[Any, "Artifact"], list]] = None
-    enabled: Optional[Callable[["Manifest"], bool]] = None
+    check_fn: Optional[Callable[[Any, Artifact], list]] = None
+    enabled: Optional[Callable[[Manifest], bool]] = None
     # Validation run before building (on the unrecorded manifest): it may only raise, never shape the output,
     # so it can read settings outside `sections` (e.g. the reference set fits probe.seq_len).
     precheck: Optional[Callable[[Any], None]] = None
@@ -72,8 +73,8 @@ class AssetDecl:
     def is_source(self) -> bool:
         return self.observe is not None
 
-    def active(self, manifest: "Manifest") -> bool:
+    def active(self, manifest: Manifest) -> bool:
         return self.enabled is None or bool(self.enabled(manifest))
 
-    def active_inputs(self, manifest: "Manifest") -> list[Input]:
+    def active_inputs(self, manifest: Manifest) -> list[Input]:
         return [i for i in self.inputs if i.active(manifest)]

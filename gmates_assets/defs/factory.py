@@ -1,4 +1,4 @@
-"""Declarations -> Dagster asset definitions: deps and partition mappings, code versions, checks (automation: automation.py)."""
+"""Declarations -> Dagster assets: deps, partition mappings, code versions, checks (automation: automation.py)."""
 from __future__ import annotations
 
 from functools import lru_cache

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from itertools import cycle
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import dagster as dg
 
@@ -45,7 +46,7 @@ class InProcessRuns:
         self.job = defs.resolve_implicit_global_asset_job_def()
         self.instance = instance
 
-    def __enter__(self) -> "InProcessRuns":
+    def __enter__(self) -> InProcessRuns:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -76,7 +77,7 @@ class InstanceRuns:
         self.gpus = cycle(list(gpus)) if gpus else None
         self._stack = ExitStack()
 
-    def __enter__(self) -> "InstanceRuns":
+    def __enter__(self) -> InstanceRuns:
         from dagster._core.workspace.context import WorkspaceProcessContext  # private, pinned dagster
         from dagster._core.workspace.load_target import ModuleTarget  # private, pinned dagster
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -19,8 +19,8 @@ from ..artifacts import documents_column, gather_embeddings, pool_tokens, zarr_g
 from ..declare import SEEDS, SHARDS, AssetDecl, Input
 from ..graph import seed_from_key
 from ..runtime import png_md
-from .common import shard_index
 from ..wiring import reference_examples, textset_identity
+from .common import shard_index
 from .pool import encoder_location
 
 GROUP = "influence"

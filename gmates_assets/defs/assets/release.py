@@ -1,8 +1,8 @@
 """Release stage: the chosen method's selection as a verifiable, lineage-tracked parquet dataset."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import dagster as dg
 import numpy as np

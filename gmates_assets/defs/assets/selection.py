@@ -12,7 +12,7 @@ from ...core import methods, relational
 from ...core import selection as sel
 from ...core.plots import bar_plot, histograms
 from ..artifacts import documents_column, pool_rows
-from ..declare import METHODS, Check, AssetDecl, Input
+from ..declare import METHODS, AssetDecl, Check, Input
 from ..runtime import png_md
 
 GROUP = "selection"
@@ -116,7 +116,8 @@ def check_selection(step, artifact) -> list[dg.AssetCheckResult]:
         dg.AssetCheckResult(check_name="no_duplicate_ids", passed=duplicates == 0, metadata={"duplicates": duplicates}),
         dg.AssetCheckResult(check_name="selection_size_exact", passed=len(ids) == expected,
                             metadata={"selected": len(ids), "expected": expected}),
-        dg.AssetCheckResult(check_name="ids_exist_in_documents", passed=unknown == 0, metadata={"unknown_ids": unknown}),
+        dg.AssetCheckResult(check_name="ids_exist_in_documents", passed=unknown == 0,
+                            metadata={"unknown_ids": unknown}),
     ]
 
 
