@@ -429,9 +429,11 @@ class ExecutionSection(Section):
                     "submits runs through the Dagster instance's run coordinator and launcher (dagster.yaml)")
     max_concurrent: int = Field(2, ge=1, json_schema_extra=VOLATILE, description="runs in flight at once")
     executor: str = Field(
-        "multiprocess", json_schema_extra=VOLATILE,
-        description="executor inside a launched run: in_process, multiprocess, or module:attribute of any Dagster "
-                    "executor (e.g. dagster_k8s:k8s_job_executor)")
+        "in_process", json_schema_extra=VOLATILE,
+        description="executor inside a launched run: in_process (default: sync and the sensor make one run per "
+                    "partition, so a run rarely has two steps to overlap and a step subprocess would only add a "
+                    "process start), multiprocess, or module:attribute of any Dagster executor (e.g. "
+                    "dagster_k8s:k8s_job_executor)")
     device: str = Field("auto", json_schema_extra=VOLATILE, description="auto (cuda when available), cpu, cuda, cuda:N")
     gpus: list[int] = Field(default_factory=list, json_schema_extra=VOLATILE,
                             description="GPU ids handed to concurrent runs round robin (run tag gmates/gpu)")
