@@ -20,7 +20,7 @@ from .core.manifest import DEFAULT_MANIFEST
 
 
 def ensure_dagster_home() -> Path:
-    from .defs.instance import ensure_local_instance
+    from .local_instance import ensure_local_instance
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)

@@ -11,8 +11,8 @@ import dagster as dg
 import yaml
 
 from gmates_assets.defs import build_definitions
-from gmates_assets.defs.instance import ensure_local_instance, local_instance_yaml
 from gmates_assets.defs.sync import FRESH, asset_statuses, sync
+from gmates_assets.local_instance import ensure_local_instance, local_instance_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS_MANIFEST = ROOT / "data_manifests" / "tests.yaml"

@@ -13,7 +13,7 @@ One scenario on the `tests` profile (the steps depend on each other):
   6. the webserver listens on loopback only, and every process it started is gone afterwards.
 
 No fixed sleeps: every wait polls a condition against a deadline. The sensor is evaluated every
-SENSOR_INTERVAL seconds here ($GMATES_AUTOMATION_INTERVAL_S) and the run queue every second (DAGSTER_YAML).
+SENSOR_INTERVAL seconds here ($GMATES_AUTOMATION_INTERVAL_S) and the run queue every second (RUN_QUEUE_YAML).
 """
 from __future__ import annotations
 

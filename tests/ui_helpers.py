@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from gmates_assets.local_instance import local_instance_yaml
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # The run queue is polled every second instead of every 5 s: runs the sensor requests start sooner.
-DAGSTER_YAML = "telemetry:\n  enabled: false\nrun_queue:\n  dequeue_interval_seconds: 1\n"
+# gmates' local instance (one consolidated event log, where `gmates sync` wrote the build) + a fast run queue.
+RUN_QUEUE_YAML = "run_queue:\n  dequeue_interval_seconds: 1\n"
 LOCATION = "gmates"
 REPOSITORY = "__repository__"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -71,7 +74,7 @@ class DagsterDev:
     def start(self) -> DagsterDev:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         self.gmates_home.mkdir(parents=True, exist_ok=True)
-        (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+        (self.dagster_home / "dagster.yaml").write_text(local_instance_yaml(self.dagster_home) + RUN_QUEUE_YAML)
         exe = Path(sys.executable).parent / "dagster"  # the venv's, even when the venv is not activated
         cmd = [str(exe) if exe.is_file() else "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
                "-h", "127.0.0.1", "-p", str(self.port)]
