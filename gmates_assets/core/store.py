@@ -149,7 +149,7 @@ class BuildLock:
         if holder is None:  # unreadable: judge by the file's age
             try:
                 modified = self.fs.modified(path).timestamp()
-            except (FileNotFoundError, NotImplementedError, OSError):
+            except (NotImplementedError, OSError):  # gone, or a filesystem without modification times
                 return False
             return time.time() - modified > self.stale_after
         if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
