@@ -50,12 +50,18 @@ def _compute_seconds(instance) -> tuple[float, int]:
     import dagster as dg
 
     total, partitions = 0.0, 0
-    for records in (instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(a)), limit=100000)
-                    for a in ["documents", "tokenized_pool", "embeddings", "lm_tokenizer"] + TARGETS):
-        for record in records.records:
-            meta = record.asset_materialization.metadata
-            total += float(meta["compute_seconds"].value) if "compute_seconds" in meta else 0.0
-            partitions += 1
+    for asset in ["documents", "tokenized_pool", "embeddings", "lm_tokenizer"] + TARGETS:
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)),
+                                                   limit=1000, cursor=cursor)
+            for record in page.records:
+                meta = record.asset_materialization.metadata
+                total += float(meta["compute_seconds"].value) if "compute_seconds" in meta else 0.0
+                partitions += 1
+            if not page.has_more:
+                break
+            cursor = page.cursor
     return total, partitions
 
 
@@ -75,14 +81,14 @@ def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int) -> dic
     from gmates_assets.cli import _runs
     from gmates_assets.defs import build_definitions
     from gmates_assets.defs.sync import sync
+    from gmates_assets.local_instance import ensure_local_instance
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _write_pool(root, n_shards, docs)
         manifest = root / "manifest.yaml"
         manifest.write_text(yaml.safe_dump(_manifest(n_shards, launcher, max_concurrent)))
-        (root / "dh").mkdir()
-        (root / "dh" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        ensure_local_instance(root / "dh")  # the instance config `gmates sync` itself creates
         os.environ["DAGSTER_HOME"], os.environ["GMATES_HOME"] = str(root / "dh"), str(root / "store")
         defs = build_definitions(manifest)
         with dg.DagsterInstance.get() as instance:

@@ -241,3 +241,19 @@ def test_pieces_are_checked_as_one_table(tmp_path):
     with pytest.raises(ReleaseError, match="missing column"):
         write_release(tmp_path / "x", [], 10, LINEAGE, CARD)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_a_selection_with_repeated_or_unknown_ids_fails_before_any_text_is_read(tmp_path):
+    from gmates_assets.core.rows import ParquetColumn
+    from gmates_assets.defs.assets.release import _require_known_unique
+
+    paths = []
+    for shard, ids in enumerate([["a:1", "a:2"], [], ["b:1"]]):
+        paths.append(tmp_path / f"docs{shard}.parquet")
+        pl.DataFrame({"doc_id": ids}, schema={"doc_id": pl.String}).write_parquet(paths[-1])
+    docs = ParquetColumn(paths, "doc_id")
+    _require_known_unique(pl.Series(["b:1", "a:1"]), docs, "random")
+    with pytest.raises(ValueError, match=r"random\]: 1 doc_id\(s\) appear more than once, e.g. \['a:2'\]"):
+        _require_known_unique(pl.Series(["a:2", "b:1", "a:2"]), docs, "random")
+    with pytest.raises(ValueError, match=r"2 doc_id\(s\) are not pool documents, e.g. \['c:9', 'a:3'\]"):
+        _require_known_unique(pl.Series(["c:9", "a:1", "a:3"]), docs, "random")

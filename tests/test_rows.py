@@ -9,7 +9,7 @@ import zarr
 
 from gmates_assets.core import methods
 from gmates_assets.core import selection as sel
-from gmates_assets.core.rows import ConcatRows, ParquetColumn, RowFile, ShardLayout
+from gmates_assets.core.rows import ConcatRows, ParquetColumn, RowFile, ShardLayout, SortedValues
 
 SIZES = (7, 0, 12, 5, 9)
 
@@ -38,6 +38,26 @@ def test_shard_layout_locates_global_indices():
     assert [(s, p.tolist(), r.tolist()) for s, p, r in located] == [(0, [1, 3], [0, 2]), (2, [0, 2], [1, 0])]
     with pytest.raises(IndexError):
         layout.locate(np.array([5]))
+
+
+def test_shard_layout_locate_matches_a_per_shard_scan_over_many_shards():
+    rng = np.random.default_rng(3)
+    layout = ShardLayout(rng.integers(0, 5, size=300))
+    index = rng.integers(0, layout.n, size=2000)
+    located = layout.locate(index)
+    for shard, positions, rows in located:
+        expected = np.flatnonzero(np.searchsorted(layout.starts, index, side="right") - 1 == shard)
+        assert positions.tolist() == expected.tolist()  # request order kept within a shard
+        assert np.array_equal(rows, index[positions] - layout.starts[shard])
+    assert sorted(np.concatenate([p for _, p, _ in located]).tolist()) == list(range(len(index)))
+
+
+def test_sorted_values_membership_equals_is_in():
+    rng = np.random.default_rng(4)
+    pool = pl.Series([f"f{rng.integers(0, 9)}.jsonl:{rng.integers(0, 500)}" for _ in range(3000)])
+    wanted = SortedValues(pl.Series(pool.sample(400, seed=1).to_list() + ["unknown", None]))
+    assert wanted.contains(pool).tolist() == pool.is_in(wanted.values.implode()).to_list()
+    assert not SortedValues(pl.Series([], dtype=pl.String)).contains(pool).any()
 
 
 def test_concat_rows_reads_like_the_concatenated_array(tmp_path, matrix):
@@ -81,9 +101,9 @@ def test_parquet_column_gathers_finds_and_scans(tmp_path):
     assert len(column) == len(ids)
     assert column[np.array([30, 0, 12, 7])].to_list() == ["doc-30", "doc-0", "doc-12", "doc-7"]
     assert column[np.array([], dtype=np.int64)].to_list() == []
-    wanted = pl.Series(["doc-20", "doc-3", "nope", "doc-3"])
+    wanted = pl.Series(["doc-20", "doc-3", "nope", "doc-3", None, "doc-99"])
     assert column.find(wanted).tolist() == [3, 20]
-    assert column.contains(wanted).tolist() == [True, True, False, True]
+    assert column.contains(wanted).tolist() == [True, True, False, True, False, False]
     assert column.scan().collect()["doc_id"].to_list() == ids
 
 

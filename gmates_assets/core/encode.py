@@ -22,6 +22,7 @@ h averages ("masked_chunks" or "all_chunks").
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -61,17 +62,34 @@ def default_encoder_dir() -> str:
 
 def load_encoder(name_or_dir: str | None = None, revision: str | None = None, trust_remote_code: bool = False,
                  device: str | torch.device | None = None):
-    """(model, tokenizer) for any HF encoder; None loads the bundled all-MiniLM-L6-v2 (offline)."""
+    """(model, tokenizer) for any HF encoder; None loads the bundled all-MiniLM-L6-v2 (offline).
+
+    Kept for the life of the process (one entry): `gmates sync` runs every shard's step in one process, and
+    reloading the encoder per shard cost more than embedding a small shard. A local folder's file sizes and
+    mtimes are part of the key, so an edited model is loaded again. Callers only run inference with it.
+    """
+    name = name_or_dir or default_encoder_dir()
+    return _load_encoder_cached(name, revision, trust_remote_code, str(pick_device(device)), _folder_stamp(name))
+
+
+def _folder_stamp(name: str) -> tuple:
+    if not os.path.isdir(name):
+        return ()
+    return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                        for entry in os.scandir(name) if entry.is_file()))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: bool, device: str, _stamp: tuple):
     from transformers import AutoModel, AutoTokenizer
 
-    name = name_or_dir or default_encoder_dir()
     kwargs = {}
     if revision and not os.path.isdir(name):
         kwargs["revision"] = revision
     if trust_remote_code:  # only ever passed when explicitly requested
         kwargs["trust_remote_code"] = True
     with loading_model("encoder.model", str(name)):
-        model = AutoModel.from_pretrained(name, **kwargs).to(pick_device(device)).eval()
+        model = AutoModel.from_pretrained(name, **kwargs).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     return model, tokenizer
 

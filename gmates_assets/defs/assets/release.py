@@ -10,6 +10,7 @@ import polars as pl
 
 from ...core import release as rel
 from ...core.manifest import _semantic_value, fingerprint, section_value
+from ...core.rows import SortedValues
 from ..artifacts import documents_column, pool_rows
 from ..declare import AssetDecl, Input
 
@@ -67,16 +68,25 @@ def _release_pieces(step, method: str) -> Iterator[pl.DataFrame]:
                                columns=["cluster"])["cluster"]
     scores = pool_rows(step, "influence_scores", "s")
     docs = documents_column(step, "doc_id")
-    found = 0
+    _require_known_unique(selected, docs, method)  # before any text is read or release shard written
+    wanted = SortedValues(selected)
     for shard, (start, size) in enumerate(zip(docs.layout.starts, docs.layout.sizes)):
         rows = pl.read_parquet(docs.paths[shard], columns=["doc_id", "text", "source"]).with_columns(
             influence_score=pl.Series(scores[start:start + size].astype(np.float64)),
             cluster=clusters.slice(start, size))
-        piece = rows.filter(pl.col("doc_id").is_in(selected.implode()))
-        found += piece.height
-        yield piece
-    if found != selected.n_unique():
-        raise ValueError(f"{selected.n_unique() - found} selected doc_id(s) of {method} are not pool documents")
+        yield rows.filter(pl.Series(wanted.contains(rows["doc_id"])))
+
+
+def _require_known_unique(selected: pl.Series, docs, method: str) -> None:
+    """A selection naming a document twice, or one the pool lacks, would give a release of the wrong size."""
+    repeated = selected.filter(selected.is_duplicated()).unique().sort()
+    if len(repeated):
+        raise ValueError(f"selected_subset[{method}]: {len(repeated)} doc_id(s) appear more than once, "
+                         f"e.g. {repeated.head(3).to_list()}")
+    unknown = selected.filter(pl.Series(~docs.contains(selected)))
+    if len(unknown):
+        raise ValueError(f"selected_subset[{method}]: {len(unknown)} doc_id(s) are not pool documents, "
+                         f"e.g. {unknown.head(3).to_list()}")
 
 
 def build_dataset_release(step, out: Path) -> dict:
