@@ -68,3 +68,15 @@ def test_workspace_loads_through_dagster_definitions_validate(name, no_network, 
     assert "Validation successful for code location gmates" in result.output
     loaded = sys.modules["definitions"].defs
     assert shard_partitions(loaded) == [s.name for s in load_manifest(path).manifest.sources.shards]
+
+
+def test_loading_definitions_leaves_torch_and_plotting_unimported():
+    """Every launched run and the CLI load the Definitions: torch, scipy and matplotlib come in only when a step
+    computes with them (gmates_assets/lazy.py)."""
+    import subprocess
+
+    code = ("import sys; from gmates_assets.defs import build_definitions; "
+            f"build_definitions({str(ROOT / 'data_manifests' / 'tests.yaml')!r}); "
+            "print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'transformers', 'faiss') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

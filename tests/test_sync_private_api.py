@@ -62,3 +62,35 @@ def test_select_limits_the_sync_to_an_asset_and_its_upstream():
     with dg.instance_for_test() as instance:
         report = sync(toy_defs({"p0": "a", "p1": "a"}), instance, select=["docs"])
         assert {a for a, _ in report.executed} == {"docs"}
+
+
+def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
+    """emb[p] reads only docs[p] (identity): it joins docs[p]'s run. tok[p] also reads agg (all of docs), so
+    it waits for agg's wave. A run covers one partition key, so the runs are p0, p1, agg, p0, p1."""
+    @dg.observable_source_asset(partitions_def=PARTS)
+    def src():
+        return dg.DataVersionsByPartition({"p0": dg.DataVersion("a"), "p1": dg.DataVersion("a")})
+
+    @dg.asset(partitions_def=PARTS, deps=[src])
+    def docs():
+        return dg.MaterializeResult(data_version=dg.DataVersion("d"))
+
+    @dg.asset(partitions_def=PARTS, deps=[dg.AssetDep(docs, partition_mapping=dg.IdentityPartitionMapping())])
+    def emb():
+        return None
+
+    @dg.asset(deps=[docs])
+    def agg():
+        return None
+
+    @dg.asset(partitions_def=PARTS, deps=[docs, agg])
+    def tok():
+        return None
+
+    defs = dg.Definitions(assets=[src, docs, emb, agg, tok])
+    with dg.instance_for_test() as instance:
+        report = sync(defs, instance)
+        assert report.waves == [[("docs", "p0"), ("docs", "p1"), ("emb", "p0"), ("emb", "p1")], [("agg", None)],
+                                [("tok", "p0"), ("tok", "p1")]]
+        assert len(report.runs) == 1 + 5  # the observation, then one run per partition key and wave
+        assert set(statuses(defs, instance).values()) == {FRESH}

@@ -202,10 +202,44 @@ def _ancestors(graph, names: set[str]) -> set[str]:
     return seen
 
 
+def _identity_ancestors(graph, name: str) -> set[str]:
+    """Ancestors linked to `name` only through identity partition mappings: partition k of `name` reads
+    partition k of each of them and nothing else of them (e.g. embeddings[k] <- documents[k])."""
+    closure, todo, tainted = {name}, [name], set()
+    while todo:
+        child = dg.AssetKey(todo.pop())
+        for parent in graph.get(child).parent_keys:
+            parent_name = parent.to_user_string()
+            same = graph.get(parent).partitions_def == graph.get(child).partitions_def is not None
+            if same and isinstance(graph.get_partition_mapping(child, parent), dg.IdentityPartitionMapping):
+                if parent_name not in closure:
+                    closure.add(parent_name)
+                    todo.append(parent_name)
+            else:
+                tainted |= {parent_name} | _ancestors(graph, {parent_name})
+    return closure - tainted - {name}
+
+
 def _ready(pending: Sequence[PartitionStatus], graph) -> list[PartitionStatus]:
-    """Pending partitions none of whose upstream assets (transitively) still have pending partitions."""
+    """The next wave: pending partitions none of whose upstream assets still have pending partitions, plus
+    partitions whose only pending upstream is the same partition of identity-linked assets already in the
+    wave. Those join that partition's run (e.g. documents[k] and embeddings[k] in one run): Dagster runs them
+    in dependency order, and each run's fixed cost (a process start with a run launcher) is paid once."""
     pending_assets = {p.asset for p in pending}
-    return [p for p in pending if not (_ancestors(graph, {p.asset}) & pending_assets)]
+    pending_items = {(p.asset, p.partition) for p in pending}
+    order = {k.to_user_string(): i for i, k in enumerate(graph.toposorted_asset_keys)}
+    wave: list[PartitionStatus] = []
+    in_wave: set[tuple[str, Optional[str]]] = set()
+    upstream_of = {a: _ancestors(graph, {a}) & pending_assets for a in pending_assets}
+    linked_to = {a: _identity_ancestors(graph, a) for a in pending_assets if upstream_of[a]}
+    for item in sorted(pending, key=lambda p: order.get(p.asset, 0)):
+        upstream = upstream_of[item.asset]
+        if upstream - (linked_to.get(item.asset, set()) if item.partition is not None else set()):
+            continue
+        if all((a, item.partition) in in_wave or (a, item.partition) not in pending_items for a in upstream):
+            wave.append(item)
+            in_wave.add((item.asset, item.partition))
+    return wave
 
 
 def _run_groups(ready: Sequence[PartitionStatus]) -> list[tuple[Optional[str], list[str]]]:

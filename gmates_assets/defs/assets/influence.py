@@ -11,10 +11,10 @@ import polars as pl
 import zarr
 from safetensors.numpy import load_file, save_file
 
-from ...core import bootstrap, lm, oracle, probe, relational, validation
+from ...core import validation
 from ...core.hashing import hash_dir
-from ...core.plots import line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
+from ...lazy import lazy_module
 from ..artifacts import documents_column, gather_embeddings, pool_tokens, zarr_group
 from ..declare import SEEDS, SHARDS, AssetDecl, Input
 from ..graph import seed_from_key
@@ -22,6 +22,9 @@ from ..runtime import png_md
 from ..wiring import reference_examples, textset_identity
 from .common import shard_index
 from .pool import encoder_location
+
+bootstrap, lm, oracle, probe, relational, plots = (
+    lazy_module(f"gmates_assets.core.{m}") for m in ("bootstrap", "lm", "oracle", "probe", "relational", "plots"))
 
 GROUP = "influence"
 # What probing reads besides the oracle section: the reference set and the probe's sequence length and loss.
@@ -124,8 +127,9 @@ def _model_metadata(trained: relational.TrainedModel, prefix: str) -> dict:
     if curves.get("step") and curves.get("eval_step"):
         losses = {"train loss": curves["train_loss"], "held-out loss": curves["eval_loss"]}
         steps = {"train loss": curves["step"], "held-out loss": curves["eval_step"]}
-        out[f"{prefix}_loss_curve"] = png_md(line_plot(losses, f"{prefix}: MSE on z-scored labels", x=steps), "loss")
-        out[f"{prefix}_spearman_curve"] = png_md(line_plot(
+        out[f"{prefix}_loss_curve"] = png_md(
+            plots.line_plot(losses, f"{prefix}: MSE on z-scored labels", x=steps), "loss")
+        out[f"{prefix}_spearman_curve"] = png_md(plots.line_plot(
             {"held-out Spearman": curves["eval_spearman"]}, f"{prefix}: held-out Spearman",
             x={"held-out Spearman": curves["eval_step"]}), "spearman")
     return out
@@ -187,7 +191,8 @@ def build_probe_checkpoint(step, out: Path) -> dict:
     summary = probe.warm_up(pool_tokens(step), special_ids(tok)[0], config, out, progress=step.progress("warm-up"),
                             device=step.device)
     losses = summary.pop("losses")
-    return {**summary, "loss_curve": png_md(line_plot({"train loss": losses}, "probe warm-up loss"), "loss curve")}
+    curve = plots.line_plot({"train loss": losses}, "probe warm-up loss")
+    return {**summary, "loss_curve": png_md(curve, "loss curve")}
 
 
 def build_probe_pool(step, out: Path) -> dict:

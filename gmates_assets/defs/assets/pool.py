@@ -6,15 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core import encode, sources, tokenize
+from ...core import sources, tokenize
 from ...core.hashing import hash_dir
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
+from ...lazy import lazy_module
 from ..artifacts import documents_column
 from ..declare import SHARDS, AssetDecl, Input
 from ..runtime import table
 from ..wiring import shard_by_name, shard_spec
 from .common import shard_index
+
+encode = lazy_module("gmates_assets.core.encode")
 
 GROUP = "pool"
 

@@ -8,12 +8,14 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ...core import methods, relational
+from ...core import methods
 from ...core import selection as sel
-from ...core.plots import bar_plot, histograms
+from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_rows
 from ..declare import METHODS, AssetDecl, Check, Input
 from ..runtime import png_md
+
+relational, plots = lazy_module("gmates_assets.core.relational"), lazy_module("gmates_assets.core.plots")
 
 GROUP = "selection"
 
@@ -75,7 +77,7 @@ def build_cluster_assignments(step, out: Path) -> dict:
     return {"dagster/row_count": int(len(x)), "k": section.k, "space": section.space,
             "largest_cluster": int(sizes.max()), "smallest_cluster": int(sizes.min()),
             "empty_clusters": int((sizes == 0).sum()),
-            "cluster_sizes": png_md(histograms({"cluster size": sizes}, "cluster-size histogram", bins=20))}
+            "cluster_sizes": png_md(plots.histograms({"cluster size": sizes}, "cluster-size histogram", bins=20))}
 
 
 def build_selected_subset(step, out: Path) -> dict:
@@ -99,10 +101,10 @@ def _selection_metadata(result: sel.SelectionResult, pool: methods.PoolScores, m
         "alpha": round(pool.alpha, 5),
         "mean_s_selected": round(float(s[chosen].mean()), 4) if chosen.any() else None,
         "mean_s_rejected": round(float(s[~chosen].mean()), 4) if (~chosen).any() else None,
-        "selected_fraction_per_cluster": png_md(bar_plot(fraction, f"{method}: selected fraction per cluster")),
-        "score_distribution": png_md(histograms({"selected": s[chosen], "rejected": s[~chosen]},
+        "selected_fraction_per_cluster": png_md(plots.bar_plot(fraction, f"{method}: selected fraction per cluster")),
+        "score_distribution": png_md(plots.histograms({"selected": s[chosen], "rejected": s[~chosen]},
                                                 f"{method}: s of selected vs rejected")),
-        "cluster_sizes": png_md(histograms({"cluster size": sizes}, "cluster-size histogram", bins=20)),
+        "cluster_sizes": png_md(plots.histograms({"cluster size": sizes}, "cluster-size histogram", bins=20)),
     }
 
 

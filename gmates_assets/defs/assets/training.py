@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ...core import eval_suite, evaluation, lm
 from ...core.hashing import stable_hash
 from ...core.manifest import replicate_identity
-from ...core.plots import grouped_bar_plot, line_plot
 from ...core.tokenize import load_lm_tokenizer, special_ids
+from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_tokens
 from ..declare import METHODS, AssetDecl, Input
 from ..runtime import md, png_md, table
 from ..wiring import demo_params, heldout_texts, reference_examples, textset_identity
 from .influence import lm_architecture, optim_config
+
+eval_suite, evaluation, lm, plots = (
+    lazy_module(f"gmates_assets.core.{m}") for m in ("eval_suite", "evaluation", "lm", "plots"))
 
 GROUP = "training"
 MODEL_DIR = "model"
@@ -88,7 +90,7 @@ def _pretrain(step, out: Path) -> dict:
     return {"init": section.init, "start_step": start_step, "steps": section.steps,
             "packed_sequences": int(len(sequences)), "tokens_seen": int(summary.tokens_seen),
             "final_loss": round(float(losses[-1]), 4) if losses else None,
-            "loss_curve": png_md(line_plot({"train loss": losses}, f"{step.partition}: pretraining loss"))}
+            "loss_curve": png_md(plots.line_plot({"train loss": losses}, f"{step.partition}: pretraining loss"))}
 
 
 def _evaluate(step, out: Path) -> dict:
@@ -140,7 +142,7 @@ def build_method_comparison(step, out: Path) -> dict:
     pl.DataFrame(rows).write_csv(out / "comparison.csv")
     groups = {m: {**{t: r["centered_accuracy"] for t, r in s["tasks"].items()}, "core": s["core"]}
               for m, s in scores.items()}
-    png = grouped_bar_plot(groups, "centered accuracy by task and method")
+    png = plots.grouped_bar_plot(groups, "centered accuracy by task and method")
     (out / "comparison.png").write_bytes(png)
     return {"comparison": md(_markdown_table(rows)), "plot": png_md(png, "method comparison"),
             "best_core": max(rows, key=lambda r: r["core"])["method"]}
