@@ -425,8 +425,8 @@ class ExecutionSection(Section):
 
     launcher: Literal["in_process", "instance"] = Field(
         "in_process", json_schema_extra=VOLATILE,
-        description="in_process: `gmates sync` runs each step in its own process, one after another; instance: it "
-                    "submits runs through the Dagster instance's run coordinator and launcher (dagster.yaml)")
+        description="in_process: `gmates sync` executes every run inside its own process, one after another; "
+                    "instance: it submits runs through the Dagster instance's coordinator and launcher (dagster.yaml)")
     max_concurrent: int = Field(2, ge=1, json_schema_extra=VOLATILE, description="runs in flight at once")
     executor: str = Field(
         "in_process", json_schema_extra=VOLATILE,
