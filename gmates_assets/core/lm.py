@@ -3,8 +3,9 @@
 - a transformers model factory (Llama or GPT-NeoX layout, any size, seeded init);
 - token windows: packed sequences (open_lm style; in memory, or streamed into a file that training reads
   batch by batch) and one-document-per-row sequences with a label mask;
-- a plain AdamW loop (warmup + cosine to min_lr, grad-norm clip, open_lm z-loss) that checkpoints as it
-  goes and resumes to a byte-identical end state;
+- a plain AdamW loop (warmup + cosine to min_lr, grad-norm clip, open_lm z-loss, optional bf16 autocast)
+  that checkpoints as it goes and resumes to a byte-identical end state; the same loop runs data-parallel
+  under torch.distributed (`Replicas`: one process per device, e.g. launched by torchrun);
 - checkpoint IO without pickle: safetensors for weights and optimizer moments, JSON for hyperparameters;
 - the reference loss L_ref: token-mean CE over answer tokens, averaged over batches.
 
@@ -671,6 +672,76 @@ def _find_resume_point(out_dir: Path, fingerprint: str, end_step: int) -> Option
     return best
 
 
+@dataclass(frozen=True)
+class Replicas:
+    """This process's place among data-parallel trainers; the default (size 1) is the single-process trainer.
+
+    With size W > 1 (a torch.distributed process group must be initialised), rank r trains on rows
+    [r*B/W, (r+1)*B/W) of every global batch of B rows, through DistributedDataParallel, and its loss is scaled so
+    that the synchronised gradient is the gradient of the *global* token-mean loss (not a mean of per-rank means,
+    which ranks with different numbers of targets would bias). Every rank then takes the same optimizer step;
+    only rank 0 writes checkpoints.
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or not 0 <= self.rank < self.size:
+            raise ValueError(f"Replicas: need 0 <= rank < size, got rank {self.rank}, size {self.size}")
+
+    @classmethod
+    def from_env(cls) -> Replicas:
+        """RANK / WORLD_SIZE as torchrun sets them (a single process when they are absent)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the data-parallel world size {self.size}: "
+                             f"every rank takes an equal slice of each global batch")
+
+    def local_rows(self, global_rows: np.ndarray) -> np.ndarray:
+        share = len(global_rows) // self.size
+        return global_rows[self.rank * share:(self.rank + 1) * share]
+
+    def wrap(self, model, device: torch.device):
+        if self.size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def loss(self, net, tokens: torch.Tensor, labels: torch.Tensor, z_loss: float):
+        """(loss to backpropagate, global token-mean CE, global target count) of this step's batch."""
+        if self.size == 1:
+            loss, ce = sequence_loss(net, tokens, labels, z_loss)
+            return loss, ce.detach(), int((labels != IGNORE_INDEX).sum())
+        logits = net(input_ids=tokens[:, :-1]).logits.float()
+        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        mask = flat_targets != IGNORE_INDEX
+        ce_sum = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        objective = ce_sum
+        if z_loss:
+            objective = objective + z_loss * torch.logsumexp(flat_logits[mask], dim=-1).square().sum()
+        totals = torch.stack([mask.sum().double(), ce_sum.detach().double()])
+        torch.distributed.all_reduce(totals)  # one collective: global target count and CE sum
+        count = max(int(totals[0]), 1)
+        # DDP averages gradients over ranks, hence the factor W: the synchronised gradient is that of
+        # (sum of every rank's CE + z-loss terms) / global count, the single-process token-mean loss.
+        return objective * (self.size / count), (totals[1] / count).float(), int(totals[0])
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+SINGLE_PROCESS = Replicas()
+
+
 def _apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> None:
     for group in optimizer.param_groups:
         group.update(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -688,8 +759,15 @@ def train_lm(
     progress: ProgressFn = None,
     device=None,
     start_state: Optional[str | os.PathLike] = None,
+    precision: str = "fp32",
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> TrainSummary:
     """Train `model` in place for `steps` AdamW steps on seeded batches of `sequences`.
+
+    precision: "fp32", or "bf16" autocast around forward and loss (weights, gradients, AdamW state stay float32).
+    replicas: this process's rank among data-parallel trainers (see `Replicas`); every rank calls train_lm with
+    the same arguments, `batch_size` is the global batch and must be divisible by the world size. At world size
+    W the result equals the single-process one up to float summation order.
 
     start_state: a checkpoint directory to continue from (weights, AdamW moments and global step; the LR
     schedule continues at that step), or None to start fresh at step 0.
@@ -701,6 +779,9 @@ def train_lm(
     if steps < 0 or batch_size < 1 or checkpoint_every < 1:
         raise ValueError(f"train_lm: need steps >= 0, batch_size >= 1, checkpoint_every >= 1; "
                          f"got {steps}, {batch_size}, {checkpoint_every}")
+    replicas.check_batch(batch_size)
+    if precision not in PRECISIONS:
+        raise ValueError(f"train_lm: precision must be one of {PRECISIONS}, got {precision!r}")
     data = sequences if isinstance(sequences, PackedSequences) else as_token_sequences(sequences)
     _check_fits(model, data)
     device = resolve_device(device)
@@ -716,6 +797,7 @@ def train_lm(
         "batch_size": batch_size,
         "seed": seed,
         "start": hash_dir(start_state) if start_state is not None else weights_hash(model),
+        **_variant(precision, replicas),  # a bf16 or W-rank run's checkpoints are never resumed by another
     })
 
     resume_dir = _find_resume_point(out, fingerprint, end_step)
@@ -734,18 +816,20 @@ def train_lm(
 
     def extra() -> dict[str, Any]:
         return {"fingerprint": fingerprint, "start_step": start_step, "optim_config": optim_cfg.to_dict(),
-                "batch_size": batch_size, "seed": seed, "record": record}
+                "batch_size": batch_size, "seed": seed, "record": record, **_variant(precision, replicas)}
 
     sampler = SeededBatchSampler(len(data), batch_size, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     model.eval()  # dropout off: the configs use 0 anyway, and eval makes user checkpoints deterministic too
+    net = replicas.wrap(model, device)  # under DDP: broadcasts rank 0's weights (all ranks loaded the same)
     with deterministic_torch():
         while step < end_step:
-            idx = sampler.indices(step - start_step)
+            idx = replicas.local_rows(sampler.indices(step - start_step))
             tokens, labels = (torch.from_numpy(a).to(device) for a in data.batch(idx))
             lr = optim_cfg.lr_at(step)
             set_lr(optimizer, lr)
-            loss, ce = sequence_loss(model, tokens, labels, optim_cfg.z_loss)
+            with autocast_context(precision, device):
+                loss, ce, n_targets = replicas.loss(net, tokens, labels, optim_cfg.z_loss)
             loss.backward()
             if optim_cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, optim_cfg.grad_clip)
@@ -755,23 +839,33 @@ def train_lm(
             # Like a PyTorch scheduler, leave the *next* step's LR in the groups, so a saved checkpoint
             # carries the LR in effect at that point (what the oracle uses, docs/method.md §3.1 item 3).
             set_lr(optimizer, optim_cfg.lr_at(step))
-            record["losses"].append(float(ce.detach()))
+            record["losses"].append(float(ce))
             record["lrs"].append(lr)
-            record["tokens_seen"] += int((labels != IGNORE_INDEX).sum())
-            if (step - start_step) % checkpoint_every == 0 or step == end_step:
+            record["tokens_seen"] += n_targets
+            checkpoint_due = (step - start_step) % checkpoint_every == 0 or step == end_step
+            if checkpoint_due and replicas.is_main:  # the ranks hold identical states: rank 0 writes
                 _commit_intermediate(out, model, optimizer, step, extra())
             if progress is not None:
                 progress(step - start_step, steps, "steps")
-    if not (resume_dir == out and resumed_from == end_step):  # else out_dir already holds the end state
-        # The end state also sits in checkpoints/step-N (committed in the loop), so a kill while the root
-        # files are rewritten loses nothing.
-        save_checkpoint(out, model, optimizer, end_step, extra())
-    shutil.rmtree(out / CHECKPOINTS_SUBDIR, ignore_errors=True)
+    if replicas.is_main:
+        if not (resume_dir == out and resumed_from == end_step):  # else out_dir already holds the end state
+            # The end state also sits in checkpoints/step-N (committed in the loop), so a kill while the root
+            # files are rewritten loses nothing.
+            save_checkpoint(out, model, optimizer, end_step, extra())
+        shutil.rmtree(out / CHECKPOINTS_SUBDIR, ignore_errors=True)
+    replicas.barrier()  # on every rank, train_lm returns once out_dir holds the end state
     return TrainSummary(
         losses=list(record["losses"]), lrs=list(record["lrs"]), tokens_seen=int(record["tokens_seen"]),
         start_step=start_step, end_step=end_step, resumed_from_step=resumed_from, checkpoint_dir=str(out),
         extra={"fingerprint": fingerprint},
     )
+
+
+def _variant(precision: str, replicas: Replicas) -> dict[str, Any]:
+    """What sets a job apart from the default fp32 single-process one (empty for it, so existing fingerprints
+    and checkpoints stay as they were)."""
+    return {**({"precision": precision} if precision != "fp32" else {}),
+            **({"world_size": replicas.size} if replicas.size != 1 else {})}
 
 
 def _commit_intermediate(out: Path, model, optimizer, step: int, extra: dict[str, Any]) -> None:

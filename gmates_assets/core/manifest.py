@@ -309,10 +309,30 @@ class PretrainSection(Section):
     model: LMArchitectureSpec = LMArchitectureSpec()
     optim: OptimSpec = OptimSpec()
     steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch (sequences per optimizer step), split equally "
+                                                  "among the torchrun processes")
     seq_len: int = Field(128, ge=8)
     seed: int = 0
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast around forward and loss (open_lm amp_bfloat16, the official default); "
+                            "weights, gradients and AdamW state stay float32")
+    # backend and nproc_per_node enter the cache key: the world size changes the order of float reductions,
+    # so the trained bytes differ (docs/deployment.md, GPUs and multi-GPU training).
+    backend: Literal["in_process", "torchrun"] = Field(
+        "in_process", description="in_process: train inside the step on one device; torchrun: launch "
+                                  "nproc_per_node data-parallel processes (DDP) through Dagster Pipes")
+    nproc_per_node: int = Field(1, ge=1, description="torchrun processes (one per GPU, or CPU processes with gloo)")
     checkpoint_every: int = Field(50, ge=1, json_schema_extra=VOLATILE)
+
+    @model_validator(mode="after")
+    def _world_divides_batch(self) -> PretrainSection:
+        if self.backend == "in_process" and self.nproc_per_node != 1:
+            raise ValueError(f"nproc_per_node {self.nproc_per_node} needs backend 'torchrun' (in_process trains in "
+                             f"one process)")
+        if self.batch_size % self.nproc_per_node:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by nproc_per_node "
+                             f"({self.nproc_per_node}): every process takes an equal slice of each global batch")
+        return self
 
 
 class TaskSource(Section):

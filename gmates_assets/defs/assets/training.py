@@ -16,11 +16,12 @@ from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_tokens
 from ..declare import METHODS, AssetDecl, Input
 from ..runtime import md, png_md, table
+from ..torchrun import run_pretrain_worker
 from ..wiring import demo_params, heldout_texts, reference_examples, textset_identity
 from .influence import lm_architecture, optim_config
 
-eval_suite, evaluation, lm, plots = (
-    lazy_module(f"gmates_assets.core.{m}") for m in ("eval_suite", "evaluation", "lm", "plots"))
+eval_suite, evaluation, lm, plots, pretrain_job = (
+    lazy_module(f"gmates_assets.core.{m}") for m in ("eval_suite", "evaluation", "lm", "plots", "pretrain_job"))
 
 GROUP = "training"
 MODEL_DIR = "model"
@@ -70,26 +71,45 @@ def _selected_tokens(step) -> Iterator[np.ndarray]:
     return pool_tokens(step).rows(documents_column(step, "doc_id").find(selected))
 
 
-def _pretrain(step, out: Path) -> dict:
+def _pretrain_job(step, sequences: lm.PackedSequences, train_dir: Path, vocab_size: int) -> pretrain_job.PretrainJob:
     section = step.manifest.pretrain
-    tok_dir = step.input("lm_tokenizer").path
-    tok = load_lm_tokenizer(str(tok_dir))
     start_state, start_step = None, 0
     if section.init == "probe":
         start_state = step.input("probe_checkpoint").path
         start_step = int(lm.read_checkpoint_meta(start_state)["step"])
-    model = lm.build_causal_lm(lm_architecture(section.model, len(tok)), section.seed)
+    return pretrain_job.PretrainJob.for_rows(
+        sequences, out_dir=str(train_dir), arch=lm_architecture(section.model, vocab_size).to_dict(),
+        model_seed=section.seed, optim=optim_config(section.optim, start_step + section.steps).to_dict(),
+        steps=section.steps, batch_size=section.batch_size, seed=section.seed,
+        checkpoint_every=section.checkpoint_every, start_state=str(start_state) if start_state else None,
+        precision=section.precision, device=step.device)
+
+
+def _train(step, job: pretrain_job.PretrainJob):
+    """-> (trained model, summary metadata): in this process, or under torchrun through Dagster Pipes."""
+    section = step.manifest.pretrain
+    if section.backend == "in_process":
+        model, summary = pretrain_job.run(job, progress=step.progress("pretrain"))
+        return model, pretrain_job.summary_metadata(summary, lm.SINGLE_PROCESS)
+    # The job file sits in the resumable train dir: a re-run after a failure resumes from its checkpoints.
+    reported = run_pretrain_worker(step.context, job.write(Path(job.out_dir) / "job.json"), section.nproc_per_node)
+    return pretrain_job.load_result(job, reported), reported
+
+
+def _pretrain(step, out: Path) -> dict:
+    section = step.manifest.pretrain
+    tok_dir = step.input("lm_tokenizer").path
+    tok = load_lm_tokenizer(str(tok_dir))
     with lm.packed_scratch(_selected_tokens(step), section.seq_len, special_ids(tok)[0], out) as sequences:
-        summary = lm.train_lm(model, sequences, optim_config(section.optim, start_step + section.steps),
-                              steps=section.steps, batch_size=section.batch_size, seed=section.seed,
-                              out_dir=out / "train", checkpoint_every=section.checkpoint_every,
-                              progress=step.progress("pretrain"), start_state=start_state, device=step.device)
+        job = _pretrain_job(step, sequences, out / "train", len(tok))
+        model, reported = _train(step, job)
     lm.save_hf_pretrained(model, str(tok_dir), out / MODEL_DIR)
     shutil.rmtree(out / "train")  # resumable training state; the released model is the HF folder
-    losses = list(summary.losses)
+    losses = reported.pop("losses")  # shown as the loss curve
+    start_step = int(lm.read_checkpoint_meta(job.start_state)["step"]) if job.start_state else 0
     return {"init": section.init, "start_step": start_step, "steps": section.steps,
-            "packed_sequences": int(len(sequences)), "tokens_seen": int(summary.tokens_seen),
-            "final_loss": round(float(losses[-1]), 4) if losses else None,
+            "packed_sequences": int(len(sequences)), "backend": section.backend, "precision": section.precision,
+            **reported,  # final loss, tokens seen, world size, ... (over Dagster Pipes from a torchrun worker)
             "loss_curve": png_md(plots.line_plot({"train loss": losses}, f"{step.partition}: pretraining loss"))}
 
 
