@@ -77,6 +77,10 @@ def test_loading_definitions_leaves_torch_and_plotting_unimported():
 
     code = ("import sys; from gmates_assets.defs import build_definitions; "
             f"build_definitions({str(ROOT / 'data_manifests' / 'tests.yaml')!r}); "
-            "print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'transformers', 'faiss') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'scipy', 'matplotlib', 'transformers', 'faiss') if m in sys.modules)); "
+            # First use imports for real, also while torch's own import inspects every loaded module (a LazyLoader
+            # module was executed mid-import there and failed on a circular import).
+            "from gmates_assets.defs.assets import training; "
+            "print(training.evaluation.comparison_rows.__name__, training.eval_suite.all_tasks.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-2:] == ["[]", "comparison_rows all_tasks"]
