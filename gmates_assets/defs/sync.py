@@ -106,10 +106,6 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
     store = gmates_store(defs)
     wanted = set(assets) if assets is not None else None
     out = []
-    # Not-fresh partitions make their children stale. Dagster says so itself except across an edge from 100 or
-    # more partitions, so gmates carries it: one edited shard of 1,000 shows its index and everything that
-    # reads the index stale at once, as a changed shard of 16 does.
-    upstream_not_fresh: dict[tuple[str, Optional[str]], str] = {}
     for key in graph.toposorted_asset_keys:
         if key not in graph.materializable_asset_keys:
             continue
@@ -117,35 +113,22 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
         if wanted is not None and name not in wanted:
             continue
         for pk in _partition_keys(graph.get(key), instance):
-            item = _partition_status(defs, instance, resolver, store, key, pk, upstream_not_fresh.get((name, pk)))
-            out.append(item)
-            if item.status != FRESH:
-                where = f"{name}[{pk}]" if pk else name
-                for child in graph.get_children_partitions(key, pk):
-                    upstream_not_fresh.setdefault((child.asset_key.to_user_string(), child.partition_key),
-                                                  f"{where} is {item.status}")
+            status = resolver.get_status(key, pk)
+            known = status != StaleStatus.MISSING and store is not None
+            stored = _stored_artifact(store, resolver, key, pk) if known else None
+            notes = _notes(stored) if stored is not None else ()
+            if status == StaleStatus.MISSING:
+                out.append(PartitionStatus(name, pk, MISSING))
+            elif store is not None and stored is None:  # Dagster remembers it, the store lost it: rebuild
+                out.append(PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",)))
+            elif status == StaleStatus.STALE:
+                causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
+                out.append(PartitionStatus(name, pk, STALE, causes, notes))
+            elif (cause := _fan_in_cause(defs, instance, name, pk)) is not None:
+                out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
+            else:
+                out.append(PartitionStatus(name, pk, FRESH, (), notes))
     return out
-
-
-def _partition_status(defs, instance, resolver, store, key: dg.AssetKey, pk: Optional[str],
-                      upstream: Optional[str]) -> PartitionStatus:
-    name = key.to_user_string()
-    status = resolver.get_status(key, pk)
-    known = status != StaleStatus.MISSING and store is not None
-    stored = _stored_artifact(store, resolver, key, pk) if known else None
-    notes = _notes(stored) if stored is not None else ()
-    if status == StaleStatus.MISSING:
-        return PartitionStatus(name, pk, MISSING)
-    if store is not None and stored is None:  # Dagster remembers it, the store lost it: rebuild
-        return PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",))
-    if status == StaleStatus.STALE:
-        causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
-        return PartitionStatus(name, pk, STALE, causes, notes)
-    if (cause := _fan_in_cause(defs, instance, name, pk)) is not None:
-        return PartitionStatus(name, pk, STALE, (cause,), notes)
-    if upstream is not None:
-        return PartitionStatus(name, pk, STALE, (f"{name}: upstream {upstream}",), notes)
-    return PartitionStatus(name, pk, FRESH, (), notes)
 
 
 def gmates_store(defs: dg.Definitions) -> Optional[ArtifactStore]:
