@@ -1,7 +1,8 @@
 """Past 100 shards Dagster drops staleness across the pool -> whole-pool edge; the shard indexes carry it.
 
-101 local jsonl shards, built up to the BPE tokenizer (which reads every shard through documents_index). Editing
-one document of one shard must show the index and the tokenizer stale and rebuild exactly those and that shard.
+120 local jsonl shards, built up to the BPE tokenizer (which reads every shard through documents_index). Editing
+one document of one shard must show that shard stale, then (once it is rebuilt) the index, exactly as at 16
+shards; `gmates status` says so, and sync rebuilds exactly the shard, the index and the tokenizer.
 """
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import json
 
 import pytest
 
+from gmates_assets.cli import main
 from gmates_assets.defs.sync import STALE
 
 from .pipeline import TESTS_MANIFEST, Build
 
-N_SHARDS = 101  # just past the 100-partition threshold where Dagster stops tracking staleness
+N_SHARDS = 120  # past the 100-partition threshold where Dagster stops tracking staleness
 
 
 def _manifest(n: int) -> str:
@@ -36,27 +38,39 @@ def _write_shard(build: Build, i: int, suffix: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_one_edited_shard_of_101_propagates_to_whole_pool_readers(tmp_path):
+def test_one_edited_shard_of_120_propagates_to_whole_pool_readers(tmp_path, capsys, monkeypatch):
     build = Build.create(tmp_path / "b", _manifest(N_SHARDS))
     for i in range(N_SHARDS):
         _write_shard(build, i)
     build.sync(select=["lm_tokenizer"])
+    assert _stale_in_status(build, monkeypatch, capsys) == {}
 
     _write_shard(build, 7, suffix=" (edited)")
-    stale = {item for item in build.not_fresh(["documents", "documents_index", "lm_tokenizer"])}
-    assert stale == {("documents", "s007")}  # one hop: the index is judged once the shard is rebuilt
+    # As at 16 shards (Dagster's one-hop staleness): the edited shard is stale; what reads it is judged once it
+    # is rebuilt and its data version is known.
+    assert _stale_in_status(build, monkeypatch, capsys) == {
+        ("documents", "s007"): ["has a new dependency data version (pool_source[s007])"]}
 
     report = build.sync(select=["documents"])
     assert report.executed == [("documents", "s007")]
-    with build.instance() as instance:
-        from gmates_assets.defs.sync import asset_statuses
-
-        statuses = {(s.asset, s.partition): s for s in asset_statuses(build.defs(), instance,
-                                                                        ["documents_index", "lm_tokenizer"])}
-    # Dagster alone reports documents_index fresh here (101 >= 100 partitions); gmates compares input keys.
-    assert statuses[("documents_index", None)].status == STALE
-    assert "new data version" in statuses[("documents_index", None)].causes[0]
+    # Dagster alone reports documents_index fresh here (120 >= 100 partitions); gmates compares input keys.
+    assert _stale_in_status(build, monkeypatch, capsys) == {
+        ("documents_index", None): ["documents_index: an input partition has a new data version since the last build"]}
 
     report = build.sync(select=["lm_tokenizer"])
     assert report.executed == [("documents_index", None), ("lm_tokenizer", None)]
     assert build.not_fresh(["documents", "documents_index", "lm_tokenizer"]) == set()
+
+
+def _stale_in_status(build: Build, monkeypatch, capsys) -> dict:
+    """What `gmates status --json` reports stale (the never-built rest of the graph is missing), with causes."""
+    for name, value in build.env().items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["status", "--manifest", str(build.manifest), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    built = {"documents", "documents_index", "lm_tokenizer"}
+    assert {r["status"] for r in rows if r["asset"] not in built} == {"missing"}
+    return {(r["asset"], r["partition"]): [c.split(": ", 1)[-1] if r["asset"] == "documents" else c
+                                           for c in r["causes"]]
+            for r in rows if r["status"] == STALE}
