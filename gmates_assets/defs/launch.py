@@ -83,6 +83,7 @@ class InstanceRuns:
 
         os.environ["GMATES_MANIFEST"] = self.manifest_path
         os.environ["GMATES_HOME"] = self.store_root
+        self._share_cores()
         target = ModuleTarget(module_name=CODE_MODULE, attribute="defs", working_directory=os.getcwd(),
                               location_name=CODE_LOCATION)
         process = self._stack.enter_context(WorkspaceProcessContext(self.instance, target))
@@ -94,6 +95,18 @@ class InstanceRuns:
         self.repository = next(iter(self.location.get_repositories().values()))
         self.queue_serviced = self._queue_serviced()
         return self
+
+    def _share_cores(self) -> None:
+        """Runs that the default launcher starts on this host split its cores: torch and OpenMP would otherwise
+        give each of `max_concurrent` runs every core (measured: 2 runs on 2 cores took 4x the compute). The
+        launched processes inherit this environment through the code server; a value the user set is kept, and
+        launchers that start pods or containers are not affected."""
+        from dagster._core.launcher import DefaultRunLauncher
+
+        if isinstance(self.instance.run_launcher, DefaultRunLauncher) and "OMP_NUM_THREADS" not in os.environ:
+            threads = max(1, (os.cpu_count() or 1) // self.max_concurrent)
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            self._stack.callback(os.environ.pop, "OMP_NUM_THREADS", None)
 
     def _queue_serviced(self) -> bool:
         """Does a daemon dequeue submitted runs? With the (default) QueuedRunCoordinator and no daemon running,
