@@ -3,6 +3,7 @@ launcher, a subprocess per run through the code location `gmates_assets.code_loc
 from __future__ import annotations
 
 import json
+import os
 
 import dagster as dg
 import pytest
@@ -31,14 +32,18 @@ def test_sync_through_the_instance_launcher_builds_every_partition_in_launched_r
     build = _build(tmp_path)
     monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))  # restored after the test
     monkeypatch.setenv("GMATES_HOME", str(build.store))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with build.instance() as instance:
         with InstanceRuns(instance, str(build.manifest), str(build.store), max_concurrent=2, gpus=[0]) as runs:
             assert runs.queue_serviced is False  # no daemon here: runs go straight to the launcher
+            # the two runs in flight on this host share its cores (inherited through the code server)
+            assert os.environ["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
             report = sync(build.defs(), instance, select=["documents_index"], runs=runs)
         launched = [instance.get_run_by_id(r) for r in report.runs[1:]]  # runs[0] observed the sources
         assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in launched)
         assert all(r.tags.get("gmates/launched_by") == "gmates sync" for r in launched)
         assert {r.tags.get("dagster/partition") for r in launched} == {"s0", "s1", "s2", None}
         assert {r.tags.get("gmates/gpu") for r in launched} == {"0"}
+    assert "OMP_NUM_THREADS" not in os.environ
     assert assets_of(report.executed) == {"documents", "documents_index"}
     assert build.not_fresh(["documents", "documents_index"]) == set()
