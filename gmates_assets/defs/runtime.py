@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -129,14 +129,22 @@ def latest_data_version(instance, asset: str, partition: Optional[str], is_sourc
     return record.asset_event.tags.get("dagster/data_version")
 
 
-def input_versions(instance, graph: AssetGraph, asset: str, partition: Optional[str]) -> dict[str, dict[str, str]]:
-    """Data versions of everything `asset[partition]` reads, by input asset and partition ("" = unpartitioned)."""
+VersionLookup = Callable[[str, Optional[str], bool], Optional[str]]
+
+
+def input_versions(instance, graph: AssetGraph, asset: str, partition: Optional[str],
+                   lookup: Optional[VersionLookup] = None) -> dict[str, dict[str, str]]:
+    """Data versions of everything `asset[partition]` reads, by input asset and partition ("" = unpartitioned).
+
+    `lookup(asset, partition, is_source)`: where the versions come from (default: the instance; `status` passes
+    its staleness resolver's cache, which already holds them)."""
+    lookup = lookup or (lambda a, pk, source: latest_data_version(instance, a, pk, source))
     versions: dict[str, dict[str, str]] = {}
     for inp in graph.inputs(asset):
         is_source = graph[inp.asset].is_source
         versions[inp.asset] = {}
         for pk in graph.input_partitions(inp, partition):
-            version = latest_data_version(instance, inp.asset, pk, is_source)
+            version = lookup(inp.asset, pk, is_source)
             where = f"{inp.asset}[{pk}]" if pk else inp.asset
             if version is None:
                 verb = "observed" if is_source else "materialized"

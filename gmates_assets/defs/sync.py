@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import dagster as dg
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus  # private
+from dagster._core.definitions.data_version import (  # private
+    NULL_DATA_VERSION,
+    CachingStaleStatusResolver,
+    StaleStatus,
+)
 from dagster._core.loader import LoadingContextForTest  # private
 
 from ..core.sources import ReadStats
@@ -66,7 +70,17 @@ def _partition_keys(node, instance) -> list[Optional[str]]:
     return list(node.partitions_def.get_partition_keys(dynamic_partitions_store=instance))
 
 
-def _fan_in_cause(defs: dg.Definitions, instance, name: str, partition: Optional[str]) -> Optional[str]:
+def _cached_version(resolver) -> Callable[[str, Optional[str], bool], Optional[str]]:
+    """Data versions from the staleness resolver's cache (it has read them already to judge the partitions)."""
+    def lookup(asset: str, partition: Optional[str], _is_source: bool) -> Optional[str]:
+        version = resolver.get_current_data_version(dg.AssetKey(asset), partition)
+        return None if version is None or version == NULL_DATA_VERSION else version.value
+
+    return lookup
+
+
+def _fan_in_cause(defs: dg.Definitions, instance, name: str, partition: Optional[str],
+                  resolver=None) -> Optional[str]:
     """Dagster ignores staleness across an edge from 100 or more partitions; for assets that read every
     partition of an input (the shard indexes, models over all oracle seeds) compare the input key that a build
     would use now with the one recorded at the last build."""
@@ -84,8 +98,9 @@ def _fan_in_cause(defs: dg.Definitions, instance, name: str, partition: Optional
         return None
     recorded = record.asset_materialization.metadata.get("input_key") if record.asset_materialization else None
     try:
+        lookup = _cached_version(resolver) if resolver is not None else None
         expected = input_key(instance, gm.store(), graph, loaded, name, partition,
-                             input_versions(instance, graph, name, partition))
+                             input_versions(instance, graph, name, partition, lookup))
     except UpstreamMissing:
         return None
     if recorded is None or recorded.value != expected:
@@ -124,7 +139,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
                 out.append(PartitionStatus(name, pk, STALE, causes, notes))
-            elif (cause := _fan_in_cause(defs, instance, name, pk)) is not None:
+            elif (cause := _fan_in_cause(defs, instance, name, pk, resolver)) is not None:
                 out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             else:
                 out.append(PartitionStatus(name, pk, FRESH, (), notes))
