@@ -12,7 +12,7 @@ pool), then synced again with nothing to do.
   resolution) is reported apart, as `planning_s`, since it does not grow with the work a partition holds.
 * overlapping runs: runs whose execution overlapped another's (> 0 only when runs go through the launcher).
 
-    python benchmarks/sync_overhead.py --shards 2 16 64 128 --docs-per-shard 400
+    python benchmarks/sync_overhead.py --shards 2 16 64 128 --docs-per-shard 1200
     python benchmarks/sync_overhead.py --shards 16 --launcher instance --max-concurrent 2
 """
 from __future__ import annotations
@@ -145,7 +145,7 @@ def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, nargs="+", default=[2, 16, 64, 128])
-    parser.add_argument("--docs-per-shard", type=int, default=400)
+    parser.add_argument("--docs-per-shard", type=int, default=1200)
     parser.add_argument("--launcher", choices=["in_process", "instance"], default="in_process")
     parser.add_argument("--max-concurrent", type=int, default=2)
     args = parser.parse_args()
