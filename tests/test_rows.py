@@ -104,6 +104,8 @@ def test_parquet_column_gathers_finds_and_scans(tmp_path):
     wanted = pl.Series(["doc-20", "doc-3", "nope", "doc-3", None, "doc-99"])
     assert column.find(wanted).tolist() == [3, 20]
     assert column.contains(wanted).tolist() == [True, True, False, True, False, False]
+    assert column.contains(pl.Series([None, None], dtype=pl.String)).tolist() == [False, False]
+    assert column.find(pl.Series([], dtype=pl.String)).tolist() == []
     assert column.scan().collect()["doc_id"].to_list() == ids
 
 

@@ -197,6 +197,8 @@ class ParquetColumn:
     def contains(self, values: pl.Series) -> np.ndarray:
         """For each of `values`, whether the column holds it (bool [len(values)])."""
         wanted = SortedValues(values)
+        if len(wanted.values) == 0:  # nothing but nulls (or nothing) asked for
+            return np.zeros(len(values), dtype=bool)
         seen = np.zeros(len(wanted.values), dtype=bool)
         for shard in range(len(self.paths)):
             column = self.shard(shard)
