@@ -14,7 +14,7 @@ imports and setup, before the step: the step's own memory is peak - base.
 
 Settings that keep per-step work independent of the pool size, so that only streaming decides the ratio:
 documents per shard (--docs-per-shard), cluster size (k = n / --docs-per-cluster; the k-means sample is
-k * 64 rows), release rows_per_shard 5000, BPE train_max_docs 5000, probe pool 100, tiny LMs of the tests
+k * 64 rows), release rows_per_shard 5000, BPE train_docs 5000, probe pool 100, tiny LMs of the tests
 profile with a fixed number of steps; the probe warm-up packs every document (sample_docs unset).
 selection.relation_params is `fixed` so no relational model is needed. Run it on an older checkout with
 PYTHONPATH=<checkout> to compare code paths.

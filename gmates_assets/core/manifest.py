@@ -133,7 +133,7 @@ class TokenizerSection(Section):
     name: Optional[str] = Field(None, description="hub name or local folder (kind: pretrained)")
     revision: Optional[str] = None
     vocab_size: int = Field(2048, ge=260)
-    train_max_docs: int = Field(5000, ge=10)
+    train_docs: int = Field(5000, ge=10, description="kind train_bpe: size of the stable pool sample it trains on")
     max_tokens: int = Field(128, ge=8)
     add_eos: bool = True
     trust_remote_code: bool = False
@@ -205,7 +205,11 @@ class ProbeSection(Section):
     save_step: int = Field(150, ge=1, description="the probe checkpoint is taken here (S = 2)")
     batch_size: int = Field(16, ge=1)
     seq_len: int = Field(128, ge=8)
-    sample_docs: Optional[int] = Field(None, ge=1, description="random sample of pool documents; all if unset")
+    sample_docs: Optional[int] = Field(None, ge=1, description="warm-up on a stable sample of this many pool "
+                                       "documents; all if unset")
+    pool: Literal["sample", "frozen"] = Field(
+        "sample", description="frozen: keep the last built probe pool and warm-up documents when the pool grows "
+        "(new documents are scored but never probed)")
     seed: int = 0
     checkpoint_every: int = Field(50, ge=1, json_schema_extra=VOLATILE)
 
@@ -475,6 +479,9 @@ class Manifest(Section):
     pretrain: PretrainSection = PretrainSection()
     eval: EvalSection = EvalSection()
     release: ReleaseSection = ReleaseSection()
+    sampling: Literal["stable", "positional"] = Field(
+        "stable", description="pool samples by a keyed hash of each document id (stable when the pool grows), or "
+        "positional: the earlier seeded draw over document positions")
 
     @model_validator(mode="after")
     def _cross_section(self) -> Manifest:

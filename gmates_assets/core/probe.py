@@ -33,12 +33,15 @@ def sample_documents(n_docs: int, sample_docs: Optional[int], seed: int) -> np.n
 
 
 def warm_up(documents: RaggedShards, eos_id: int, config: WarmUpConfig, out_dir: Path,
-            progress: ProgressFn = None, device=None) -> dict:
+            progress: ProgressFn = None, device=None, pick: Optional[np.ndarray] = None) -> dict:
     """Train from scratch for `save_step` steps of a `optim.total_steps` schedule; resumable in `out_dir`.
 
-    The sampled documents are packed shard by shard into a scratch file under out_dir (removed afterwards).
+    `pick`: the documents to train on (sorted global indices; the shell's stable sample), else a positional
+    sample of `sample_docs`. The sampled documents are packed shard by shard into a scratch file under out_dir
+    (removed afterwards).
     """
-    pick = sample_documents(len(documents), config.sample_docs, config.seed)
+    if pick is None:
+        pick = sample_documents(len(documents), config.sample_docs, config.seed)
     model = lm.build_causal_lm(config.arch, config.seed)
     with lm.packed_scratch(documents.rows(pick), config.seq_len, eos_id, out_dir) as sequences:
         summary = lm.train_lm(model, sequences, config.optim, steps=config.save_step,

@@ -68,6 +68,9 @@ class AssetDecl:
     # Validation run before building (on the unrecorded manifest): it may only raise, never shape the output,
     # so it can read settings outside `sections` (e.g. the reference set fits probe.seq_len).
     precheck: Optional[Callable[[Any], None]] = None
+    # The input versions its cache key uses, when they are not simply what it reads now (probe.pool: frozen
+    # keys on the shards its frozen documents come from): (raw manifest, instance, store, versions) -> versions.
+    key_versions: Optional[Callable[[LoadedManifest, Any, Any, dict], dict]] = None
 
     @property
     def is_source(self) -> bool:

@@ -157,6 +157,8 @@ def input_key(instance, store: ArtifactStore, graph: AssetGraph, loaded: LoadedM
               partition: Optional[str], versions: dict) -> str:
     decl = graph[asset]
     identity = decl.identity(loaded, instance, graph) if decl.identity else {}
+    if decl.key_versions:
+        versions = decl.key_versions(loaded, instance, store, versions)
     return store.input_key(asset, graph.code_version(asset), {**versions, **identity}, partition)
 
 

@@ -11,12 +11,13 @@ import polars as pl
 import zarr
 from safetensors.numpy import load_file, save_file
 
-from ...core import validation
+from ...core import sampling, validation
 from ...core.hashing import hash_dir
 from ...core.tokenize import load_lm_tokenizer, special_ids
 from ...lazy import lazy_module
 from ..artifacts import documents_column, gather_embeddings, pool_tokens, zarr_group
 from ..declare import SEEDS, SHARDS, AssetDecl, Input
+from ..frozen import frozen_key_versions, is_frozen, previous_docs, shard_of_rows, write_frozen_docs
 from ..graph import seed_from_key
 from ..runtime import png_md
 from ..wiring import reference_examples, textset_identity
@@ -27,6 +28,7 @@ bootstrap, lm, oracle, probe, relational, plots = (
     lazy_module(f"gmates_assets.core.{m}") for m in ("bootstrap", "lm", "oracle", "probe", "relational", "plots"))
 
 GROUP = "influence"
+PROBE_FEATURES_FILE = "features.safetensors"  # the probe items' embedding chunks (chunks, chunk_mask)
 # What probing reads besides the oracle section: the reference set and the probe's sequence length and loss.
 PROBING_SECTIONS = ("oracle.lr", "oracle.reference_batch_size", "oracle.precision", "sources.reference", "demo",
                     "probe.seq_len", "probe.optim.z_loss", "probe.optim.grad_clip")
@@ -87,9 +89,36 @@ def _model_features(step, chunk_arrays: Callable[[], dict], texts: Callable[[], 
 
 
 def _probe_item_features(step) -> dict[str, np.ndarray]:
-    items = _probe_pool_frame(step)["global_index"].to_numpy()
-    return _model_features(step, lambda: gather_embeddings(step, items),
-                           lambda: documents_column(step, "text")[items].to_list())
+    """The probe items' model inputs, stored in the probe pool so the models never read the whole pool."""
+    return _model_features(step, lambda: load_file(str(step.input("probe_pool").file(PROBE_FEATURES_FILE))),
+                           lambda: _probe_pool_frame(step)["text"].to_list())
+
+
+def _frozen_rows(step, asset: str) -> np.ndarray | None:
+    """probe.pool frozen: global indices of the documents the asset's last build read (None: sample afresh)."""
+    if not is_frozen(step.manifest):
+        return None
+    prev = previous_docs(step.context.instance, step.store, asset)
+    if prev is None:
+        return None
+    rows = documents_column(step, "doc_id").find(prev["doc_id"])
+    if len(rows) < len(prev):
+        step.log(f"probe.pool frozen: {len(prev) - len(rows)} of the {len(prev)} frozen documents of {asset} are no "
+                 f"longer in the pool")
+    return rows
+
+
+def _pool_sample(step, positions: np.ndarray, size: int | None, purpose: str, seed: int) -> np.ndarray:
+    """A stable (or, with `sampling: positional`, the earlier positional) sample of these pool positions."""
+    if size is None or size >= len(positions):
+        return positions
+    ids = documents_column(step, "doc_id")[positions].to_list() if step.manifest.sampling == "stable" else positions
+    return positions[sampling.sample_documents(ids, size, purpose, seed, step.manifest.sampling)]
+
+
+def _write_read_docs(step, out: Path, rows: np.ndarray) -> None:
+    write_frozen_docs(out, shard_of_rows(step.shard_rows("documents"), rows),
+                      documents_column(step, "doc_id")[rows].to_list())
 
 
 def _shard_features(step) -> dict[str, np.ndarray]:
@@ -188,8 +217,14 @@ def build_probe_checkpoint(step, out: Path) -> dict:
         arch=lm_architecture(section.model, len(tok)), optim=optim_config(section.optim, section.total_steps),
         save_step=section.save_step, batch_size=section.batch_size, seq_len=section.seq_len, seed=section.seed,
         sample_docs=section.sample_docs, checkpoint_every=section.checkpoint_every)
-    summary = probe.warm_up(pool_tokens(step), special_ids(tok)[0], config, out, progress=step.progress("warm-up"),
-                            device=step.device)
+    documents = pool_tokens(step)
+    pick = _frozen_rows(step, "probe_checkpoint")
+    if pick is None:
+        pick = _pool_sample(step, np.arange(len(documents), dtype=np.int64), section.sample_docs, "warm-up",
+                            section.seed)
+    summary = probe.warm_up(documents, special_ids(tok)[0], config, out, progress=step.progress("warm-up"),
+                            device=step.device, pick=pick)
+    _write_read_docs(step, out, pick)
     losses = summary.pop("losses")
     curve = plots.line_plot({"train loss": losses}, "probe warm-up loss")
     return {**summary, "loss_curve": png_md(curve, "loss curve")}
@@ -201,15 +236,22 @@ def build_probe_pool(step, out: Path) -> dict:
     lengths = tokens.lengths()
     # A training row needs at least 2 tokens; shorter documents can never be probed.
     eligible = np.flatnonzero(lengths >= 2).astype(np.int64)
-    if section.pool_size > len(eligible):
-        raise ValueError(f"oracle.pool_size ({section.pool_size}) exceeds the {len(eligible)} pool documents "
-                         f"with at least 2 tokens")
-    items = eligible[oracle.sample_probe_pool(len(eligible), section.pool_size, section.pool_seed)]
+    items = _frozen_rows(step, "probe_pool")
+    if items is not None:
+        items = items[lengths[items] >= 2]
+    else:
+        if section.pool_size > len(eligible):
+            raise ValueError(f"oracle.pool_size ({section.pool_size}) exceeds the {len(eligible)} pool documents "
+                             f"with at least 2 tokens")
+        items = _pool_sample(step, eligible, section.pool_size, "probe-pool", section.pool_seed)
     _, pad = special_ids(_tokenizer(step))
     seqs = lm.document_sequences(list(tokens.rows(items)), step.manifest.probe.seq_len, pad)
     save_file({"tokens": seqs.tokens, "labels": seqs.labels}, str(out / "sequences.safetensors"))
-    pl.DataFrame({"item": np.arange(len(items), dtype=np.int64), "global_index": items.astype(np.int64),
-                  "doc_id": documents_column(step, "doc_id")[items]}).write_parquet(out / "probe_pool.parquet")
+    save_file(gather_embeddings(step, items), str(out / PROBE_FEATURES_FILE))
+    # No global index: positions move when shards are added or reordered; ids and features do not.
+    pl.DataFrame({"item": np.arange(len(items), dtype=np.int64), "doc_id": documents_column(step, "doc_id")[items],
+                  "text": documents_column(step, "text")[items]}).write_parquet(out / "probe_pool.parquet")
+    _write_read_docs(step, out, items)
     return {"dagster/row_count": int(len(items)), "pool_documents": len(lengths),
             "too_short_to_probe": int(len(lengths) - len(eligible))}
 
@@ -308,7 +350,11 @@ def _bootstraps(manifest) -> bool:
 
 _TORCH = frozenset({"pytorch", "safetensors"})
 _ORACLE_INPUTS = (Input("probe_checkpoint"), Input("probe_pool"), Input("lm_tokenizer"), Input("reference_set"))
-_MODEL_INPUTS = (Input("probe_pool"), Input("embeddings_index"), Input("documents_index"))
+_MODEL_INPUTS = (Input("probe_pool"),)  # the probe pool carries its items' features: no whole-pool input
+
+
+def _frozen_key(asset: str):
+    return lambda loaded, instance, store, versions: frozen_key_versions(loaded, instance, store, asset, versions)
 
 DECLS = [
     AssetDecl("reference_set", GROUP, "The reference set D_r (prompt/answer) whose loss defines influence.",
@@ -317,14 +363,16 @@ DECLS = [
               observe=observe_user_checkpoint, sections=("probe.checkpoint",), enabled=_has_user_checkpoint),
     AssetDecl("probe_checkpoint", GROUP,
               "Model + AdamW state after warm-up on random pool data (stage 1), or a user checkpoint.",
-              compute=build_probe_checkpoint, resumable=True, sections=("probe",), kinds=_TORCH,
-              precheck=check_before_probing,
-              inputs=(Input("tokenized_pool_index"), Input("lm_tokenizer"),
+              compute=build_probe_checkpoint, resumable=True, sections=("probe", "sampling"), kinds=_TORCH,
+              precheck=check_before_probing, version="2", key_versions=_frozen_key("probe_checkpoint"),
+              inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("lm_tokenizer"),
                       Input("user_probe_checkpoint", when=_has_user_checkpoint))),
     AssetDecl("probe_pool", GROUP, "The seeded sample of pool documents that rollouts draw from, as LM training rows.",
               compute=build_probe_pool, kinds=frozenset({"safetensors", "parquet"}), precheck=check_pool_settings,
-              inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("lm_tokenizer")),
-              sections=("oracle.pool_size", "oracle.pool_seed", "probe.seq_len")),
+              inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("embeddings_index"),
+                      Input("lm_tokenizer")),
+              sections=("oracle.pool_size", "oracle.pool_seed", "probe.seq_len", "probe.pool", "sampling"),
+              version="2", key_versions=_frozen_key("probe_pool")),
     AssetDecl("oracle_random", GROUP,
               "Oracle group influences of random rollouts: restore, one step per element, L_ref.",
               compute=build_oracle_random, partitioning=SEEDS, resumable=True, inputs=_ORACLE_INPUTS,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core import sources, tokenize
+from ...core import sampling, sources, tokenize
 from ...core.hashing import hash_dir
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
@@ -90,7 +90,7 @@ def build_lm_tokenizer(step, out: Path) -> dict:
                                              section.trust_remote_code)
         tok.save_pretrained(str(out))
         return {"kind": "pretrained", "name": section.name, "vocab_size": len(tok)}
-    texts = _training_texts(step, section.train_max_docs)
+    texts = _training_texts(step, section.train_docs)
     tok = tokenize.train_bpe_tokenizer(texts, section.vocab_size)
     tokenize.save_tokenizer_dir(tok, out)
     return {"kind": "train_bpe", "trained_on_docs": len(texts), "vocab_size": tok.get_vocab_size()}
@@ -126,9 +126,14 @@ def build_embeddings(step, out: Path) -> dict:
 
 
 def _training_texts(step, limit: int) -> list[str]:
-    """A deterministic sample of pool texts for training the BPE tokenizer, read shard by shard."""
+    """The pool texts the BPE tokenizer trains on, read shard by shard: a stable sample of `limit` documents
+    (keyed by document id, so an edit outside it leaves the tokenizer unchanged), or with `sampling:
+    positional` the earlier positional draw."""
     texts = documents_column(step, "text")
-    return texts[tokenize.bpe_training_sample(len(texts), limit)].to_list()
+    if step.manifest.sampling == "positional":
+        return texts[tokenize.bpe_training_sample(len(texts), limit)].to_list()
+    ids = documents_column(step, "doc_id")[np.arange(len(texts))].to_list()
+    return texts[sampling.sample_documents(ids, limit, "bpe", 0)].to_list()
 
 
 def _trains_on_pool(manifest) -> bool:
@@ -145,7 +150,7 @@ DECLS = [
     shard_index("documents", GROUP),
     AssetDecl("lm_tokenizer", GROUP, "The LM tokenizer: a byte-level BPE trained on the pool, or any HF tokenizer.",
               compute=build_lm_tokenizer, inputs=(Input("documents_index", when=_trains_on_pool),),
-              sections=("tokenizer",), identity=tokenizer_identity, kinds=frozenset({"huggingface"})),
+              sections=("tokenizer", "sampling"), identity=tokenizer_identity, kinds=frozenset({"huggingface"})),
     AssetDecl("tokenized_pool", GROUP, "LM token ids of every document of the shard: ragged zarr (values + offsets).",
               compute=build_tokenized_pool, partitioning=SHARDS,
               inputs=(Input("documents", "same"), Input("lm_tokenizer")), sections=("tokenizer",),
