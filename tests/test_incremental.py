@@ -1,6 +1,8 @@
 """Growing the pool (issue 20): stable samples, appends that rebuild only what the new shard touches."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -59,3 +61,194 @@ def test_positional_mode_keeps_the_earlier_draw():
                           oracle.sample_probe_pool(500, 40, 3))
     with pytest.raises(ValueError, match="sampling"):
         sampling.sample_documents(ids, 40, "probe-pool", 3, "shuffled")
+
+
+# ------------------------------------------------------------------------------------------ append a shard
+N_SHARDS = 100  # at the 100-partition threshold where Dagster stops tracking staleness across the pool edge
+PROBE_AND_MODELS = {"probe_checkpoint", "probe_pool", "oracle_random", "relational_model_init",
+                    "bootstrap_rollouts", "oracle_bootstrap", "relational_model"}
+
+
+def _shard(i: int) -> dict:
+    return {"name": f"s{i:03d}", "format": "jsonl", "paths": [f"pool/s{i:03d}.jsonl"]}
+
+
+def _pool_manifest(n: int, **overrides) -> str:
+    import yaml
+
+    from .pipeline import TESTS_MANIFEST
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["sources"] = {"shards": [_shard(i) for i in range(n)],
+                       "reference": {"format": "demo"}, "heldout_reference": {"format": "demo"}}
+    # A fixed tokenizer, as in the paper: the pool never changes it (a local folder, see fixed_tokenizer).
+    data["tokenizer"] = {"kind": "pretrained", "name": "tok", "max_tokens": 32}
+    data["probe"]["pool"] = "frozen"
+    data["selection"]["methods"] = ["group_mates"]
+    data["execution"] = {"executor": "in_process"}
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def fixed_tokenizer(root) -> None:
+    """A byte-level BPE trained once on unrelated text and saved as a local pretrained tokenizer folder."""
+    from gmates_assets.core import tokenize
+
+    words = "shard document topic item about and the river stone garden market signal harbor lantern".split()
+    texts = [" ".join(words[(i * k) % len(words)] for k in range(12)) + f" {i}" for i in range(200)]
+    tokenize.save_tokenizer_dir(tokenize.train_bpe_tokenizer(texts, 300), root / "tok")
+
+
+def _write_pool_shard(root, i: int, suffix: str = "") -> None:
+    path = root / "pool" / f"s{i:03d}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("".join(json.dumps({"text": f"shard {i} document {j} about topic {j % 5} and item {i * 7 % 11}"
+                                                f"{suffix}"}) + "\n" for j in range(3)))
+
+
+def _append_shard(build, i: int) -> None:
+    import yaml
+
+    _write_pool_shard(build.root, i)
+    data = yaml.safe_load(build.manifest.read_text())
+    data["sources"]["shards"].append(_shard(i))
+    build.manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def grown_pool(tmp_path_factory):
+    """100 shards built up to the release with a frozen probe, then shard 120 appended and synced again."""
+    from .pipeline import Build
+
+    build = Build.create(tmp_path_factory.mktemp("grow") / "b", _pool_manifest(N_SHARDS))
+    fixed_tokenizer(build.root)
+    for i in range(N_SHARDS):
+        _write_pool_shard(build.root, i)
+    cold = build.sync(select=["dataset_release"])
+    _append_shard(build, N_SHARDS)
+    before_read = _not_fresh(build)
+    read = build.sync(select=["documents"])  # the new shard's documents: now status knows how many there are
+    after_read = _not_fresh(build)
+    append = build.sync(select=["dataset_release"])
+    append.waves[:0] = read.waves
+    return build, cold, append, (before_read, after_read)
+
+
+def _not_fresh(build) -> dict:
+    from gmates_assets.defs.sync import FRESH, asset_statuses
+
+    with build.instance() as instance:
+        return {(s.asset, s.partition): (s.status, s.causes)
+                for s in asset_statuses(build.defs(), instance, observe=True) if s.status != FRESH}
+
+
+@pytest.mark.slow
+def test_appending_a_shard_rebuilds_only_the_new_shard_and_the_whole_pool_steps(grown_pool):
+    from gmates_assets.defs.rebuilds import split_rebuilt
+
+    build, cold, append, _ = grown_pool
+    assert len(cold.executed) > 4 * N_SHARDS
+    with build.instance() as instance:
+        rebuilt, reused = split_rebuilt(instance, append.executed)
+    new = f"s{N_SHARDS:03d}"
+    assert rebuilt == {("documents", new), ("tokenized_pool", new), ("embeddings", new), ("influence_scores", new),
+                       ("documents_index", None), ("tokenized_pool_index", None), ("embeddings_index", None),
+                       ("influence_scores_index", None), ("cluster_assignments", None),
+                       ("selected_subset", "group_mates"), ("dataset_release", None)}
+    # The probe checkpoint and probe pool read the grown indexes, so they are asked again, and come back reused;
+    # the oracles and both relational models are not even asked (their inputs kept their data versions).
+    assert reused == {("probe_checkpoint", None), ("probe_pool", None)}
+    assert not {asset for asset, _ in append.executed} & (PROBE_AND_MODELS - {"probe_checkpoint", "probe_pool"})
+    assert build.not_fresh(["dataset_release", "influence_scores"]) == set()
+
+
+WHOLE_POOL_STEPS = {"documents_index", "tokenized_pool_index", "embeddings_index", "influence_scores_index",
+                    "probe_checkpoint", "probe_pool", "cluster_assignments", "selected_subset", "dataset_release"}
+
+
+@pytest.mark.slow
+def test_status_after_an_append_says_the_pool_grew_in_one_line(grown_pool):
+    _, _, _, (before_read, after_read) = grown_pool
+    new = f"s{N_SHARDS:03d}"
+    missing = {key for key, (status, _) in before_read.items() if status == "missing"}
+    assert missing == {(a, new) for a in ("documents", "tokenized_pool", "embeddings", "influence_scores")}
+    stale = {key: causes for key, (status, causes) in before_read.items() if status == "stale"}
+    assert {asset for asset, _ in stale} == WHOLE_POOL_STEPS
+    assert all(causes == (f"{asset}: the pool grew by 1 shard ({new}), not read yet",)
+               for (asset, _), causes in stale.items())
+    stale = {key: causes for key, (status, causes) in after_read.items() if status == "stale"}
+    assert {asset for asset, _ in stale} == WHOLE_POOL_STEPS
+    assert all(causes == (f"{asset}: the pool grew by 3 documents in 1 shard ({new})",)
+               for (asset, _), causes in stale.items())
+
+
+# ------------------------------------------------------------------------------------------ trained tokenizer
+BPE_SHARDS, BPE_DOCS, TRAIN_DOCS = 4, 12, 10
+
+
+def _bpe_build(tmp_path, mode: str):
+    from .pipeline import Build
+
+    manifest = _pool_manifest(BPE_SHARDS, tokenizer={"kind": "train_bpe", "vocab_size": 300, "max_tokens": 32,
+                                                     "train_docs": TRAIN_DOCS}, sampling=mode)
+    build = Build.create(tmp_path / mode, manifest)
+    for i in range(BPE_SHARDS):
+        _write_bpe_shard(build.root, i)
+    build.sync(select=["lm_tokenizer"])
+    return build
+
+
+def _write_bpe_shard(root, i: int, edit_row: int = -1) -> None:
+    path = root / "pool" / f"s{i:03d}.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    words = ["river", "stone", "garden", "market", "signal", "harbor", "lantern", "meadow"]
+    path.write_text("".join(json.dumps({"text": f"{words[(i + j) % 8]} {words[j * 3 % 8]} number {i * BPE_DOCS + j}"
+                                                f"{' edited with zebra quartz' if j == edit_row else ''}"}) + "\n"
+                            for j in range(BPE_DOCS)))
+
+
+def _bpe_sample_ids(shards) -> set[str]:
+    ids = [f"pool/s{i:03d}.jsonl:{j}" for i in shards for j in range(BPE_DOCS)]
+    return {ids[k] for k in sampling.sample_documents(ids, TRAIN_DOCS, "bpe", 0)}
+
+
+def _shard_outside_the_bpe_sample() -> int:
+    """A shard to append whose documents all stay out of the stable BPE sample (which shard is up to the hash)."""
+    base = list(range(BPE_SHARDS))
+    return next(i for i in range(BPE_SHARDS, 100) if _bpe_sample_ids(base + [i]) == _bpe_sample_ids(base))
+
+
+def _tokenizer_hash(build) -> str:
+    from gmates_assets.defs.runtime import latest_data_version
+
+    with build.instance() as instance:
+        return latest_data_version(instance, "lm_tokenizer", None, False)
+
+
+def test_an_edit_outside_the_bpe_sample_keeps_the_tokenizer_and_one_inside_changes_it(tmp_path):
+    build = _bpe_build(tmp_path, "stable")
+    before, sample = _tokenizer_hash(build), _bpe_sample_ids(range(BPE_SHARDS))
+    outside = next(j for j in range(BPE_DOCS) if f"pool/s001.jsonl:{j}" not in sample)
+    _write_bpe_shard(build.root, 1, edit_row=outside)
+    report = build.sync(select=["lm_tokenizer"])
+    assert ("lm_tokenizer", None) in report.executed and _tokenizer_hash(build) == before
+    inside = next(j for j in range(BPE_DOCS) if f"pool/s002.jsonl:{j}" in sample)
+    _write_bpe_shard(build.root, 2, edit_row=inside)
+    build.sync(select=["lm_tokenizer"])
+    assert _tokenizer_hash(build) != before
+
+
+@pytest.mark.parametrize("mode", ["stable", "positional"])
+def test_appending_a_shard_outside_the_bpe_sample_keeps_the_tokenizer_only_when_stable(tmp_path, mode):
+    """Stable: the appended documents do not enter the sample, so the tokenizer is byte-identical. Positional (the
+    earlier draw over positions): the larger pool reshuffles the sample and the tokenizer changes."""
+    build = _bpe_build(tmp_path, mode)
+    before = _tokenizer_hash(build)
+    _append_shard(build, _shard_outside_the_bpe_sample())
+    build.sync(select=["lm_tokenizer"])
+    assert (_tokenizer_hash(build) == before) == (mode == "stable")

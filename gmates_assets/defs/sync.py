@@ -23,6 +23,7 @@ from dagster._core.loader import LoadingContextForTest  # private
 from ..core.sources import ReadStats
 from ..core.store import Artifact, ArtifactStore
 from .factory import graph_for
+from .growth import growth_cause
 from .launch import RUN_CONFIG
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
@@ -136,6 +137,8 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
                 out.append(PartitionStatus(name, pk, MISSING))
             elif store is not None and stored is None:  # Dagster remembers it, the store lost it: rebuild
                 out.append(PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",)))
+            elif (grown := growth_cause(defs, instance, name, pk)) is not None:  # one line, not a cause per shard
+                out.append(PartitionStatus(name, pk, STALE, (grown,), notes))
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
                 out.append(PartitionStatus(name, pk, STALE, causes, notes))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core import sampling, sources, tokenize
-from ...core.hashing import hash_dir
+from ...core.hashing import hash_dir, stable_hash
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
 from ...lazy import lazy_module
@@ -62,16 +62,24 @@ def _sample_rows(documents: list, limit: int = 3) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ compute
+def shard_version(shard, content_hash: str) -> str:
+    """pool_source's data version of a shard: its files' content hash and its own settings. The shard's documents
+    depend on nothing else of `sources.shards`, so appending a shard leaves every other shard's documents fresh."""
+    return stable_hash({"content": content_hash, "settings": shard.model_dump(mode="json")}, 32)
+
+
 def observe_pool(loaded) -> dict[str, str]:
-    specs = [shard_spec(loaded, s) for s in loaded.manifest.sources.shards]
+    shards = list(loaded.manifest.sources.shards)
+    specs = [shard_spec(loaded, s) for s in shards]
     sources.check_shards_disjoint(specs)  # colliding document ids: found here, before any work
-    return {spec.name: sources.file_content_hash(spec) for spec in specs}
+    return {spec.name: shard_version(shard, sources.file_content_hash(spec)) for shard, spec in zip(shards, specs)}
 
 
 def build_documents(step, out: Path) -> dict:
-    spec = shard_spec(step.loaded, shard_by_name(step.loaded, step.partition))
+    shard = shard_by_name(step.raw_loaded, step.partition)  # unrecorded: its settings are in pool_source's version
+    spec = shard_spec(step.raw_loaded, shard)
     content = sources.shard_content(spec)  # bad files and sha256 mismatches fail before anything else
-    if content.hash != step.input_version("pool_source"):
+    if shard_version(shard, content.hash) != step.input_version("pool_source"):
         raise sources.SourceError(f"shard {spec.name}: its files changed since they were observed; run "
                                   f"`gmates sync` again (it re-observes the sources first)")
     # The bytes read must be the bytes hashed: a file rewritten meanwhile is an error, never stored text.
@@ -146,7 +154,7 @@ DECLS = [
               observe=observe_pool, partitioning=SHARDS, sections=("sources.shards",)),
     AssetDecl("documents", GROUP, "Documents of one pool shard with stable ids (source file, row): parquet.",
               compute=build_documents, partitioning=SHARDS, inputs=(Input("pool_source", "same"),),
-              sections=("sources.shards", "sources.on_bad_record", "demo"), kinds=frozenset({"parquet"})),
+              sections=("sources.on_bad_record", "demo"), kinds=frozenset({"parquet"}), version="2"),
     shard_index("documents", GROUP),
     AssetDecl("lm_tokenizer", GROUP, "The LM tokenizer: a byte-level BPE trained on the pool, or any HF tokenizer.",
               compute=build_lm_tokenizer, inputs=(Input("documents_index", when=_trains_on_pool),),
