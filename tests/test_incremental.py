@@ -252,3 +252,27 @@ def test_appending_a_shard_outside_the_bpe_sample_keeps_the_tokenizer_only_when_
     _append_shard(build, _shard_outside_the_bpe_sample())
     build.sync(select=["lm_tokenizer"])
     assert (_tokenizer_hash(build) == before) == (mode == "stable")
+
+
+# ------------------------------------------------------------------------------------------ frozen influence model
+def test_a_frozen_relational_model_scores_a_new_pool_and_the_release_names_it(full_build, tmp_path):
+    from gmates_assets.core.store import ArtifactStore
+    from gmates_assets.defs.runtime import latest_data_version
+
+    build = full_build.copy_to(tmp_path / "frozen")
+    with build.instance() as instance:
+        model_hash = latest_data_version(instance, "relational_model", None, False)
+    model_dir = ArtifactStore(build.store).require_by_content("relational_model", model_hash).path
+    build.edit("relational.from", str(model_dir))
+    build.edit("demo.seed", 12)  # a new pool (another generated corpus)
+    report = build.sync(select=["dataset_release"])
+    ran = {asset for asset, _ in report.executed}
+    assert {"documents", "embeddings", "influence_scores", "relational_model", "dataset_release"} <= ran
+    assert not ran & (PROBE_AND_MODELS - {"relational_model"})  # no warm-up, probe pool, oracles or training
+    with build.instance() as instance:
+        release = ArtifactStore(build.store).require_by_content(
+            "dataset_release", latest_data_version(instance, "dataset_release", None, False))
+    content = json.loads((release.path / "release" / "manifest.json").read_text())["content"]
+    frozen = content["lineage"]["frozen_relational_model"]
+    assert frozen["from"] == str(model_dir) and frozen["content_hash"] == model_hash
+    assert set(frozen["trained_on"]) >= {"oracle_random", "probe_pool"}

@@ -241,6 +241,7 @@ class OracleSection(Section):
 
 
 class RelationalSection(Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), populate_by_name=True)
     mode: Literal["adapter", "finetune"] = "adapter"
     lr: float = Field(1e-3, gt=0)
     epochs: int = Field(40, ge=1)
@@ -257,6 +258,9 @@ class RelationalSection(Section):
         "first_difference", description="cumulative -> marginal labels: first differences, or the official "
                                         "code's in-place loop (alternating sums; [1,3,6,10] -> [1,2,4,6])")
     seed: int = 0
+    from_: Optional[str] = Field(
+        None, alias="from", description="a trained relational_model (its artifact folder, relative to the manifest, "
+        "or store:<content hash> in $GMATES_HOME): score the pool with it, without probing, oracles or training")
 
 
 class BootstrapSection(Section):

@@ -28,6 +28,7 @@ bootstrap, lm, oracle, probe, relational, plots = (
     lazy_module(f"gmates_assets.core.{m}") for m in ("bootstrap", "lm", "oracle", "probe", "relational", "plots"))
 
 GROUP = "influence"
+MODEL_ORIGIN_FILE = "origin.json"
 PROBE_FEATURES_FILE = "features.safetensors"  # the probe items' embedding chunks (chunks, chunk_mask)
 # What probing reads besides the oracle section: the reference set and the probe's sequence length and loss.
 PROBING_SECTIONS = ("oracle.lr", "oracle.reference_batch_size", "oracle.precision", "sources.reference", "demo",
@@ -295,7 +296,41 @@ def build_oracle_bootstrap(step, out: Path) -> dict:
     return _probe_oracle(step, out, rollouts, mine.astype(np.int64) + bootstrap.BOOTSTRAP_ID_OFFSET, seed)
 
 
+def frozen_model_dir(loaded) -> Path:
+    """The folder of the trained model `relational.from` names (an artifact folder or store:<content hash>)."""
+    from ...core.store import ArtifactStore, store_root_from_env
+
+    value = loaded.manifest.relational.from_
+    if value.startswith("store:"):
+        return ArtifactStore(store_root_from_env()).require_by_content("relational_model", value[6:]).path
+    path = loaded.resolve(value)
+    if not (path / "relational").is_dir():
+        raise ValueError(f"relational.from {value}: {path} is not a relational_model artifact folder (it needs "
+                         f"relational/ and individual/); give the artifact_path of a relational_model "
+                         f"materialization, or store:<its content hash>")
+    return path
+
+
+def observe_frozen_model(loaded) -> str:
+    return hash_dir(frozen_model_dir(loaded))
+
+
+def frozen_model_lineage(loaded) -> dict:
+    """What a release records about a frozen model: where it came from, its content hash, what it was trained on."""
+    path = frozen_model_dir(loaded)
+    origin = path / MODEL_ORIGIN_FILE
+    return {"from": loaded.manifest.relational.from_, "content_hash": hash_dir(path),
+            "trained_on": json.loads(origin.read_text()) if origin.exists() else None}
+
+
+def _copy_frozen_model(step, out: Path) -> dict:
+    shutil.copytree(frozen_model_dir(step.raw_loaded), out, dirs_exist_ok=True)  # versioned by its content hash
+    return {"frozen_from": step.manifest.relational.from_, "content_hash": hash_dir(out)}
+
+
 def build_relational_model(step, out: Path) -> dict:
+    if _uses_frozen_model(step.manifest):
+        return _copy_frozen_model(step, out)
     items, cumulative = _read_rollouts(step, "oracle_random")
     if step.manifest.bootstrap.enabled:
         b_items, b_cum = _read_rollouts(step, "oracle_bootstrap")
@@ -307,6 +342,9 @@ def build_relational_model(step, out: Path) -> dict:
     relational.save_influence_model(out / "individual", individual)
     (out / "comparison.json").write_text(json.dumps(
         {"relational": final.metrics, "individual": individual.metrics}, indent=2, sort_keys=True, default=float))
+    # The build that made the model (data versions of the oracles and probe pool it learned from): a frozen reuse
+    # (relational.from) carries it into its release lineage.
+    (out / MODEL_ORIGIN_FILE).write_text(json.dumps(step.versions, indent=1, sort_keys=True) + "\n")
     return {"rollouts": int(len(items)), **_model_metadata(final, "relational"),
             **_model_metadata(individual, "individual")}
 
@@ -344,8 +382,16 @@ def _has_user_checkpoint(manifest) -> bool:
     return bool(manifest.probe.checkpoint)
 
 
+def _uses_frozen_model(manifest) -> bool:
+    return bool(manifest.relational.from_)
+
+
+def _probes(manifest) -> bool:
+    return not _uses_frozen_model(manifest)
+
+
 def _bootstraps(manifest) -> bool:
-    return bool(manifest.bootstrap.enabled)
+    return bool(manifest.bootstrap.enabled) and _probes(manifest)
 
 
 _TORCH = frozenset({"pytorch", "safetensors"})
@@ -357,6 +403,9 @@ def _frozen_key(asset: str):
     return lambda loaded, instance, store, versions: frozen_key_versions(loaded, instance, store, asset, versions)
 
 DECLS = [
+    AssetDecl("frozen_relational_model", GROUP,
+              "An already trained relational model (relational.from), versioned by content hash.",
+              observe=observe_frozen_model, sections=("relational.from_",), enabled=_uses_frozen_model),
     AssetDecl("reference_set", GROUP, "The reference set D_r (prompt/answer) whose loss defines influence.",
               observe=observe_reference, sections=("sources.reference",)),
     AssetDecl("user_probe_checkpoint", GROUP, "A user-supplied probe checkpoint, versioned by content hash.",
@@ -372,15 +421,16 @@ DECLS = [
               inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("embeddings_index"),
                       Input("lm_tokenizer")),
               sections=("oracle.pool_size", "oracle.pool_seed", "probe.seq_len", "probe.pool", "sampling"),
-              version="2", key_versions=_frozen_key("probe_pool")),
+              version="2", key_versions=_frozen_key("probe_pool"), enabled=_probes),
     AssetDecl("oracle_random", GROUP,
               "Oracle group influences of random rollouts: restore, one step per element, L_ref.",
-              compute=build_oracle_random, partitioning=SEEDS, resumable=True, inputs=_ORACLE_INPUTS,
+              compute=build_oracle_random, partitioning=SEEDS, resumable=True, inputs=_ORACLE_INPUTS, enabled=_probes,
               sections=("oracle.rollouts", "oracle.rollout_length") + PROBING_SECTIONS,
               kinds=frozenset({"pytorch", "parquet"})),
     AssetDecl("relational_model_init", GROUP,
               "DIM-init: the relational influence model trained on the random rollouts (§3.2).",
               compute=build_relational_model_init, inputs=(Input("oracle_random", "all"),) + _MODEL_INPUTS,
+              enabled=_probes,
               sections=("relational", "encoder"), kinds=_TORCH),
     AssetDecl("bootstrap_rollouts", GROUP,
               "Beam-searched rollouts toward both ends of predicted group influence (§3.3).",
@@ -396,9 +446,10 @@ DECLS = [
               kinds=frozenset({"pytorch", "parquet"})),
     AssetDecl("relational_model", GROUP,
               "DIM-final (random + bootstrap rollouts) and the individual-only MATES model.",
-              compute=build_relational_model,
-              inputs=(Input("oracle_random", "all"), Input("oracle_bootstrap", "all", when=_bootstraps))
-              + _MODEL_INPUTS, sections=("relational", "bootstrap.enabled", "encoder"), kinds=_TORCH),
+              compute=build_relational_model, version="2",
+              inputs=(Input("oracle_random", "all", when=_probes), Input("oracle_bootstrap", "all", when=_bootstraps),
+                      Input("probe_pool", when=_probes), Input("frozen_relational_model", when=_uses_frozen_model)),
+              sections=("relational", "bootstrap.enabled", "encoder"), kinds=_TORCH),
     AssetDecl("influence_scores", GROUP, "Per-document h and s from DIM-final (and s of the individual model): zarr.",
               compute=build_influence_scores, partitioning=SHARDS,
               inputs=(Input("relational_model"), Input("embeddings", "same"), Input("documents", "same")),

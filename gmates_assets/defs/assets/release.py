@@ -50,7 +50,12 @@ def release_lineage(loaded, instance, graph) -> dict:
     sections = _lineage_sections(graph, "dataset_release")
     build_manifest = {"fingerprint": fingerprint(loaded.manifest, *sections),
                       "sections": {s: _semantic_value(section_value(loaded.manifest, s)) for s in sections}}
-    return {"lineage": {"build_manifest": build_manifest, "assets": assets, "method": method},
+    lineage = {"build_manifest": build_manifest, "assets": assets, "method": method}
+    if loaded.manifest.relational.from_:  # scored with a frozen model: name it and the build that trained it
+        from .influence import frozen_model_lineage
+
+        lineage["frozen_relational_model"] = frozen_model_lineage(loaded)
+    return {"lineage": lineage,
             "run_ids": runs, "packages": rel.package_versions()}
 
 
