@@ -175,7 +175,8 @@ WHOLE_POOL_STEPS = {"documents_index", "tokenized_pool_index", "embeddings_index
 def test_status_after_an_append_says_the_pool_grew_in_one_line(grown_pool):
     _, _, _, (before_read, after_read) = grown_pool
     new = f"s{N_SHARDS:03d}"
-    missing = {key for key, (status, _) in before_read.items() if status == "missing"}
+    never_built = {"pretrained_checkpoint", "eval_scores", "method_comparison"}  # the syncs stop at the release
+    missing = {key for key, (status, _) in before_read.items() if status == "missing" and key[0] not in never_built}
     assert missing == {(a, new) for a in ("documents", "tokenized_pool", "embeddings", "influence_scores")}
     stale = {key: causes for key, (status, causes) in before_read.items() if status == "stale"}
     assert {asset for asset, _ in stale} == WHOLE_POOL_STEPS
