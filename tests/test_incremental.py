@@ -277,3 +277,15 @@ def test_a_frozen_relational_model_scores_a_new_pool_and_the_release_names_it(fu
     frozen = content["lineage"]["frozen_relational_model"]
     assert frozen["from"] == str(model_dir) and frozen["content_hash"] == model_hash
     assert set(frozen["trained_on"]) >= {"oracle_random", "probe_pool"}
+
+
+def test_kmeans_trains_on_the_given_stable_subsample():
+    """The shell hands spherical_kmeans a stable sample of document ids as its training rows."""
+    from gmates_assets.core import selection as sel
+
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    rows = sampling.size_sample([f"f:{i}" for i in range(200)], 3 * 8, sampling.sample_key("kmeans", 5))
+    given = sel.spherical_kmeans(x, 3, niter=5, seed=5, max_points_per_centroid=8, use_gpu=False, train_rows=rows)
+    direct = sel.spherical_kmeans(x[rows], 3, niter=5, seed=5, max_points_per_centroid=8, use_gpu=False)
+    drawn = sel.spherical_kmeans(x, 3, niter=5, seed=5, max_points_per_centroid=8, use_gpu=False)
+    assert np.array_equal(given, direct) and not np.array_equal(given, drawn)

@@ -34,12 +34,14 @@ class Clustering:
     members: list[np.ndarray]  # per cluster, in §3.5 order (farthest first)
 
 
-def cluster(x, config: ClusterConfig) -> Clustering:
+def cluster(x, config: ClusterConfig, train_rows=None) -> Clustering:
     """Spherical k-means, assignment by largest inner product, member order farthest first (§3.5).
 
-    x: [n, d] rows, a numpy array or any row source read by row subsets and blocks (`rows.ConcatRows`)."""
+    x: [n, d] rows, a numpy array or any row source read by row subsets and blocks (`rows.ConcatRows`).
+    train_rows: the k-means training subsample when the pool exceeds k * max_points_per_centroid (default: a
+    seeded draw over positions)."""
     centroids = sel.spherical_kmeans(x, config.k, config.niter, config.seed, config.max_points_per_centroid,
-                                     subsample=config.subsample)
+                                     subsample=config.subsample, train_rows=train_rows)
     assignment, similarity = sel.assign_clusters(x, centroids, return_similarity=True)
     members = sel.cluster_member_order(x, centroids, assignment, similarity, precision=config.member_order)
     return Clustering(centroids, assignment, similarity, members)

@@ -130,7 +130,8 @@ KMEANS_SUBSAMPLES = ("gmates", "faiss")
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
                      max_points_per_centroid: int = 256, use_gpu: Optional[bool] = None,
-                     verbose: bool = False, subsample: str = "gmates") -> np.ndarray:
+                     verbose: bool = False, subsample: str = "gmates",
+                     train_rows: Optional[np.ndarray] = None) -> np.ndarray:
     """Spherical k-means centroids [k, d] float32 with faiss (centroids re-normalized, data not).
 
     k > n raises ValueError rather than clamping: the number of clusters is a manifest setting that
@@ -138,7 +139,8 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
     When n > k * max_points_per_centroid, subsample "gmates" draws the training subsample here (numpy
     Generator(seed), sorted rows) so that only those rows are read from a memmap or a `rows.ConcatRows`; "faiss"
     hands faiss every row and lets it draw the subsample itself, as the official code does (all of x is loaded
-    as float32).
+    as float32). `train_rows`: the subsample "gmates" uses instead of its seeded draw (the shell's stable sample
+    keyed by document id, core/sampling.py), sorted, k * max_points_per_centroid of them.
     """
     n, d = _check_matrix(x, "x")
     if not 1 <= k <= n:
@@ -150,7 +152,8 @@ def spherical_kmeans(x: np.ndarray, k: int, niter: int = 25, seed: int = 1234,
     faiss = _faiss()
     cap = k * max_points_per_centroid
     if n > cap and subsample == "gmates":
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False)) if train_rows is None \
+            else np.asarray(train_rows, dtype=np.int64)
         train = np.ascontiguousarray(x[rows], dtype=np.float32)
     else:
         train = np.ascontiguousarray(x[:n], dtype=np.float32)

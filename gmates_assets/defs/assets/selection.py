@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ...core import methods
+from ...core import methods, sampling
 from ...core import selection as sel
 from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_rows
@@ -58,13 +58,23 @@ def _pool_scores(step, scratch_dir: Path) -> methods.PoolScores:
 
 
 # ------------------------------------------------------------------------------------------ compute
+def _kmeans_train_rows(step, ids) -> np.ndarray | None:
+    """The k-means training subsample as a stable sample of document ids (None: the seeded positional draw)."""
+    section = step.manifest.clustering
+    cap = section.k * section.max_points_per_centroid
+    if step.manifest.sampling != "stable" or section.subsample != "gmates" or len(ids) <= cap:
+        return None
+    return sampling.size_sample(ids.scan().collect()[ids.column].to_list(), cap,
+                                sampling.sample_key("kmeans", section.seed))
+
+
 def build_cluster_assignments(step, out: Path) -> dict:
     section = step.manifest.clustering
     source = ("influence_scores", "h") if section.space == "influence" else ("embeddings", "pooled")
     x, ids = pool_rows(step, *source), documents_column(step, "doc_id")
     if len(ids) != len(x):
         raise ValueError(f"the pool has {len(ids)} documents but {len(x)} rows of {source[0]} {source[1]!r}")
-    result = methods.cluster(x, _cluster_config(section))
+    result = methods.cluster(x, _cluster_config(section), _kmeans_train_rows(step, ids))
     sel.save_centroid_index(result.centroids, out / "centroids.faiss")
     columns = pl.DataFrame({"doc_index": np.arange(len(x), dtype=np.int64),
                             "cluster": result.assignment.astype(np.int64),
@@ -129,7 +139,7 @@ _POOL = (Input("influence_scores_index"), Input("embeddings_index"), Input("docu
 DECLS = [
     AssetDecl("cluster_assignments", GROUP,
               "Spherical k-means on the influence representations h (§3.5); member order per cluster.",
-              compute=build_cluster_assignments, inputs=_POOL, sections=("clustering",),
+              compute=build_cluster_assignments, inputs=_POOL, sections=("clustering", "sampling"),
               kinds=frozenset({"faiss", "parquet"})),
     AssetDecl("selected_subset", GROUP,
               "The selected documents of one method (Group-MATES, MATES, random, ablations).",
