@@ -11,7 +11,7 @@ each later one: the other chains were still two or three assets further up.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Optional
 
 import dagster as dg
@@ -74,3 +74,27 @@ def with_sync_conditions(assets: Sequence) -> list:
 
     return [a.map_asset_specs(with_condition) if isinstance(a, dg.AssetsDefinition) and a.is_materializable else a
             for a in assets]
+
+
+class GuardedAutomationSensor(dg.AutomationConditionSensorDefinition):
+    """The automation sensor, evaluated in the code server so that each tick first asks `guard` whether these
+    Definitions still describe the manifest on disk. After an edit (or until 'Reload definitions') a tick
+    skips with the guard's reason instead of requesting runs whose code versions describe another manifest."""
+
+    def __init__(self, name: str, *, guard: Callable[[], Optional[str]], **kwargs):
+        super().__init__(name, use_user_code_server=True, **kwargs)
+        self._guard = guard
+        evaluate = self._evaluation_fn
+
+        def guarded(context):
+            reason = guard()
+            return [dg.SkipReason(reason)] if reason else evaluate(context)
+
+        self._evaluation_fn = guarded
+
+    def with_attributes(self, **kwargs) -> GuardedAutomationSensor:
+        copy = super().with_attributes(**kwargs)
+        return GuardedAutomationSensor(
+            copy.name, guard=self._guard, target=copy._sensor_target, tags=copy._tags, run_tags=copy._run_tags,
+            default_status=copy.default_status, minimum_interval_seconds=copy.minimum_interval_seconds,
+            description=copy.description, metadata=copy._metadata, emit_backfills=copy._emit_backfills)

@@ -25,7 +25,7 @@ from ..core.manifest_access import ManifestView, undeclared_reads
 from ..core.progress import ProgressFn, RateMeter
 from ..core.store import Artifact, ArtifactStore
 from .graph import AssetGraph
-from .resources import GmatesResource
+from .resources import GmatesResource, ManifestChanged
 
 INDEX_FILE = "index.json"
 GPU_TAG = "gmates/gpu"
@@ -169,10 +169,28 @@ def _artifacts(store: ArtifactStore, graph: AssetGraph, versions: dict) -> dict[
     return out
 
 
-def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.MaterializeResult:
-    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions."""
+def step_manifest(gm: GmatesResource, asset: str, code_version: Optional[str]) -> tuple[LoadedManifest, AssetGraph]:
+    """The manifest a step builds from: exactly the one its Dagster code version was computed from. Loaded once
+    per step (an edit during the step cannot reach it); an edit since the Definitions were loaded is refused,
+    since Dagster would record the bytes under a code version (and the store under a key) describing others."""
+    from .factory import graph_for
+
+    loaded = gm.manifest(f"{asset} (code version {code_version})")
+    graph = graph_for(loaded)
+    if code_version is not None and graph.code_version(asset) != code_version:  # a resource without fingerprint
+        raise ManifestChanged(
+            f"{asset}: manifest {gm.manifest_path} changed on disk since these definitions were loaded (code "
+            f"version {code_version}, now {graph.code_version(asset)}); reload definitions (UI: Reload) or "
+            f"re-run `gmates sync`")
+    return loaded, graph
+
+
+def run_step(context, gm: GmatesResource, asset: str, code_version: Optional[str] = None) -> dg.MaterializeResult:
+    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions.
+    `code_version`: the asset's code version in the Definitions (what Dagster records with the result)."""
+    loaded, graph = step_manifest(gm, asset, code_version)
     decl = graph[asset]
-    store, loaded = gm.store(), gm.manifest()
+    store = gm.store()
     partition = context.partition_key if context.has_partition_key else None
     versions = input_versions(context.instance, graph, asset, partition)
     key = input_key(context.instance, store, graph, loaded, asset, partition, versions)

@@ -1,0 +1,66 @@
+"""Issue 19 (runtime trust): stale Definitions never build, relocatable homes, killed syncs, Ctrl-C, `gmates ui`
+without a venv, read-only status, progress rates, partial steps in status."""
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from gmates_assets.defs.launch import RUN_CONFIG
+
+CHANGED = "changed on disk since these definitions were loaded"
+
+
+def _materializations(instance, asset: str) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
+
+
+def _step_errors(result) -> list[str]:
+    """Each failed step's error, with the causes Dagster wraps it in."""
+    out = []
+    for event in (e for e in result.all_events if e.is_step_failure):
+        error, text = event.event_specific_data.error, ""
+        while error is not None:
+            text, error = text + error.message, error.cause
+        out.append(text)
+    return out
+
+
+@pytest.fixture
+def edited(full_build, tmp_path):
+    """A copy of the full build, its Definitions loaded, then its manifest edited (clustering.niter)."""
+    build = full_build.copy_to(tmp_path / "b")
+    defs = build.defs()
+    build.edit("clustering.niter", 11)
+    return build, defs
+
+
+def test_step_refuses_a_manifest_edited_since_the_definitions_loaded(edited):
+    build, stale_defs = edited
+    job = stale_defs.resolve_implicit_global_asset_job_def()
+    with build.instance() as instance:
+        before = _materializations(instance, "cluster_assignments")
+        result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("cluster_assignments")],
+                                        raise_on_error=False, run_config=RUN_CONFIG)
+        assert not result.success
+        (error,) = _step_errors(result)
+        assert CHANGED in error and "cluster_assignments (code version" in error
+        assert _materializations(instance, "cluster_assignments") == before  # nothing recorded
+    # Reloaded Definitions build from the edited manifest as usual.
+    with build.instance() as instance:
+        fresh = build.defs().resolve_implicit_global_asset_job_def()
+        assert fresh.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("cluster_assignments")],
+                                        run_config=RUN_CONFIG).success
+
+
+def test_automation_sensor_skips_while_its_definitions_are_stale(edited):
+    build, stale_defs = edited
+    sensor = stale_defs.get_sensor_def("gmates_automation")
+    with build.instance() as instance:
+        data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=stale_defs))
+    assert not data.run_requests
+    assert CHANGED in data.skip_message and str(build.manifest) in data.skip_message
+    reloaded = build.defs()  # the guard passes: the conditions are evaluated (a first tick requests nothing)
+    with build.instance() as instance:
+        data = reloaded.get_sensor_def("gmates_automation").evaluate_tick(
+            dg.build_sensor_context(instance=instance, definitions=reloaded))
+    assert CHANGED not in (data.skip_message or "")
