@@ -64,3 +64,47 @@ def test_automation_sensor_skips_while_its_definitions_are_stale(edited):
         data = reloaded.get_sensor_def("gmates_automation").evaluate_tick(
             dg.build_sensor_context(instance=instance, definitions=reloaded))
     assert CHANGED not in (data.skip_message or "")
+
+
+# ------------------------------------------------------------------------------ 2. a copied DAGSTER_HOME
+def _record(home, asset: str = "x") -> None:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset))
+
+
+def _count(home, asset: str = "x") -> int:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return _materializations(instance, asset)
+
+
+def test_a_copied_dagster_home_keeps_its_own_history(tmp_path):
+    import shutil
+
+    from gmates_assets.local_instance import ensure_local_instance
+
+    ensure_local_instance(tmp_path / "a")
+    _record(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # a plain copy: nothing rewritten
+    _record(tmp_path / "b")
+    assert (_count(tmp_path / "a"), _count(tmp_path / "b")) == (1, 2)
+
+
+def test_a_home_whose_event_log_points_at_another_home(tmp_path):
+    """A home made before homes were relocatable names its event log by absolute path: opened directly it is
+    refused; `gmates` (ensure_local_instance) rewrites it to the home's own history."""
+    import shutil
+
+    from gmates_assets.local_instance import ensure_local_instance
+
+    original, copy = tmp_path / "a", tmp_path / "b"
+    ensure_local_instance(original)
+    _record(original)
+    shutil.copytree(original, copy)
+    legacy = (f"telemetry:\n  enabled: false\nevent_log_storage:\n  module: gmates_assets.event_log\n"
+              f"  class: ConsolidatedEventLogStorage\n  config:\n    base_dir: {original / 'history' / 'events'}\n")
+    (copy / "dagster.yaml").write_text(legacy)
+    with pytest.raises(Exception, match="points into another home"):
+        _record(copy)
+    ensure_local_instance(copy)
+    _record(copy)
+    assert (_count(original), _count(copy)) == (1, 2)
