@@ -108,3 +108,25 @@ def test_a_home_whose_event_log_points_at_another_home(tmp_path):
     ensure_local_instance(copy)
     _record(copy)
     assert (_count(original), _count(copy)) == (1, 2)
+
+
+# ------------------------------------------------------------------------------ 7. progress of slow steps
+def _meter_lines(monkeypatch, ticks: list[tuple[float, int]], total: int, unit: str) -> list[str]:
+    from gmates_assets.core import progress
+
+    clock = iter([0.0] + [t for t, _ in ticks])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    lines: list[str] = []
+    meter = progress.RateMeter(lines.append, "oracle_random[0] rollouts", min_interval_s=0)
+    for _, done in ticks:
+        meter(done, total, unit)
+    return lines
+
+
+def test_a_slow_step_reports_seconds_per_item(monkeypatch):
+    lines = _meter_lines(monkeypatch, [(40.0, 1), (100.0, 2)], 128, "rollouts")
+    assert "0.0 rollouts/s" not in " ".join(lines)
+    assert lines == ["oracle_random[0] rollouts: 1/128 rollouts (0.8%), 40.0 s/rollout, eta 5080s",
+                     "oracle_random[0] rollouts: 2/128 rollouts (1.6%), 50.0 s/rollout, eta 6300s"]
+    fast = _meter_lines(monkeypatch, [(2.0, 64)], 128, "docs")
+    assert fast == ["oracle_random[0] rollouts: 64/128 docs (50.0%), 32.0 docs/s, eta 2s"]

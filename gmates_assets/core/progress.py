@@ -71,7 +71,8 @@ class ChunkProgress:
 
 
 class RateMeter:
-    """Formats progress as 'done/total (pct%), rate unit/s, eta'; throttled to one line per interval."""
+    """Formats progress as 'done/total (pct%), rate unit/s (or s/unit below 1/s), eta'; throttled to one line
+    per interval."""
 
     def __init__(self, emit: Callable[[str], None], label: str, min_interval_s: float = 2.0):
         self.emit, self.label, self.min_interval_s = emit, label, min_interval_s
@@ -87,4 +88,11 @@ class RateMeter:
         rate = done / elapsed
         pct = 100.0 * done / max(total, 1)
         eta = (total - done) / rate if rate > 0 else float("inf")
-        self.emit(f"{self.label}: {done}/{total} {unit} ({pct:.1f}%), {rate:.1f} {unit}/s, eta {eta:.0f}s")
+        self.emit(f"{self.label}: {done}/{total} {unit} ({pct:.1f}%), {format_rate(rate, unit)}, eta {eta:.0f}s")
+
+
+def format_rate(rate: float, unit: str) -> str:
+    """'12.5 docs/s', or below one per second (where that would print 0.0) '40.0 s/doc'."""
+    if rate >= 1 or rate <= 0:
+        return f"{rate:.1f} {unit}/s"
+    return f"{1 / rate:.1f} s/{unit.removesuffix('s') if len(unit) > 1 else unit}"
