@@ -119,12 +119,14 @@ def _report_verify(checks) -> list:
 
 
 def cmd_ui(args) -> int:
-    """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it."""
+    """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it. The
+    running interpreter's dagster (`python -m dagster`): with the venv not activated, none is on PATH."""
     ensure_dagster_home()
     os.environ["GMATES_MANIFEST"] = str(Path(args.manifest).resolve())
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                              "-p", str(args.port)])
     return 0  # not reached
 
 

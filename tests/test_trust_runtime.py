@@ -130,3 +130,29 @@ def test_a_slow_step_reports_seconds_per_item(monkeypatch):
                      "oracle_random[0] rollouts: 2/128 rollouts (1.6%), 50.0 s/rollout, eta 6300s"]
     fast = _meter_lines(monkeypatch, [(2.0, 64)], 128, "docs")
     assert fast == ["oracle_random[0] rollouts: 64/128 docs (50.0%), 32.0 docs/s, eta 2s"]
+
+
+# ------------------------------------------------------------------------------ 5. `gmates ui` without a venv
+def test_ui_runs_the_interpreters_own_dagster(monkeypatch, tmp_path):
+    """With the venv not activated, `dagster` is not on PATH: `gmates ui` must not look for it there."""
+    import os
+    import sys
+
+    from gmates_assets import cli
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find on PATH
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    calls = []
+
+    def fake_exec(*args):
+        calls.append(args)
+        raise SystemExit(0)
+
+    for name in ("execv", "execvp"):
+        monkeypatch.setattr(os, name, fake_exec)
+    monkeypatch.setattr(cli.signal, "signal", lambda *_a: None)  # cmd_ui resets the handlers: not in pytest
+    with pytest.raises(SystemExit):
+        cli.main(["ui", "-m", "data_manifests/tests.yaml", "--port", "3999"])
+    ((program, argv),) = calls
+    assert program == sys.executable and argv[:4] == [sys.executable, "-m", "dagster", "dev"]
+    assert argv[-2:] == ["-p", "3999"]
