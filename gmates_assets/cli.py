@@ -59,12 +59,21 @@ def _runs(defs, instance, manifest: str):
     return InProcessRuns(defs, instance)
 
 
+_activity: list[str] = []  # what the command is doing now, for the line an interrupt prints
+
+
+def _log_progress(message: str) -> None:
+    print(message, flush=True)
+    if message.startswith("wave "):
+        _activity[:] = [message]
+
+
 def cmd_sync(args) -> int:
     from .defs.sync import sync
 
     defs = _definitions(args.manifest)
     with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
-        report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True), runs=runs)
+        report = sync(defs, instance, select=args.select, log=_log_progress, runs=runs)
     built = report.executed
     print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
           else "sync: everything is fresh; nothing to do")
@@ -229,6 +238,23 @@ def error_line(command: str, exc: BaseException) -> str:
     return f"gmates {command}: {cause if ours else f'{type(cause).__name__}: {cause}'}"
 
 
+def _execution_interrupted() -> type[BaseException]:
+    """Dagster's interrupt inside a run (a BaseException, like KeyboardInterrupt)."""
+    try:
+        from dagster import DagsterExecutionInterruptedError
+    except ImportError:
+        return KeyboardInterrupt
+    return DagsterExecutionInterruptedError
+
+
+def interrupted_line(command: str, limit: int = 160) -> str:
+    doing = _activity[0] if _activity else ""
+    wave, _, items = doing.partition(": ")
+    where = f" during {wave} ({items if len(items) <= limit else items[:limit] + '…'})" if doing else ""
+    return (f"gmates {command}: interrupted{where}; a re-run resumes (what finished is reused, resumable steps "
+            f"continue from their last chunk)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     verbose = args.verbose or bool(os.environ.get("GMATES_DEBUG"))
@@ -238,6 +264,11 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
         return args.func(args)
+    except (KeyboardInterrupt, _execution_interrupted()) as exc:  # BaseExceptions: Ctrl-C, or SIGTERM in a run
+        if verbose:
+            traceback.print_exception(exc)
+        print(interrupted_line(args.command), file=sys.stderr)
+        return 130
     except Exception as exc:  # the cause as the last line; the traceback only with --verbose
         if verbose:
             traceback.print_exception(exc)

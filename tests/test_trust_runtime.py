@@ -7,6 +7,8 @@ import pytest
 
 from gmates_assets.defs.launch import RUN_CONFIG
 
+from .pipeline import ROOT, Build
+
 CHANGED = "changed on disk since these definitions were loaded"
 
 
@@ -156,3 +158,37 @@ def test_ui_runs_the_interpreters_own_dagster(monkeypatch, tmp_path):
     ((program, argv),) = calls
     assert program == sys.executable and argv[:4] == [sys.executable, "-m", "dagster", "dev"]
     assert argv[-2:] == ["-p", "3999"]
+
+
+# ------------------------------------------------------------------------------ 3./4. interrupted and killed syncs
+def _start_sync(build: Build, tmp_path) -> tuple:
+    """`gmates sync` on `build` in a subprocess; returns it once it has started its first wave."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, **build.env(), "PYTHONPATH": str(ROOT)}
+    out = open(tmp_path / "sync.out", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(build.manifest)],
+                            stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while "wave 1:" not in (tmp_path / "sync.out").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the first run
+    return proc, out
+
+
+def test_ctrl_c_prints_one_line_that_says_a_rerun_resumes(full_build, tmp_path):
+    import signal
+
+    build = full_build.copy_to(tmp_path / "b")
+    build.edit("probe.total_steps", 41)  # rebuilds the probe and everything below it: a sync of a minute
+    proc, _ = _start_sync(build, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr and len(lines) <= 2, stderr
+    assert lines[-1].startswith("gmates sync: interrupted during wave 1 (") and "a re-run resumes" in lines[-1]
