@@ -192,3 +192,39 @@ def test_ctrl_c_prints_one_line_that_says_a_rerun_resumes(full_build, tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr and len(lines) <= 2, stderr
     assert lines[-1].startswith("gmates sync: interrupted during wave 1 (") and "a re-run resumes" in lines[-1]
+
+
+def test_the_next_sync_fails_the_runs_of_a_killed_sync(full_build, tmp_path):
+    import signal
+
+    from gmates_assets.defs.sync import sync
+
+    build = full_build.copy_to(tmp_path / "b")
+    build.edit("probe.total_steps", 41)
+    proc, _ = _start_sync(build, tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with build.instance() as instance:
+        orphans = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert len(orphans) == 1  # the killed run stays STARTED
+        log: list[str] = []
+        sync(build.defs(), instance, select=["documents"], log=log.append)  # fresh: no run of its own
+        run = instance.get_run_by_id(orphans[0].run_id)
+        assert run.status == dg.DagsterRunStatus.FAILURE
+        assert any(orphans[0].run_id in line and f"process {proc.pid}" in line and "gone" in line for line in log)
+
+
+def test_only_runs_of_dead_processes_on_this_host_count_as_orphans():
+    import os
+    import subprocess
+    import sys
+
+    from gmates_assets.defs.orphans import _gone, process_tag
+
+    assert _gone(process_tag()) is None  # this process: alive
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert _gone(process_tag(dead.pid)) == dead.pid
+    host, pid, started = process_tag().split(":")
+    assert _gone(f"another-{host}:{dead.pid}:") is None  # another host's run: not ours to judge
+    assert _gone(f"{host}:{os.getpid()}:{started}0") == os.getpid()  # the pid now names another process

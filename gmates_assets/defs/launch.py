@@ -18,6 +18,7 @@ from typing import Optional
 
 import dagster as dg
 
+from .orphans import process_tags
 from .runtime import GPU_TAG
 
 CODE_LOCATION = "gmates"
@@ -57,7 +58,7 @@ class InProcessRuns:
         for partition, assets in groups:
             result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
                                                  asset_selection=[dg.AssetKey(a) for a in assets],
-                                                 raise_on_error=True, run_config=RUN_CONFIG)
+                                                 raise_on_error=True, run_config=RUN_CONFIG, tags=process_tags())
             run_ids.append(result.run_id)
         return run_ids
 

@@ -24,6 +24,7 @@ from ..core.sources import ReadStats
 from ..core.store import Artifact, ArtifactStore
 from .factory import graph_for
 from .launch import RUN_CONFIG
+from .orphans import fail_orphaned_runs, process_tags
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
 
@@ -199,7 +200,7 @@ def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> Optio
         return None
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=True,
-                                    run_config=RUN_CONFIG)
+                                    run_config=RUN_CONFIG, tags=process_tags())
     return result.run_id
 
 
@@ -290,6 +291,7 @@ def sync(
         scope = names | _ancestors(graph, names)
     runs = runs or InProcessRuns(defs, instance)
     report = SyncReport()
+    fail_orphaned_runs(instance, log)  # runs a killed sync left STARTED
     run_id = observe_sources(defs, instance)
     if run_id:
         report.runs.append(run_id)
