@@ -85,7 +85,8 @@ def cmd_status(args) -> int:
 
     defs = _definitions(args.manifest)
     with _instance() as instance:
-        statuses = asset_statuses(defs, instance, observe=not args.no_observe)
+        statuses = asset_statuses(defs, instance, observe=args.observe,
+                                  current_sources=not (args.observe or args.no_observe))
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return 0
@@ -192,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these assets (and what they need upstream)")
     p.set_defaults(func=cmd_sync)
 
-    p = add("status", help="fresh / stale / missing per asset and partition, with causes")
+    p = add("status", help="fresh / stale / missing per asset and partition, with causes (read-only)")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
+    p.add_argument("--observe", action="store_true",
+                   help="record an observation of the sources first (a run in the history, as sync does); "
+                        "plain status compares their current hashes in memory and writes nothing")
+    p.add_argument("--no-observe", action="store_true", help="do not hash the source files at all (fastest)")
     p.set_defaults(func=cmd_status)
 
     p = add("verify", help="re-hash every artifact the latest build uses against its recorded content hash")

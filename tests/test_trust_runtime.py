@@ -228,3 +228,46 @@ def test_only_runs_of_dead_processes_on_this_host_count_as_orphans():
     host, pid, started = process_tag().split(":")
     assert _gone(f"another-{host}:{dead.pid}:") is None  # another host's run: not ours to judge
     assert _gone(f"{host}:{os.getpid()}:{started}0") == os.getpid()  # the pid now names another process
+
+
+# ------------------------------------------------------------------------------ 6. status is read-only
+@pytest.fixture(scope="module")
+def pool_built(tmp_path_factory) -> Build:
+    """Two local jsonl shards with documents and tokenized_pool built once; tests work on copies."""
+    from .test_pool_assets import make_build
+
+    build = make_build(tmp_path_factory.mktemp("pool"))
+    build.sync(select=["tokenized_pool"])
+    return build
+
+
+def _cli_status(build: Build, monkeypatch, capsys, *flags: str) -> set[tuple[str, str | None]]:
+    import json
+
+    from gmates_assets.cli import main
+
+    for name, value in build.env().items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["status", "--json", "-m", str(build.manifest), *flags]) == 0
+    built = {"documents", "lm_tokenizer", "tokenized_pool"}  # the rest of the graph is missing
+    return {(s["asset"], s["partition"]) for s in json.loads(capsys.readouterr().out)
+            if s["status"] != "fresh" and s["asset"] in built}
+
+
+def _history_size(build: Build) -> tuple[int, int]:
+    with build.instance() as instance:
+        return len(instance.get_runs()), instance.event_log_storage.get_maximum_record_id() or 0
+
+
+def test_plain_status_writes_nothing_and_still_sees_an_edited_source(pool_built, tmp_path, monkeypatch, capsys):
+    from .test_pool_assets import write_jsonl
+
+    build = pool_built.copy_to(tmp_path / "b")
+    write_jsonl(build.root / "b.jsonl", [f"beta document number {i} about glaciers" for i in range(8)])
+    before = _history_size(build)
+    read_only = _cli_status(build, monkeypatch, capsys)
+    assert _history_size(build) == before  # no observation run, no event
+    assert read_only == {("documents", "b")}  # its direct reader (the rest follows if its bytes change)
+    assert _cli_status(build, monkeypatch, capsys, "--observe") == read_only  # what observing finds
+    assert _history_size(build) != before

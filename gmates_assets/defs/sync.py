@@ -110,13 +110,19 @@ def _fan_in_cause(defs: dg.Definitions, instance, name: str, partition: Optional
 
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
-                   assets: Optional[Iterable[str]] = None, observe: bool = False) -> list[PartitionStatus]:
+                   assets: Optional[Iterable[str]] = None, observe: bool = False,
+                   current_sources: bool = False) -> list[PartitionStatus]:
     """Status of every materializable asset partition, in topological order.
 
-    `observe`: hash the external sources first, so edited files show up as stale causes.
+    `observe`: hash the external sources first and record the observation (a run), so edited files show up
+    as stale causes. `current_sources`: the same verdict without writing anything: the sources' current
+    hashes are compared with the last observed ones in memory (source_drift.py).
     """
+    from .source_drift import drifted
+
     if observe:
         observe_sources(defs, instance)
+    drift = drifted(defs, instance) if current_sources and not observe else {}
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     store = gmates_store(defs)
@@ -139,7 +145,10 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
                 out.append(PartitionStatus(name, pk, MISSING, (f"{name}: not in the store at {store.root}",)))
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
-                out.append(PartitionStatus(name, pk, STALE, causes, notes))
+                drift_cause = drift.get((name, pk or ""))
+                out.append(PartitionStatus(name, pk, STALE, causes + ((drift_cause,) if drift_cause else ()), notes))
+            elif (cause := drift.get((name, pk or ""))) is not None:
+                out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             elif (cause := _fan_in_cause(defs, instance, name, pk, resolver)) is not None:
                 out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             else:
