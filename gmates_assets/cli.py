@@ -93,8 +93,9 @@ def cmd_status(args) -> int:
     width = max((len(s.asset) + len(s.partition or "") + 2 for s in statuses), default=10)
     for s in statuses:
         name = f"{s.asset}[{s.partition}]" if s.partition else s.asset
-        print(f"{name:<{width}}  {s.status}")
-        for cause in s.causes:
+        partial = s.status == "partial"  # its first cause says how far it got: on the status line
+        print(f"{name:<{width}}  {s.status}" + (f": {s.causes[0]}" if partial else ""))
+        for cause in s.causes[1:] if partial else s.causes:
             print(f"{'':<{width}}    - {cause}")
         for note in s.notes:
             print(f"{'':<{width}}    ! {note}")

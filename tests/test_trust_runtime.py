@@ -271,3 +271,31 @@ def test_plain_status_writes_nothing_and_still_sees_an_edited_source(pool_built,
     assert read_only == {("documents", "b")}  # its direct reader (the rest follows if its bytes change)
     assert _cli_status(build, monkeypatch, capsys, "--observe") == read_only  # what observing finds
     assert _history_size(build) != before
+
+
+# ------------------------------------------------------------------------------ 8. partial steps in status
+def test_status_shows_an_interrupted_resumable_step_as_partial(pool_built, tmp_path, monkeypatch, capsys):
+    """embeddings[a] (10 documents, committed every 4) stops after its first commit: status says how far it got."""
+    from gmates_assets.core import encode
+
+    build = pool_built.copy_to(tmp_path / "b")
+    real, calls = encode._encode_real_chunks, []
+
+    def killed_after_one_commit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")  # as a killed process: nothing after the first commit runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(encode, "_encode_real_chunks", killed_after_one_commit)
+    with pytest.raises(BaseException, match="killed"):
+        build.sync(select=["embeddings"])
+    monkeypatch.setattr(encode, "_encode_real_chunks", real)
+    for name, value in build.env().items():
+        monkeypatch.setenv(name, value)
+    from gmates_assets.cli import main
+
+    capsys.readouterr()
+    assert main(["status", "-m", str(build.manifest)]) == 0
+    lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("embeddings[")]
+    assert dict(lines) == {"embeddings[a]": "partial: 4/10 docs done, a re-run resumes", "embeddings[b]": "missing"}

@@ -298,10 +298,10 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
     attrs = {**settings, "dim": int(pad_vector.shape[0]), "n_chunks": n_chunks,
              "pooled_over": "all_chunks" if padding_chunks == "include" else "masked_chunks",
              "pooled": "mean of L2-normalised chunk vectors (not re-normalised)"}
-    state = ChunkProgress(out, fingerprint)
+    state = ChunkProgress(out, fingerprint, n, "docs", chunk_docs)
     if state.done and not (path / "zarr.json").exists():
         state.finish()  # progress without its data cannot be resumed
-        state = ChunkProgress(out, fingerprint)
+        state = ChunkProgress(out, fingerprint, n, "docs", chunk_docs)
     if not state.done:
         group = _create_group(path, n, n_chunks, attrs["dim"], chunk_docs, attrs)
     else:

@@ -307,7 +307,7 @@ def probe_rollouts(
     lr_used = float(optimizer.param_groups[0]["lr"])
 
     tokens, labels, rollout_rows = (torch.tensor(a, device=device) for a in (data.tokens, data.labels, rollouts))
-    chunk_progress = ChunkProgress(out, fingerprint)
+    chunk_progress = ChunkProgress(out, fingerprint, n_rollouts, "rollouts", chunk_rollouts)
     n_chunks = -(-n_rollouts // chunk_rollouts)
     computed = resumed = 0
     with deterministic_torch():

@@ -48,9 +48,11 @@ class ChunkProgress:
     discarded rather than resumed, so a stale partial directory can never leak into a new result.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, fingerprint: str):
+    def __init__(self, out_dir: str | os.PathLike, fingerprint: str, total: Optional[int] = None,
+                 unit: str = "chunks", chunk_size: int = 1):
         self.path = Path(out_dir) / PROGRESS_FILE
         self.fingerprint = fingerprint
+        self.units = {"total": total, "unit": unit, "chunk_size": chunk_size} if total is not None else {}
         self.done: set[int] = set()
         if self.path.exists():
             state = json.loads(self.path.read_text())
@@ -62,12 +64,27 @@ class ChunkProgress:
 
     def mark_done(self, chunk: int) -> None:
         self.done.add(chunk)
-        state = {"fingerprint": self.fingerprint, "done": sorted(self.done)}
+        state = {"fingerprint": self.fingerprint, "done": sorted(self.done), **self.units}
         atomic_write_text(self.path, json.dumps(state))
 
     def finish(self) -> None:
         """Remove the bookkeeping once the output is complete."""
         self.path.unlink(missing_ok=True)
+
+
+def partial_progress(work_dir: str | os.PathLike) -> Optional[str]:
+    """How far an interrupted resumable step got, from the `_progress.json` files in its work directory
+    ('112/128 rollouts done'); None when none records its units."""
+    parts = []
+    for path in sorted(Path(work_dir).rglob(PROGRESS_FILE)):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state.get("total"), int):
+            done = min(len(state.get("done", [])) * int(state.get("chunk_size", 1)), state["total"])
+            parts.append(f"{done}/{state['total']} {state.get('unit', 'chunks')} done")
+    return ", ".join(parts) or None
 
 
 class RateMeter:

@@ -118,6 +118,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
     as stale causes. `current_sources`: the same verdict without writing anything: the sources' current
     hashes are compared with the last observed ones in memory (source_drift.py).
     """
+    from .partial_status import with_partial
     from .source_drift import drifted
 
     if observe:
@@ -153,7 +154,7 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
                 out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             else:
                 out.append(PartitionStatus(name, pk, FRESH, (), notes))
-    return out
+    return [s if s.status == FRESH else with_partial(defs, instance, s, _cached_version(resolver)) for s in out]
 
 
 def gmates_store(defs: dg.Definitions) -> Optional[ArtifactStore]:
