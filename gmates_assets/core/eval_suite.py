@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from .evaluation import CoreSpec, TaskSpec
+from .eval_specs import CoreSpec, TaskSpec
 from .manifest import EvalSection, ManifestError, TaskSource, TaskSuiteFile, validate_yaml
 
 

@@ -27,6 +27,8 @@ def _partial_dir(defs: dg.Definitions, instance, name: str, partition: Optional[
     if name not in graph.decls or not graph[name].resumable:
         return None
     store = gm.store()
+    if not any(store.partial_dir(name, "").parent.glob(".partial-*")):  # the common case: no key to compute
+        return None
     try:
         key = input_key(instance, store, graph, loaded, name, partition,
                         input_versions(instance, graph, name, partition, lookup))
