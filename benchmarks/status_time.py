@@ -3,9 +3,12 @@
 Builds the tests profile (data_manifests/tests.yaml) once with `gmates sync`, then times `gmates status` as a user
 runs it (a fresh process each time, imports included) in three modes: plain (sources hashed and compared in
 memory, nothing written), `--observe` (the old default: an observation run recorded first) and `--no-observe`
-(sources not hashed). Prints the median wall time per mode and how many runs each call added to the history.
+(sources not hashed). `--baseline-tree DIR` (a checkout of an earlier commit, e.g. `git archive 658c2a4`) adds
+that tree's `gmates status` and `status --no-observe`. The modes take turns, rep by rep, so a change in machine
+load hits them alike. Prints the median wall time per mode and how many runs each call added to the history.
 
-Usage: python benchmarks/status_time.py [--reps 3] [--root DIR]   (a --root that holds a build is reused)
+Usage: python benchmarks/status_time.py [--reps 5] [--root DIR] [--baseline-tree DIR]
+       (a --root that holds a build is reused)
 """
 from __future__ import annotations
 
@@ -21,15 +24,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"plain": [], "--observe": ["--observe"], "--no-observe": ["--no-observe"]}
+MODES = {"status": [], "status --observe": ["--observe"], "status --no-observe": ["--no-observe"]}
 
 
-def gmates(root: Path, *args: str) -> float:
+def gmates(root: Path, *args: str, tree: Path = ROOT) -> float:
     env = {**os.environ, "DAGSTER_HOME": str(root / "dagster_home"), "GMATES_HOME": str(root / "store"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(tree)}
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "gmates_assets.cli", *args, "-m", str(root / "manifest.yaml")],
-                   env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                   env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -40,10 +43,23 @@ def run_count(root: Path) -> int:
         return len(instance.get_runs())
 
 
+def baseline_copy(root: Path) -> Path:
+    """A copy of the build for an earlier tree, whose event log path must be absolute (homes were not yet
+    relocatable)."""
+    copy = root.with_name(root.name + "-baseline")
+    if not copy.exists():
+        shutil.copytree(root, copy)
+        config = copy / "dagster_home" / "dagster.yaml"
+        events = copy / "dagster_home" / "history" / "events"
+        config.write_text(config.read_text().replace("base_dir: history/events", f"base_dir: {events}"))
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--baseline-tree", type=Path, default=None)
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="status-time-"))
     if not (root / "manifest.yaml").exists():
@@ -51,20 +67,28 @@ def main() -> None:
         shutil.copy(ROOT / "data_manifests" / "tests.yaml", root / "manifest.yaml")
         print(f"building the tests profile in {root} ...", flush=True)
         print(f"  sync: {gmates(root, 'sync'):.1f} s", flush=True)
+    modes = {name: (ROOT, root, flags) for name, flags in MODES.items()}
+    if args.baseline_tree:
+        baseline = baseline_copy(root)
+        modes["before: status (observes)"] = (args.baseline_tree.resolve(), baseline, [])
+        modes["before: status --no-observe"] = (args.baseline_tree.resolve(), baseline, ["--no-observe"])
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    added: dict[str, list[int]] = {m: [] for m in modes}
+    for _ in range(args.reps):
+        for mode, (tree, home, flags) in modes.items():
+            before = run_count(home)
+            times[mode].append(gmates(home, "status", *flags, tree=tree))
+            added[mode].append(run_count(home) - before)
     results = {}
-    for mode, flags in MODES.items():
-        times, added = [], []
-        for _ in range(args.reps):
-            before = run_count(root)
-            times.append(gmates(root, "status", *flags))
-            added.append(run_count(root) - before)
-        results[mode] = {"median_s": round(statistics.median(times), 2), "times_s": [round(t, 2) for t in times],
-                         "runs_added_per_call": max(added)}
-        print(f"status {mode:<13} median {results[mode]['median_s']:6.2f} s  ({results[mode]['times_s']}), "
-              f"runs added per call: {max(added)}", flush=True)
+    for mode in modes:
+        results[mode] = {"median_s": round(statistics.median(times[mode]), 2),
+                         "times_s": [round(t, 2) for t in times[mode]], "runs_added_per_call": max(added[mode])}
+        print(f"{mode:<28} median {results[mode]['median_s']:6.2f} s  ({results[mode]['times_s']}), "
+              f"runs added per call: {max(added[mode])}", flush=True)
     print(json.dumps({"root": str(root), "cpus": os.cpu_count(), **results}))
     if args.root is None:
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root.with_name(root.name + "-baseline"), ignore_errors=True)
 
 
 if __name__ == "__main__":
