@@ -88,7 +88,9 @@ class GuardedAutomationSensor(dg.AutomationConditionSensorDefinition):
 
         def guarded(context):
             reason = guard()
-            return [dg.SkipReason(reason)] if reason else evaluate(context)
+            if reason:  # the cursor stays: after the reload, the next tick compares with the last evaluation
+                return [dg.SensorResult(skip_reason=reason, cursor=context.cursor)]
+            return evaluate(context)
 
         self._evaluation_fn = guarded
 
