@@ -168,7 +168,8 @@ def _start_sync(build: Build, tmp_path) -> tuple:
     import sys
     import time
 
-    env = {**os.environ, **build.env(), "PYTHONPATH": str(ROOT)}
+    quiet = {k: v for k, v in os.environ.items() if k not in ("GMATES_VERBOSE", "GMATES_DEBUG")}  # as a user runs it
+    env = {**quiet, **build.env(), "PYTHONPATH": str(ROOT)}
     out = open(tmp_path / "sync.out", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(build.manifest)],
                             stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -188,10 +189,10 @@ def test_ctrl_c_prints_one_line_that_says_a_rerun_resumes(full_build, tmp_path):
     proc, _ = _start_sync(build, tmp_path)
     proc.send_signal(signal.SIGINT)
     stderr = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr and len(lines) <= 2, stderr
-    assert lines[-1].startswith("gmates sync: interrupted during wave 1 (") and "a re-run resumes" in lines[-1]
+    assert lines[-1].startswith("gmates sync: interrupted during wave 1 (") and "a re-run resumes" in lines[-1], stderr
 
 
 def test_the_next_sync_fails_the_runs_of_a_killed_sync(full_build, tmp_path):
