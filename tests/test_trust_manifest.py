@@ -1,0 +1,116 @@
+"""Trust (issue 19): a manifest that is wrong fails at load time naming file, line and field; nothing
+non-finite or empty is ever committed; a failed eval does not stop assets that do not depend on it."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from gmates_assets.core.manifest import ManifestError, load_manifest, parse_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = "name: t\nsources:\n  shards:\n    - {name: a, format: demo}\n"
+
+
+def _error(text: str, source: str = "m.yaml") -> str:
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(text, source)
+    return str(err.value)
+
+
+# ------------------------------------------------------------------------------------ 1. duplicate keys
+def test_duplicate_top_level_section_names_both_lines():
+    message = _error(MINIMAL + "selection:\n  ratio: 0.5\nselection:\n  ratio: 0.2\n")
+    assert "m.yaml:5" in message and "m.yaml:7" in message and "selection" in message and "duplicate" in message
+
+
+def test_duplicate_nested_key_names_dotted_path_and_both_lines():
+    message = _error(MINIMAL + "probe:\n  optim:\n    lr: 0.1\n    lr: 0.2\n")
+    assert "probe.optim.lr" in message and "m.yaml:7" in message and "m.yaml:8" in message
+
+
+def test_duplicate_key_in_flow_mapping_of_a_list_item():
+    message = _error("name: t\nsources:\n  shards:\n    - {name: a, format: demo, name: b}\n")
+    assert "sources.shards.0.name" in message and "m.yaml:4" in message
+
+
+# ---------------------------------------------------------------------------- 2. non-finite numbers
+@pytest.mark.parametrize("section, value", [("probe:\n  optim:\n    lr", ".inf"), ("pretrain:\n  optim:\n    lr", ".nan"),
+                                            ("relational:\n  lr", ".inf"), ("oracle:\n  lr", "-.inf")])
+def test_non_finite_numbers_are_rejected(section, value):
+    message = _error(MINIMAL + f"{section}: {value}\n")
+    field = section.replace(":\n    ", ".").replace(":\n  ", ".")
+    assert field in message and "finite" in message
+
+
+def test_non_finite_beta_is_rejected():
+    assert "finite" in _error(MINIMAL + "probe:\n  optim:\n    betas: [0.9, .nan]\n")
+
+
+# -------------------------------------------------------------------------------- 3. vocab_size bound
+def test_huge_vocab_size_is_rejected_by_the_schema():
+    message = _error(MINIMAL + "tokenizer:\n  vocab_size: 1000000000\n")
+    assert "m.yaml:6: tokenizer.vocab_size" in message and "1048576" in message
+
+
+# ------------------------------------------------------------------------- 4. seq_len vs model window
+def test_probe_seq_len_over_model_window():
+    message = _error(MINIMAL + "probe:\n  seq_len: 256\n  model: {max_seq_len: 128}\n")
+    assert "probe.seq_len (256)" in message and "probe.model.max_seq_len (128)" in message and "m.yaml:6" in message
+
+
+def test_pretrain_seq_len_over_model_window():
+    message = _error(MINIMAL + "pretrain:\n  init: scratch\n  seq_len: 512\n")
+    assert "pretrain.seq_len (512)" in message and "pretrain.model.max_seq_len (128)" in message
+
+
+# ---------------------------------------------------------------------------------- 5. alias bomb
+BOMB = "name: t\nsources:\n  shards:\n    - {name: a, format: demo}\nx0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + \
+    "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+
+
+def _give_up(_signum, _frame):
+    raise TimeoutError("the manifest loader expanded the aliases (it hangs)")
+
+
+def test_alias_bomb_is_refused_quickly():
+    assert len(BOMB.encode()) < 1000
+    previous = signal.signal(signal.SIGALRM, _give_up)
+    signal.setitimer(signal.ITIMER_REAL, 5.0)  # today's loader would walk 9**9 nodes: fail instead of hanging
+    try:
+        start = time.perf_counter()
+        message = _error(BOMB)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.perf_counter() - start < 1.0
+    assert "m.yaml:" in message and "alias" in message
+
+
+def test_recursive_alias_is_refused():
+    assert "alias" in _error(MINIMAL + "x: &r [1, *r]\n")
+
+
+def test_a_few_aliases_still_work():
+    text = MINIMAL.replace("shards:", "shards:") + "probe:\n  model: &m {hidden_size: 32, num_heads: 2}\n" \
+        "pretrain:\n  model: *m\n"
+    loaded = parse_manifest(text, "m.yaml")
+    assert loaded.manifest.pretrain.model.hidden_size == 32
+
+
+# ------------------------------------------------------------------------- 6. not UTF-8, a folder
+def test_manifest_not_utf8_names_file_and_position(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_bytes(MINIMAL.encode() + b"release:\n  description: caf\xe9\n")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    message = str(err.value)
+    assert str(path) in message and "UTF-8" in message and "line 6" in message
+
+
+def test_manifest_path_that_is_a_folder(tmp_path):
+    with pytest.raises(ManifestError) as err:
+        load_manifest(tmp_path)
+    assert str(tmp_path) in str(err.value) and "folder" in str(err.value)
