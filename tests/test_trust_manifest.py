@@ -114,3 +114,48 @@ def test_manifest_path_that_is_a_folder(tmp_path):
     with pytest.raises(ManifestError) as err:
         load_manifest(tmp_path)
     assert str(tmp_path) in str(err.value) and "folder" in str(err.value)
+
+
+# ------------------------------------------------------------------------------- 7. empty selections
+def test_ratio_that_selects_nothing_names_ratio_pool_and_minimum():
+    from gmates_assets.core.validation import ValidationError, check_selection_size
+
+    with pytest.raises(ValidationError) as err:
+        check_selection_size(320, 0.001)
+    message = str(err.value)
+    assert "selection.ratio (0.001)" in message and "320 documents" in message and "at least 0.00157" in message
+    check_selection_size(320, 0.0015625)  # round(0.5) = 1 document: allowed
+
+
+def test_release_writer_refuses_zero_rows(tmp_path):
+    import polars as pl
+
+    from gmates_assets.core.release import ReleaseError, write_release
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    with pytest.raises(ReleaseError, match="no rows"):
+        write_release(tmp_path / "rel", table.clear(), 10, {}, {})
+    assert list(tmp_path.iterdir()) == []  # nothing committed, no temp folder left
+
+
+@pytest.fixture
+def edited(full_build, tmp_path):
+    return full_build.copy_to(tmp_path / "copy")
+
+
+def test_empty_selection_fails_before_selecting_and_commits_nothing(edited):
+    before = edited.latest_metadata("dataset_release")["dagster/row_count"]
+    edited.edit("selection.ratio", 0.001)
+    with pytest.raises(Exception, match=r"selection\.ratio \(0\.001\) selects no document of the pool \(320 "):
+        edited.sync(select=["dataset_release"])
+    assert edited.latest_metadata("dataset_release")["dagster/row_count"] == before
+    assert all(edited.latest_metadata("selected_subset", m)["dagster/row_count"] == 160
+               for m in ("group_mates", "mates", "random"))
+
+
+def test_floor_budgets_that_select_nothing_fail_before_selecting(edited):
+    edited.edit("selection.ratio", 0.005)  # round(0.005 * 320) = 2, but every cluster's floor(0.005 * n_c) = 0
+    edited.edit("selection.budget_rounding", "floor")
+    with pytest.raises(Exception, match=r"budget_rounding: floor.*selection\.ratio \(0\.005\)"):
+        edited.sync(select=["selected_subset"])
+    assert edited.latest_metadata("selected_subset", "random")["dagster/row_count"] == 160

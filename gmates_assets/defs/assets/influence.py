@@ -154,9 +154,11 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
 
 
 def check_pool_settings(step) -> None:
-    """The pool is large enough for clustering.k and oracle.pool_size (known once every shard is read)."""
+    """The pool is large enough for clustering.k, oracle.pool_size and a non-empty selection (known once every
+    shard is read): a fresh build fails here, before warm-up, not after hours of influence work."""
     rows = sum(step.shard_rows("tokenized_pool").values())
-    validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size)
+    validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size,
+                               step.manifest.selection.ratio)
 
 
 def check_before_probing(step) -> None:
