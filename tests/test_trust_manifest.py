@@ -159,3 +159,51 @@ def test_floor_budgets_that_select_nothing_fail_before_selecting(edited):
     with pytest.raises(Exception, match=r"budget_rounding: floor.*selection\.ratio \(0\.005\)"):
         edited.sync(select=["selected_subset"])
     assert edited.latest_metadata("selected_subset", "random")["dagster/row_count"] == 160
+
+
+# --------------------------------------------------------------------------- 2. non-finite artifacts
+def test_require_finite_names_file_and_field_of_each_format(tmp_path):
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    import zarr
+    from safetensors.torch import save_file
+
+    from gmates_assets.core.finite import NonFiniteError, require_finite
+
+    def fails(folder):
+        with pytest.raises(NonFiniteError) as err:
+            require_finite(folder, "probe_checkpoint", "probe.optim.lr")
+        return str(err.value)
+
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    save_file({"w": torch.ones(3), "ids": torch.arange(3)}, ok / "model.safetensors")
+    pq.write_table(pa.table({"x": [1.0, 2.0], "seq": [[0.5], [1.5, None]]}), ok / "rollouts.parquet")
+    (ok / "scores.json").write_text(json.dumps({"core": 0.3, "missing": None}))
+    zarr.open_group(str(ok / "scores.zarr"), mode="w").create_array("s", data=np.ones(4, dtype=np.float32))
+    require_finite(ok, "probe_checkpoint", "probe.optim.lr")
+
+    cases = {"model.safetensors": lambda d: save_file({"w": torch.tensor([1.0, float("nan")])}, d / "model.safetensors"),
+             "rollouts.parquet": lambda d: pq.write_table(pa.table({"seq": [[0.5, float("inf")]]}), d / "rollouts.parquet"),
+             "scores.json": lambda d: (d / "scores.json").write_text(json.dumps({"tasks": {"a": float("nan")}})),
+             "scores.zarr": lambda d: zarr.open_group(str(d / "scores.zarr"), mode="w").create_array(
+                 "h", data=np.array([[1.0, -np.inf]], dtype=np.float32))}
+    fields = {"model.safetensors": "[w]", "rollouts.parquet": "[seq]", "scores.json": "[tasks.a]", "scores.zarr": "[h]"}
+    for name, write in cases.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        write(folder)
+        message = fails(folder)
+        assert f"in {name} {fields[name]}" in message and "probe.optim.lr" in message and "probe_checkpoint" in message
+
+
+def test_diverged_probe_is_not_committed_and_names_the_lr(edited):
+    before = edited.latest_metadata("probe_checkpoint")["content_hash"]
+    edited.edit("probe.optim.lr", 1.0e30)  # finite, so the manifest accepts it; training diverges to NaN
+    with pytest.raises(Exception, match=r"probe_checkpoint: \d+ non-finite value\(s\).*probe\.optim\.lr"):
+        edited.sync(select=["probe_checkpoint"])
+    assert edited.latest_metadata("probe_checkpoint")["content_hash"] == before
