@@ -2,11 +2,13 @@
 non-finite or empty is ever committed; a failed eval does not stop assets that do not depend on it."""
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gmates_assets.core.manifest import ManifestError, load_manifest, parse_manifest
 
@@ -207,3 +209,37 @@ def test_diverged_probe_is_not_committed_and_names_the_lr(edited):
     with pytest.raises(Exception, match=r"probe_checkpoint: \d+ non-finite value\(s\).*probe\.optim\.lr"):
         edited.sync(select=["probe_checkpoint"])
     assert edited.latest_metadata("probe_checkpoint")["content_hash"] == before
+
+
+# -------------------------------------------------------- 8. eval files early; failures do not stop the rest
+def _bad_gold_task(build) -> None:
+    good = {"query": "Q?", "choices": ["a", "b"], "gold": 0}
+    (build.root / "extra.jsonl").write_text("\n".join(json.dumps(item) for item in (good, {**good, "gold": 5})) + "\n")
+    tasks = yaml.safe_load(build.manifest.read_text())["eval"]["tasks"]
+    build.edit("eval.tasks", tasks + [{"name": "extra", "kind": "multiple_choice", "path": "extra.jsonl"}])
+
+
+def test_bad_eval_file_fails_before_compute_and_does_not_block_the_release(edited):
+    from gmates_assets.defs.sync import sync
+
+    release_before = edited.latest_metadata("dataset_release")["content_hash"]
+    eval_before = edited.latest_metadata("eval_scores", "random")["content_hash"]
+    _bad_gold_task(edited)
+    edited.edit("release.description", "a release that does not depend on eval")
+    logged: list[str] = []
+    with edited.instance() as instance, pytest.raises(Exception) as err:
+        sync(edited.defs(), instance, log=logged.append)
+    message = str(err.value)
+    assert "extra.jsonl:2: field 'gold' = 5 is out of range for 2 choices" in message
+    assert "extra.jsonl:2" in logged[0] and logged[1].startswith("wave 1")  # named before any compute
+    assert edited.latest_metadata("dataset_release")["content_hash"] != release_before  # built anyway
+    assert edited.latest_metadata("eval_scores", "random")["content_hash"] == eval_before  # nothing scored
+
+
+def test_a_failed_run_does_not_stop_the_other_partitions_of_its_wave(tmp_path):
+    from .test_pool_assets import make_build
+
+    build = make_build(tmp_path, a_lines='{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(Exception, match=r"a\.jsonl, line 2 \(row 1\): malformed JSON line"):
+        build.sync(select=["documents"])
+    assert build.latest_metadata("documents", "b")["dagster/row_count"] == 8
