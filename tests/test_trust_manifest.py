@@ -243,3 +243,18 @@ def test_a_failed_run_does_not_stop_the_other_partitions_of_its_wave(tmp_path):
     with pytest.raises(Exception, match=r"a\.jsonl, line 2 \(row 1\): malformed JSON line"):
         build.sync(select=["documents"])
     assert build.latest_metadata("documents", "b")["dagster/row_count"] == 8
+
+
+def test_task_file_validation_is_remembered_only_for_valid_content(tmp_path, monkeypatch):
+    from gmates_assets.core.hashing import sha256_file
+    from gmates_assets.core.task_files import TaskFormatError, validate_task_file
+
+    monkeypatch.setenv("GMATES_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"query": "Q", "choices": ["a"], "gold": 3}\n')
+    for _ in range(2):  # a bad file is never remembered as valid
+        with pytest.raises(TaskFormatError, match=r"t\.jsonl:1: field 'gold' = 3 is out of range"):
+            validate_task_file(path, sha256_file(path), "multiple_choice")
+    path.write_text('{"query": "Q", "choices": ["a"], "gold": 0}\n')
+    validate_task_file(path, sha256_file(path), "multiple_choice")
+    assert len(list((tmp_path / "cache" / "valid-task-files").iterdir())) == 1

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .hashing import cache_dir
+
 
 class TaskFormatError(ValueError):
     """A task file line that does not match its declared format; the message names file, line and field."""
@@ -85,3 +87,20 @@ def read_task_items(path: str | Path, kind: str, has_categories: bool = False) -
     if not items:
         raise TaskFormatError(f"{path}: task file has no items")
     return items
+
+
+RULES_VERSION = "1"  # bump when the item checks change: files validated under older rules are checked again
+
+
+def validate_task_file(path: str | Path, sha256: str, kind: str, has_categories: bool = False) -> None:
+    """read_task_items once per file content: a valid content is remembered under $GMATES_CACHE, so
+    `gmates status` does not parse a large eval bundle every time (a bad file is never remembered)."""
+    marker = cache_dir() / "valid-task-files" / f"{sha256}-{kind}-{int(has_categories)}-v{RULES_VERSION}"
+    if marker.exists():
+        return
+    read_task_items(path, kind, has_categories)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # advisory, like the file-hash cache
+        pass

@@ -1,7 +1,6 @@
 """Training stage: the target LM trained on each method's selection, scored on held-out tasks, compared."""
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ import polars as pl
 
 from ...core.hashing import stable_hash
 from ...core.manifest import replicate_identity
-from ...core.task_files import read_task_items
+from ...core.task_files import validate_task_file
 from ...core.tokenize import load_lm_tokenizer, special_ids
 from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_tokens
@@ -29,12 +28,6 @@ GROUP = "training"
 MODEL_DIR = "model"
 
 
-@functools.lru_cache(maxsize=256)
-def _validate_task_file(path: str, sha256: str, kind: str, has_categories: bool) -> None:
-    """Every item of a task file matches its kind (gold in range, ...); once per content in a process."""
-    read_task_items(path, kind, has_categories)
-
-
 def observe_eval_inputs(loaded) -> str:
     """Content identity of everything eval reads besides the model: task files (and a suite's settings, which
     live outside the manifest), held-out sets."""
@@ -44,7 +37,7 @@ def observe_eval_inputs(loaded) -> str:
     files = {task.name: sha256_file(loaded.resolve(task.path)) if task.path else "demo" for task in tasks}
     for task in tasks:  # a bad item fails here, before any compute, not after pretraining
         if task.path:
-            _validate_task_file(str(loaded.resolve(task.path)), files[task.name], task.kind, task.has_categories)
+            validate_task_file(loaded.resolve(task.path), files[task.name], task.kind, task.has_categories)
     return stable_hash({"tasks": files, "settings": [t.model_dump(exclude={"path"}) for t in tasks],
                         "core": core.label if core else None,
                         "heldout_text": textset_identity(loaded, "heldout_text"),
