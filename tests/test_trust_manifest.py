@@ -234,6 +234,7 @@ def test_bad_eval_file_fails_before_compute_and_does_not_block_the_release(edite
     assert "extra.jsonl:2" in logged[0] and logged[1].startswith("wave 1")  # named before any compute
     assert edited.latest_metadata("dataset_release")["content_hash"] != release_before  # built anyway
     assert edited.latest_metadata("eval_scores", "random")["content_hash"] == eval_before  # nothing scored
+    assert edited.sync(select=["dataset_release"]).executed == []  # the bad eval file is no concern of it
 
 
 def test_a_failed_run_does_not_stop_the_other_partitions_of_its_wave(tmp_path):

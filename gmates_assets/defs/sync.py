@@ -352,8 +352,9 @@ def sync(
         blocked = failed | _descendants(graph, failed)
         pending = [s for s in asset_statuses(defs, instance, scope) if s.status != FRESH and s.asset not in blocked]
         if not pending:
-            if failures:
-                raise _failed(failures)
+            needed = [f for f in failures if scope is None or set(f[0][1]) & scope]  # not a source --select skips
+            if needed:
+                raise _failed(needed)
             return report
         wave = _ready(pending, graph)
         log(f"wave {len(report.waves) + 1}: " + ", ".join(f"{p.asset}[{p.partition}]" if p.partition else p.asset
