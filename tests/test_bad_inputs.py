@@ -17,7 +17,8 @@ import pytest
 
 from gmates_assets.core import lm, release
 from gmates_assets.core.demo_corpus import DemoCorpusParams
-from gmates_assets.core.manifest import parse_manifest
+from gmates_assets.core.finite import require_finite
+from gmates_assets.core.manifest import load_manifest, parse_manifest
 from gmates_assets.core.sources import (
     ReadStats,
     ShardSpec,
@@ -27,7 +28,8 @@ from gmates_assets.core.sources import (
     shard_content,
 )
 from gmates_assets.core.store import ArtifactStore
-from gmates_assets.core.validation import check_pool_size, items_that_fit, loading_model
+from gmates_assets.core.task_files import read_task_items
+from gmates_assets.core.validation import check_pool_size, check_selection_size, items_that_fit, loading_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_inputs.md"
@@ -182,6 +184,63 @@ def _planted_bookkeeping_in_release(d):
     return "; ".join(release.verify_release(summary.path))
 
 
+# -- trust (issue 19): manifest loading, non-finite and empty artifacts, eval files before compute
+def _duplicate_key(d):
+    parse_manifest(MINIMAL + "selection:\n  ratio: 0.5\nselection:\n  ratio: 0.2\n", "m.yaml")
+
+
+def _non_finite_lr(d):
+    parse_manifest(MINIMAL + "probe:\n  optim: {lr: .inf}\n", "m.yaml")
+
+
+def _huge_vocab(d):
+    parse_manifest(MINIMAL + "tokenizer: {vocab_size: 1000000000}\n", "m.yaml")
+
+
+def _seq_len_over_window(d):
+    parse_manifest(MINIMAL + "probe:\n  seq_len: 256\n  model: {max_seq_len: 128}\n", "m.yaml")
+
+
+def _alias_bomb(d):
+    levels = "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    parse_manifest(MINIMAL + "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels, "m.yaml")
+
+
+def _manifest_not_utf8(d):
+    (d / "m.yaml").write_bytes(MINIMAL.encode() + b"release: {description: caf\xe9}\n")
+    load_manifest("m.yaml")
+
+
+def _manifest_is_a_folder(d):
+    (d / "manifests").mkdir()
+    load_manifest("manifests")
+
+
+def _ratio_selects_nothing(d):
+    check_selection_size(320, 0.001)
+
+
+def _empty_release(d):
+    import polars as pl
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    release.write_release(d / "rel", table.clear(), 10, {}, {})
+
+
+def _nan_weights(d):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lm_head.weight": torch.tensor([1.0, float("nan")])}, d / "model.safetensors")
+    require_finite(d, "probe_checkpoint", "probe.optim.lr")
+
+
+def _gold_out_of_range(d):
+    (d / "task.jsonl").write_text('{"query": "Q", "choices": ["a", "b"], "gold": 1}\n'
+                                  '{"query": "Q", "choices": ["a", "b"], "gold": 2}\n')
+    read_task_items("task.jsonl", "multiple_choice")
+
+
 CASES = {
     "empty file": _empty_file,
     "directory given as a file": _directory,
@@ -208,6 +267,17 @@ CASES = {
     "hub model missing offline": _model_missing_offline,
     "disk full during a step": _disk_full,
     "planted `_artifact.json` in a release": _planted_bookkeeping_in_release,
+    "duplicate key in the manifest": _duplicate_key,
+    "non-finite number in the manifest": _non_finite_lr,
+    "`tokenizer.vocab_size` over 2^20": _huge_vocab,
+    "`probe.seq_len` over `probe.model.max_seq_len`": _seq_len_over_window,
+    "YAML alias bomb (~700 bytes)": _alias_bomb,
+    "manifest that is not UTF-8": _manifest_not_utf8,
+    "manifest path that is a folder": _manifest_is_a_folder,
+    "`selection.ratio` that selects nothing": _ratio_selects_nothing,
+    "empty release table": _empty_release,
+    "NaN weights in a built artifact": _nan_weights,
+    "eval `gold` out of range": _gold_out_of_range,
 }
 
 

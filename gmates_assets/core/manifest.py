@@ -26,7 +26,8 @@ class ManifestError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # allow_inf_nan=False: `lr: .inf` or `.nan` anywhere would only fail later, as NaN weights or scores
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -128,11 +129,15 @@ class SourcesSection(Section):
 
 
 # ------------------------------------------------------------------------------------- tokens, vectors
+MAX_VOCAB_SIZE = 1 << 20  # 1,048,576: four times the largest vocabularies in use (docs/bad_inputs.md)
+
+
 class TokenizerSection(Section):
     kind: Literal["train_bpe", "pretrained"] = "train_bpe"
     name: Optional[str] = Field(None, description="hub name or local folder (kind: pretrained)")
     revision: Optional[str] = None
-    vocab_size: int = Field(2048, ge=260)
+    # The largest vocabularies in use are ~256k (Gemma); 1e9 made the Rust BPE trainer abort mid-build.
+    vocab_size: int = Field(2048, ge=260, le=MAX_VOCAB_SIZE)
     train_max_docs: int = Field(5000, ge=10)
     max_tokens: int = Field(128, ge=8)
     add_eos: bool = True
@@ -197,6 +202,13 @@ class OptimSpec(Section):
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
+def _check_window(section: str, seq_len: int, model: LMArchitectureSpec) -> None:
+    """Training sequences must fit the model's position window (else it fails mid-training, unnamed)."""
+    if seq_len > model.max_seq_len:
+        raise ValueError(f"{section}.seq_len ({seq_len}) is larger than {section}.model.max_seq_len "
+                         f"({model.max_seq_len}); lower {section}.seq_len or raise {section}.model.max_seq_len")
+
+
 class ProbeSection(Section):
     checkpoint: Optional[str] = Field(None, description="a user-supplied checkpoint folder instead of warm-up")
     model: LMArchitectureSpec = LMArchitectureSpec()
@@ -213,6 +225,7 @@ class ProbeSection(Section):
     def _save_within_schedule(self) -> ProbeSection:
         if self.save_step > self.total_steps:
             raise ValueError(f"save_step ({self.save_step}) must be <= total_steps ({self.total_steps})")
+        _check_window("probe", self.seq_len, self.model)
         return self
 
 
@@ -332,6 +345,7 @@ class PretrainSection(Section):
         if self.batch_size % self.nproc_per_node:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by nproc_per_node "
                              f"({self.nproc_per_node}): every process takes an equal slice of each global batch")
+        _check_window("pretrain", self.seq_len, self.model)
         return self
 
 
@@ -553,11 +567,107 @@ def _format_validation_error(err: ValidationError, source: str, lines: dict[tupl
     return f"invalid {document}:\n  " + "\n  ".join(problems)
 
 
+# A manifest is a few hundred nodes; aliases may repeat a block, but a ~700-byte alias bomb expands to 9**9.
+MAX_ALIAS_NODES = 100_000
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would let the second silently win) and aliases that expand
+    to more than MAX_ALIAS_NODES nodes or refer to themselves, naming the file and line."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.source = source
+        self.alias_nodes = 0
+        self._sizes: dict[int, int] = {}
+        self._open_anchors: set[str] = set()
+        self._path: list = []
+
+    def _where(self, mark) -> str:
+        return f"{self.source}:{mark.line + 1}"
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self._open_anchors:
+                raise ManifestError(f"{self._where(event.start_mark)}: alias *{event.anchor} refers to the block "
+                                    f"that contains it (a recursive alias); repeat the values instead")
+            anchored = self.anchors.get(event.anchor)
+            self.alias_nodes += _expanded_size(anchored, self._sizes) if anchored is not None else 0
+            if self.alias_nodes > MAX_ALIAS_NODES:
+                raise ManifestError(f"{self._where(event.start_mark)}: aliases expand to more than "
+                                    f"{MAX_ALIAS_NODES:,} YAML nodes (an alias bomb?); a manifest needs far fewer, "
+                                    f"repeat the values or remove the nested aliases")
+            return super().compose_node(parent, index)
+        self._path.append(_key_text(index) if index is not None and parent is not None else None)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def _composing(self, compose, anchor):
+        if anchor is None:
+            return compose(anchor)
+        self._open_anchors.add(anchor)
+        try:
+            return compose(anchor)
+        finally:
+            self._open_anchors.discard(anchor)
+
+    def compose_sequence_node(self, anchor):
+        return self._composing(super().compose_sequence_node, anchor)
+
+    def compose_mapping_node(self, anchor):
+        node = self._composing(super().compose_mapping_node, anchor)
+        seen: dict[str, yaml.Node] = {}
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault(key_node.value, key_node)
+            if first is not key_node:
+                dotted = ".".join(p for p in self._path if p is not None)
+                field = f"{dotted}.{key_node.value}" if dotted else key_node.value
+                raise ManifestError(f"{self._where(key_node.start_mark)}: {field}: duplicate key (first at "
+                                    f"{self._where(first.start_mark)}); YAML would keep only the last one, remove "
+                                    f"or merge one of them")
+        return node
+
+
+def _key_text(index) -> Optional[str]:
+    """The path element for a child node: a mapping key's text, or a list position."""
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    if isinstance(index, int):
+        return str(index)
+    return None
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes `node` stands for once every alias inside it is expanded (memoized: linear in the distinct nodes)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _compose_and_load(text: str, source: str) -> tuple[Optional[yaml.Node], Any]:
+    loader = _ManifestLoader(text, source)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def validate_yaml(model: type[BaseModel], text: str, source: str, document: str = "build manifest") -> Any:
     """YAML text validated as `model`; errors name the source, the line and the dotted field."""
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node, data = _compose_and_load(text, source)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -573,12 +683,27 @@ def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = N
     return LoadedManifest(validate_yaml(Manifest, text, source), path, text)
 
 
+def read_yaml_text(path: Path, document: str = "build manifest") -> str:
+    """The text of a YAML file; a folder, a missing file or bytes that are not UTF-8 name the file and why."""
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder, not a file; name the {document} YAML file itself")
+    if not path.is_file():
+        raise ManifestError(f"{path}: {document} not found")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ManifestError(f"{path}: not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, column {column} "
+                            f"({err.reason}); save the {document} as UTF-8") from None
+
+
 def load_manifest(path: str | Path) -> LoadedManifest:
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: build manifest not found")
+    text = read_yaml_text(path)
     resolved = path.resolve()
-    return parse_manifest(resolved.read_text(encoding="utf-8"), source=str(path), path=resolved)
+    return parse_manifest(text, source=str(path), path=resolved)
 
 
 # ------------------------------------------------------------------------------------------ fingerprints

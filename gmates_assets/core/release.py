@@ -393,6 +393,9 @@ def write_release(out_dir: str | os.PathLike, table: pl.DataFrame | Iterable[pl.
         for piece in [table] if isinstance(table, pl.DataFrame) else table:
             spill.add(piece, order)
         ids = spill.check()
+        if not len(ids):  # an empty release would verify ("every file matches") and fail only when used
+            raise ReleaseError("the release table has no rows (an empty selection? see selection.ratio); an empty "
+                               "release is never written")
         builder = _StatsBuilder()
         shards = _write_shards(spill, ids, tmp, rows_per_shard, order, builder)
         shutil.rmtree(spill.directory)

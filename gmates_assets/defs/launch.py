@@ -52,12 +52,21 @@ class InProcessRuns:
     def __exit__(self, *exc) -> None:
         return None
 
-    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None],
+                failures: Optional[list] = None) -> list[str]:
+        """Run ids of the successful runs; with `failures`, a failed run is added there as (group, error)
+        and the other runs go on (without it, the first failure raises)."""
         run_ids = []
         for partition, assets in groups:
-            result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
-                                                 asset_selection=[dg.AssetKey(a) for a in assets],
-                                                 raise_on_error=True, run_config=RUN_CONFIG)
+            try:
+                result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
+                                                     asset_selection=[dg.AssetKey(a) for a in assets],
+                                                     raise_on_error=True, run_config=RUN_CONFIG)
+            except Exception as err:
+                if failures is None:
+                    raise
+                failures.append(((partition, assets), err))
+                continue
             run_ids.append(result.run_id)
         return run_ids
 
@@ -144,7 +153,9 @@ class InstanceRuns:
             job_code_origin=remote_job.get_python_origin(), asset_selection=keys, asset_check_selection=None,
             asset_graph=self.repository.asset_graph)
 
-    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None],
+                failures: Optional[list] = None) -> list[str]:
+        """As InProcessRuns.run_all, `max_concurrent` runs in flight."""
         pending, in_flight, done = list(groups), {}, []
         while pending or in_flight:
             while pending and len(in_flight) < self.max_concurrent:
@@ -162,7 +173,11 @@ class InstanceRuns:
                     continue
                 partition, assets = in_flight.pop(run_id)
                 if run.status != dg.DagsterRunStatus.SUCCESS:
-                    raise RunFailed(f"run {run_id} ({_describe(partition, assets)}) ended {run.status.value}; "
-                                    f"see its logs in the UI or `dagster run logs`")
+                    failed = RunFailed(f"run {run_id} ({_describe(partition, assets)}) ended {run.status.value}; "
+                                       f"see its logs in the UI or `dagster run logs`")
+                    if failures is None:
+                        raise failed
+                    failures.append(((partition, assets), failed))
+                    continue
                 done.append(run_id)
         return done

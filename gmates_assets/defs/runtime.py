@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from ..core.finite import require_finite
 from ..core.manifest import LoadedManifest
 from ..core.manifest_access import ManifestView, undeclared_reads
 from ..core.progress import ProgressFn, RateMeter
@@ -185,6 +186,8 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
         started = time.monotonic()
         computed.update(decl.compute(step, work_dir))
         _require_declared(decl, step.manifest_reads)
+        if decl.finite:  # never commit NaN weights, labels or scores
+            require_finite(work_dir, f"{asset}[{partition}]" if partition else asset, decl.finite)
         computed["compute_seconds"] = round(time.monotonic() - started, 3)
         computed["manifest_fields_read"] = sorted(step.manifest_reads)
         record["metadata"] = json.loads(json.dumps(computed, default=str))
