@@ -86,11 +86,11 @@ def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: boo
     kwargs = {}
     if revision and not os.path.isdir(name):
         kwargs["revision"] = revision
-    if trust_remote_code:  # only ever passed when explicitly requested
-        kwargs["trust_remote_code"] = True
+    # Always passed (False unless the manifest opts in): transformers never prompts to run a folder's code.
+    trust = bool(trust_remote_code)
     with loading_model("encoder.model", str(name)):
-        model = AutoModel.from_pretrained(name, **kwargs).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModel.from_pretrained(name, trust_remote_code=trust, **kwargs).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust, **kwargs)
     return model, tokenizer
 
 
