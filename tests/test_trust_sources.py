@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gmates_assets.core.encode import default_encoder_dir
+from gmates_assets.core.hashing import hash_dir
 from gmates_assets.core.sources import ShardSpec, SourceError, check_files, check_shards_disjoint, read_shard
+
+from .tiny import TINY, counting_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,3 +174,87 @@ def test_loaders_pass_trust_remote_code_explicitly():
                     k.arg == "trust_remote_code" for k in node.keywords):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)
+
+
+# ------------------------------------------------------------------ 2. commit knobs never change bytes
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A small random BERT with the MiniLM tokenizer, saved as a local model folder."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("tiny_bert") / "encoder"
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=128))
+    model.save_pretrained(root)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(Path(default_encoder_dir()) / name, root / name)
+    return root
+
+
+def varied_texts(n: int) -> list[str]:
+    """Documents of many lengths, so batches formed by length differ with where commits fall."""
+    words = "river stone mountain glacier valley forest meadow harbour".split()
+    return [" ".join(words[(i + j) % len(words)] for j in range(3 + (i * 7) % 60)) for i in range(n)]
+
+
+def test_embeddings_bytes_do_not_depend_on_commit_every_docs(tiny_encoder, tmp_path):
+    from gmates_assets.core.encode import embed_documents, load_encoder
+
+    model, tok = load_encoder(str(tiny_encoder), device="cpu")
+    texts = varied_texts(40)
+    for blocks in ({}, {"block_docs": 8}):  # the default (one block holds every document), and several blocks
+        hashes = set()
+        for commit_every in (1, 3, 17, 512):
+            out = tmp_path / f"b{blocks}-c{commit_every}"
+            embed_documents(model, tok, texts, 64, 32, "mean", 5, out, chunk_docs=commit_every, **blocks)
+            hashes.add(hash_dir(out))
+        assert len(hashes) == 1, f"{blocks}: {len(hashes)} different results"
+
+
+@pytest.fixture(scope="module")
+def probe_setup(tmp_path_factory):
+    """A tiny probe checkpoint mid-schedule, a probe pool and reference batches (as tests/test_oracle.py)."""
+    import torch
+
+    from gmates_assets.core import lm
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("oracle")
+    rng = np.random.default_rng(0)
+    pool = lm.pack_sequences(counting_docs(rng, 40), seq_len=16, eos_id=63)
+    model = lm.build_causal_lm(TINY, seed=0)
+    config = lm.OptimConfig(lr=3e-3, min_lr=3e-5, warmup_steps=1, total_steps=10)
+    lm.train_lm(model, pool, config, 4, 4, 0, root / "ck", checkpoint_every=4, device="cpu")
+    refs = lm.make_reference_batches([((np.arange(10) + 3) % 60, np.where(np.arange(10) < 6, -100, np.arange(10)))],
+                                     batch_size=1, pad_id=0)
+    return root / "ck", pool, refs
+
+
+def test_oracle_bytes_do_not_depend_on_commit_every_rollouts(probe_setup, tmp_path):
+    from gmates_assets.core import oracle
+
+    checkpoint, pool, refs = probe_setup
+    rollouts = oracle.sample_random_rollouts(len(pool), 5, 2, seed=0)
+    hashes = set()
+    for commit_every in (1, 2, 16):
+        out = tmp_path / f"c{commit_every}"
+        oracle.probe_rollouts(checkpoint, pool, refs, rollouts, out, chunk_rollouts=commit_every, device="cpu")
+        hashes.add(hash_dir(out))
+        assert "chunk_rollouts" not in (out / oracle.ORACLE_META_FILE).read_text()
+    assert len(hashes) == 1
+
+
+def test_oracle_resumed_with_another_chunking_leaves_no_stale_chunk(probe_setup, tmp_path):
+    from gmates_assets.core import oracle
+
+    checkpoint, pool, refs = probe_setup
+    rollouts = oracle.sample_random_rollouts(len(pool), 5, 2, seed=0)
+    oracle.probe_rollouts(checkpoint, pool, refs, rollouts, tmp_path / "clean", chunk_rollouts=5, device="cpu")
+    work = tmp_path / "work"
+    work.mkdir()
+    for chunk in range(5):  # what a killed run with commit_every_rollouts: 1 left behind
+        (work / f"chunk-{chunk:05d}.parquet").write_bytes(b"left over")
+    oracle.probe_rollouts(checkpoint, pool, refs, rollouts, work, chunk_rollouts=5, device="cpu")
+    assert hash_dir(work) == hash_dir(tmp_path / "clean")
