@@ -16,6 +16,7 @@ from gmates_assets.core.encode import default_encoder_dir
 from gmates_assets.core.hashing import hash_dir
 from gmates_assets.core.sources import ShardSpec, SourceError, check_files, check_shards_disjoint, read_shard
 
+from .pipeline import Build
 from .tiny import TINY, counting_docs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,3 +259,71 @@ def test_oracle_resumed_with_another_chunking_leaves_no_stale_chunk(probe_setup,
         (work / f"chunk-{chunk:05d}.parquet").write_bytes(b"left over")
     oracle.probe_rollouts(checkpoint, pool, refs, rollouts, work, chunk_rollouts=5, device="cpu")
     assert hash_dir(work) == hash_dir(tmp_path / "clean")
+
+
+# ------------------------------------------------------------------ 1. local model folders enter staleness
+POOL = ["tokenized_pool", "embeddings"]
+BUILT = ["documents", "lm_tokenizer", *POOL]
+
+
+def local_models_build(tmp_path: Path, encoder_dir: Path) -> Build:
+    """Two jsonl shards, a local tokenizer folder (./tok) and a local encoder folder (./enc)."""
+    manifest = json.dumps({
+        "name": "local-models",
+        "sources": {"shards": [{"name": "a", "format": "jsonl", "paths": ["a.jsonl"]},
+                               {"name": "b", "format": "jsonl", "paths": ["b.jsonl"]}]},
+        "tokenizer": {"kind": "pretrained", "name": "./tok", "add_eos": False, "max_tokens": 32},
+        "encoder": {"model": "./enc", "max_length": 64, "chunk_size": 32, "batch_size": 8},
+    })
+    build = Build.create(tmp_path / "b", manifest)
+    write_jsonl(build.root / "a.jsonl", [f"alpha document {i} about rivers" for i in range(6)])
+    write_jsonl(build.root / "b.jsonl", [f"beta document {i} about mountains" for i in range(5)])
+    shutil.copytree(encoder_dir, build.root / "enc")
+    (build.root / "tok").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(Path(default_encoder_dir()) / name, build.root / "tok" / name)
+    return build
+
+
+def content_hashes(build: Build, asset: str, partitions) -> dict:
+    return {p: build.latest_metadata(asset, p)["content_hash"] for p in partitions}
+
+
+def test_in_place_edits_of_local_model_folders_make_their_readers_stale(tiny_encoder, tmp_path):
+    import torch
+    from transformers import BertModel
+
+    build = local_models_build(tmp_path, tiny_encoder)
+    build.sync(select=POOL)
+    before = content_hashes(build, "embeddings", "ab")
+
+    # Scale the word embeddings in place: same folder, same file names, new weights.
+    model = BertModel.from_pretrained(build.root / "enc")
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.mul_(2.0)
+    model.save_pretrained(build.root / "enc")
+    assert build.not_fresh(["embeddings"]) == {("embeddings", "a"), ("embeddings", "b")}
+    report = build.sync(select=POOL)
+    assert {("embeddings", "a"), ("embeddings", "b")} <= set(report.executed)
+    after = content_hashes(build, "embeddings", "ab")
+    assert all(after[p] != before[p] for p in "ab")
+
+    # The same code path for a local tokenizer folder.
+    config_path = build.root / "tok" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "model_max_length": 77}))
+    assert build.not_fresh(["lm_tokenizer", "embeddings"]) == {("lm_tokenizer", None)}
+    assert ("lm_tokenizer", None) in build.sync(select=POOL).executed
+    assert build.not_fresh(BUILT) == set()
+
+
+def test_hub_models_are_versioned_by_their_pinned_revision(tmp_path):
+    from gmates_assets.defs.assets.pool import model_version
+
+    assert model_version("BAAI/bge-base-en-v1.5", "BAAI/bge-base-en-v1.5", None) == "BAAI/bge-base-en-v1.5@main"
+    assert model_version("org/m", "org/m", "abc123") == "org/m@abc123"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    first = model_version(str(tmp_path / "m"), "./m", "ignored-for-folders")
+    (tmp_path / "m" / "config.json").write_text('{"x": 1}')
+    assert model_version(str(tmp_path / "m"), "./m", None) != first
