@@ -60,6 +60,16 @@ def test_same_file_twice_in_one_shard_is_refused_before_reading(tmp_path, pool_f
             read_shard(spec)  # never the pool doubled
 
 
+def test_same_local_dataset_folder_under_two_spellings_is_refused(tmp_path):
+    (tmp_path / "saved").mkdir()
+    specs = [ShardSpec("x", "hf", base_dir=str(tmp_path), hf_name="./saved"),
+             ShardSpec("y", "hf", base_dir=str(tmp_path), hf_name=str(tmp_path / "saved"))]
+    with pytest.raises(SourceError, match="same file"):
+        check_shards_disjoint(specs)
+    other_split = ShardSpec("y", "hf", base_dir=str(tmp_path), hf_name=str(tmp_path / "saved"), hf_split="test")
+    check_shards_disjoint([specs[0], other_split])  # another split of it is another source
+
+
 def test_distinct_files_still_pass(tmp_path, pool_file):
     write_jsonl(tmp_path / "b.jsonl", ["three"])
     check_shards_disjoint([ShardSpec("x", "jsonl", ("a.jsonl",), base_dir=str(tmp_path)),
