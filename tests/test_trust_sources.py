@@ -272,31 +272,25 @@ def test_oracle_resumed_with_another_chunking_leaves_no_stale_chunk(probe_setup,
 
 
 # ------------------------------------------------------------------ 1. local model folders enter staleness
-POOL = ["tokenized_pool", "embeddings"]
-BUILT = ["documents", "lm_tokenizer", *POOL]
+POOL = ["lm_tokenizer", "embeddings"]
+BUILT = ["documents", *POOL]
 
 
 def local_models_build(tmp_path: Path, encoder_dir: Path) -> Build:
-    """Two jsonl shards, a local tokenizer folder (./tok) and a local encoder folder (./enc)."""
+    """A jsonl shard, a local tokenizer folder (./tok) and a local encoder folder (./enc)."""
     manifest = json.dumps({
         "name": "local-models",
-        "sources": {"shards": [{"name": "a", "format": "jsonl", "paths": ["a.jsonl"]},
-                               {"name": "b", "format": "jsonl", "paths": ["b.jsonl"]}]},
+        "sources": {"shards": [{"name": "a", "format": "jsonl", "paths": ["a.jsonl"]}]},
         "tokenizer": {"kind": "pretrained", "name": "./tok", "add_eos": False, "max_tokens": 32},
         "encoder": {"model": "./enc", "max_length": 64, "chunk_size": 32, "batch_size": 8},
     })
     build = Build.create(tmp_path / "b", manifest)
     write_jsonl(build.root / "a.jsonl", [f"alpha document {i} about rivers" for i in range(6)])
-    write_jsonl(build.root / "b.jsonl", [f"beta document {i} about mountains" for i in range(5)])
     shutil.copytree(encoder_dir, build.root / "enc")
     (build.root / "tok").mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(Path(default_encoder_dir()) / name, build.root / "tok" / name)
     return build
-
-
-def content_hashes(build: Build, asset: str, partitions) -> dict:
-    return {p: build.latest_metadata(asset, p)["content_hash"] for p in partitions}
 
 
 def test_in_place_edits_of_local_model_folders_make_their_readers_stale(tiny_encoder, tmp_path):
@@ -305,26 +299,40 @@ def test_in_place_edits_of_local_model_folders_make_their_readers_stale(tiny_enc
 
     build = local_models_build(tmp_path, tiny_encoder)
     build.sync(select=POOL)
-    before = content_hashes(build, "embeddings", "ab")
+    before = build.latest_metadata("embeddings", "a")["content_hash"]
 
     # Scale the word embeddings in place: same folder, same file names, new weights.
     model = BertModel.from_pretrained(build.root / "enc")
     with torch.no_grad():
         model.embeddings.word_embeddings.weight.mul_(2.0)
     model.save_pretrained(build.root / "enc")
-    assert build.not_fresh(["embeddings"]) == {("embeddings", "a"), ("embeddings", "b")}
-    report = build.sync(select=POOL)
-    assert {("embeddings", "a"), ("embeddings", "b")} <= set(report.executed)
-    after = content_hashes(build, "embeddings", "ab")
-    assert all(after[p] != before[p] for p in "ab")
+    assert build.not_fresh(BUILT) == {("embeddings", "a")}
+    assert ("embeddings", "a") in build.sync(select=POOL).executed
+    assert build.latest_metadata("embeddings", "a")["content_hash"] != before
 
     # The same code path for a local tokenizer folder.
     config_path = build.root / "tok" / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "model_max_length": 77}))
-    assert build.not_fresh(["lm_tokenizer", "embeddings"]) == {("lm_tokenizer", None)}
+    assert build.not_fresh(BUILT) == {("lm_tokenizer", None)}
     assert ("lm_tokenizer", None) in build.sync(select=POOL).executed
     assert build.not_fresh(BUILT) == set()
+
+    # Edited after it was observed: the build fails rather than store new weights under the old version.
+    import dagster as dg
+
+    from gmates_assets.defs.launch import RUN_CONFIG
+
+    config_path = build.root / "enc" / "config.json"
+    config_path.write_text(config_path.read_text() + "\n")
+    assert build.not_fresh(BUILT) == {("embeddings", "a")}  # observed, not built yet
+    config_path.write_text(config_path.read_text() + "\n")
+    job = build.defs().resolve_implicit_global_asset_job_def()
+    with build.instance() as instance:
+        result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("embeddings")],
+                                        partition_key="a", run_config=RUN_CONFIG, raise_on_error=False)
+    assert not result.success
+    assert "changed since it was observed" in str(result.get_step_failure_events()[0].step_failure_data.error)
 
 
 def test_hub_models_are_versioned_by_their_pinned_revision(tmp_path):

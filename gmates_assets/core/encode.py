@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device as pick_device
-from .hashing import stable_hash
+from .hashing import cached_sha256_file, hash_dir, stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
 from .validation import loading_model
 
@@ -68,22 +68,20 @@ def load_encoder(name_or_dir: str | None = None, revision: str | None = None, tr
     """(model, tokenizer) for any HF encoder; None loads the bundled all-MiniLM-L6-v2 (offline).
 
     Kept for the life of the process (one entry): `gmates sync` runs every shard's step in one process, and
-    reloading the encoder per shard cost more than embedding a small shard. A local folder's file sizes and
-    mtimes are part of the key, so an edited model is loaded again. Callers only run inference with it.
+    reloading the encoder per shard cost more than embedding a small shard. A local folder's content hash is
+    part of the key, so an edited model is loaded again. Callers only run inference with it.
     """
     name = name_or_dir or default_encoder_dir()
     return _load_encoder_cached(name, revision, trust_remote_code, str(pick_device(device)), _folder_stamp(name))
 
 
-def _folder_stamp(name: str) -> tuple:
-    if not os.path.isdir(name):
-        return ()
-    return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-                        for entry in os.scandir(name) if entry.is_file()))
+def _folder_stamp(name: str) -> str:
+    """A local folder's content hash (digests re-computed only for files whose stat changed), as observed."""
+    return hash_dir(name, file_digest=cached_sha256_file) if os.path.isdir(name) else ""
 
 
 @functools.lru_cache(maxsize=1)
-def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: bool, device: str, _stamp: tuple):
+def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: bool, device: str, _stamp: str):
     from transformers import AutoModel, AutoTokenizer
 
     kwargs = {}
