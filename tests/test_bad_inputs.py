@@ -241,6 +241,33 @@ def _gold_out_of_range(d):
     read_task_items("task.jsonl", "multiple_choice")
 
 
+# ------------------------------------------------------------------ trust-sources (issue 19)
+def _same_file_two_spellings(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    check_shards_disjoint([ShardSpec("x", "jsonl", ("a.jsonl",), base_dir=str(d)),
+                           ShardSpec("y", "jsonl", (str(d / "a.jsonl"),), base_dir=str(d))])
+
+
+def _same_file_twice_in_one_shard(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    (d / "b.jsonl").symlink_to(d / "a.jsonl")
+    check_files(ShardSpec("s", "jsonl", ("*.jsonl",), base_dir=str(d)))
+
+
+def _lone_surrogate_in_metadata(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', '{"text": "fine", "title": "\\ud800"}'))
+
+
+def _custom_code_tokenizer(d):
+    from gmates_assets.core.tokenize import load_lm_tokenizer
+
+    (d / "tok").mkdir()
+    (d / "tok" / "custom.py").write_text("raise SystemExit('custom code ran')\n")
+    (d / "tok" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": ["custom.CustomTokenizer", None]}}))
+    load_lm_tokenizer("./tok")
+
+
 CASES = {
     "empty file": _empty_file,
     "directory given as a file": _directory,
@@ -278,6 +305,11 @@ CASES = {
     "empty release table": _empty_release,
     "NaN weights in a built artifact": _nan_weights,
     "eval `gold` out of range": _gold_out_of_range,
+    # trust-sources (issue 19): one file under two spellings, lone surrogates, custom model code
+    "same file in two shards, relative and absolute path": _same_file_two_spellings,
+    "same file twice in one shard (a symlink)": _same_file_twice_in_one_shard,
+    'lone surrogate escape (`"\\ud800"`) in a metadata field': _lone_surrogate_in_metadata,
+    "tokenizer folder with custom code (`auto_map`)": _custom_code_tokenizer,
 }
 
 

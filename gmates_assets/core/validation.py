@@ -31,11 +31,21 @@ def loading_model(setting: str, name: str) -> Iterator[None]:
 
     try:
         yield
+    except ModelLoadError:
+        raise
     except (OSError, HFValidationError) as err:
         reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"{setting} {name!r} cannot be loaded: {reason}. A hub model must be downloaded once before offline "
             f"use (HF_HUB_OFFLINE=1); a local folder is resolved relative to the manifest.") from err
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelLoadError(
+            f"{setting} {name!r} needs custom code (its config's auto_map names python files that would run on "
+            f"load); gmates never runs a model's own code unless the manifest sets "
+            f"{setting.split('.')[0]}.trust_remote_code: true. Read that code first, or use a model without it."
+        ) from None
 
 
 def check_pool_size(n_docs: int, clustering_k: int, oracle_pool_size: int, selection_ratio: float = 1.0) -> None:

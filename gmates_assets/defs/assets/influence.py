@@ -308,10 +308,15 @@ def _bootstraps(manifest) -> bool:
     return bool(manifest.bootstrap.enabled)
 
 
+def _finetunes(manifest) -> bool:
+    return manifest.relational.mode == "finetune"  # loads the encoder's weights and tokenizer itself
+
+
 _TORCH = frozenset({"pytorch", "safetensors"})
 _ORACLE_LR = "oracle.lr (probe.optim.lr when oracle.lr is 'checkpoint')"
 _ORACLE_INPUTS = (Input("probe_checkpoint"), Input("probe_pool"), Input("lm_tokenizer"), Input("reference_set"))
-_MODEL_INPUTS = (Input("probe_pool"), Input("embeddings_index"), Input("documents_index"))
+_MODEL_INPUTS = (Input("probe_pool"), Input("embeddings_index"), Input("documents_index"),
+                 Input("encoder_model", when=_finetunes))
 
 DECLS = [
     AssetDecl("reference_set", GROUP, "The reference set D_r (prompt/answer) whose loss defines influence.",
@@ -359,7 +364,8 @@ DECLS = [
               + _MODEL_INPUTS, sections=("relational", "bootstrap.enabled", "encoder"), kinds=_TORCH),
     AssetDecl("influence_scores", GROUP, "Per-document h and s from DIM-final (and s of the individual model): zarr.",
               compute=build_influence_scores, finite="relational.lr", partitioning=SHARDS,
-              inputs=(Input("relational_model"), Input("embeddings", "same"), Input("documents", "same")),
+              inputs=(Input("relational_model"), Input("embeddings", "same"), Input("documents", "same"),
+                      Input("encoder_model", when=_finetunes)),
               sections=("relational.mode", "encoder"), kinds=frozenset({"zarr", "pytorch"})),
     shard_index("influence_scores", GROUP),
 ]

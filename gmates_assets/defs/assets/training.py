@@ -122,7 +122,7 @@ def _evaluate(step, out: Path) -> dict:
 
     section = step.manifest.eval
     model_dir = step.input("pretrained_checkpoint").path / MODEL_DIR
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
     tok = load_lm_tokenizer(str(model_dir))
     specs, core = _task_specs(step, out)
     if section.backend == "lm_eval":
