@@ -92,8 +92,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and rebuild them (a
-    rebuild with the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
+    """Re-hash the artifacts the latest build uses; with --repair, move aside artifacts whose record is
+    unreadable, discard the corrupt ones and everything built from them, and rebuild all of it (a rebuild with
+    the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
     from .defs.sync import gmates_store, sync, verify_artifacts
 
     defs = _definitions(args.manifest)
@@ -102,10 +103,18 @@ def cmd_verify(args) -> int:
         if not bad or not args.repair:
             return 1 if bad else 0
         store = gmates_store(defs)
-        for check in bad:
-            if check.artifact is not None:
-                store.discard(check.artifact)
-        report = sync(defs, instance, select={c.asset for c in bad}, log=lambda m: print(m, flush=True))
+        for unreadable in store.unreadable_records():
+            where = store.quarantine(unreadable.asset, unreadable.input_key)
+            print(f"repair: {unreadable.asset} artifact {unreadable.input_key[:12]} has an unreadable record; "
+                  f"moved aside to {where}")
+        corrupt = [check.artifact for check in bad if check.artifact is not None]
+        later = store.discard_with_descendants(corrupt)
+        for art in later:
+            print(f"repair: discarded {art.asset}{f'[{art.partition}]' if art.partition else ''} "
+                  f"{art.input_key[:12]}, built from it")
+        names = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+        select = {c.asset for c in bad} | ({a.asset for a in later} & names)
+        report = sync(defs, instance, select=select, log=lambda m: print(m, flush=True))
         print(f"repair: rebuilt {len(report.executed)} asset partition(s)")
         return 1 if _report_verify(verify_artifacts(defs, instance)) else 0
 

@@ -1,7 +1,9 @@
 """The one code path every asset runs through: resolve inputs, reuse or build, report versions.
 
 1. Upstream artifacts are found by the data versions Dagster recorded for them (= their content hashes);
-   observable sources contribute their observed data versions.
+   observable sources contribute their observed data versions. Each one's files are checked against its
+   content hash before the step gets it (ArtifactStore.require_verified; cheap when the files are unchanged),
+   and whole-pool readers have every shard behind their shard indexes checked before compute starts.
 2. input_key = hash(asset, code version, partition, those versions, non-asset identities); a stored artifact
    with that key is reused without computing (metadata `reused: true`), so re-runs and reverts are nearly free.
 3. Otherwise the compute function fills a work directory that the store commits atomically. It sees the
@@ -79,6 +81,7 @@ class Step:
         self.asset = asset
         self.partition = partition
         self._inputs = inputs
+        self._shards: dict[str, dict[str, Artifact]] = {}
 
     @property
     def device(self) -> str:
@@ -104,10 +107,19 @@ class Step:
         return self._inputs[asset]
 
     def shards(self, asset: str) -> dict[str, Artifact]:
-        """Every shard's artifact of a shard-partitioned asset, in pool order, as listed by its index."""
-        index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
-        return {row["shard"]: self.store.require_by_content(asset, row["content_hash"], row["shard"])
-                for row in index["shards"]}
+        """Every shard's artifact of a shard-partitioned asset, in pool order, as listed by its index (each
+        checked against its content hash, once per step)."""
+        if asset not in self._shards:
+            index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
+            self._shards[asset] = {row["shard"]: self.store.require_verified(asset, row["content_hash"], row["shard"])
+                                   for row in index["shards"]}
+        return self._shards[asset]
+
+    def verify_pool_inputs(self) -> None:
+        """Check every shard behind the step's shard-index inputs now, so a corrupt one fails before compute."""
+        for name in self._inputs:
+            if self.graph[name].compute is write_shard_index:
+                self.shards(name.removesuffix("_index"))
 
     def shard_rows(self, asset: str) -> dict[str, int]:
         """Documents per shard, from the index alone (no shard is opened)."""
@@ -165,7 +177,7 @@ def _artifacts(store: ArtifactStore, graph: AssetGraph, versions: dict) -> dict[
     for asset, by_partition in versions.items():
         if graph[asset].is_source:
             continue
-        out[asset] = {pk or None: store.require_by_content(asset, v, pk or None) for pk, v in by_partition.items()}
+        out[asset] = {pk or None: store.require_verified(asset, v, pk or None) for pk, v in by_partition.items()}
     return out
 
 
@@ -182,6 +194,7 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
 
     def fill(work_dir: Path) -> None:
         step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions), versions)
+        step.verify_pool_inputs()  # a corrupt input fails the step here, before any compute
         started = time.monotonic()
         computed.update(decl.compute(step, work_dir))
         _require_declared(decl, step.manifest_reads)
