@@ -144,21 +144,21 @@ def cmd_release_verify(args) -> int:
 
 
 def cmd_release_export(args) -> int:
-    """Copy the latest materialized dataset_release out of the store; verified before it appears."""
-    import dagster as dg
-
+    """Copy the named manifest's dataset_release out of the store (verified on read, then verified again as a
+    release before it appears); refused when that manifest's release is not built or is stale."""
     from .core.release import export_release
-    from .core.store import ArtifactStore, store_root_from_env
+    from .defs.current import NotCurrent, current_artifact
 
+    defs = _definitions(args.manifest)
     with _instance() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
-    if event is None:
-        print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
-        return 1
-    content_hash = event.asset_materialization.metadata["content_hash"].value
-    artifact = ArtifactStore(store_root_from_env()).require_by_content("dataset_release", content_hash)
+        try:
+            artifact = current_artifact(defs, instance, "dataset_release", args.manifest)
+        except NotCurrent as refused:
+            print(f"gmates release export: {refused}", file=sys.stderr)
+            return 1
     target = export_release(artifact.path / "release", args.dir)
-    print(f"exported {artifact.location}/release -> {target}: every file matches its manifest")
+    print(f"exported the release of {args.manifest} ({artifact.location}/release) -> {target}: every file matches "
+          f"its manifest")
     return 0
 
 
@@ -217,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.set_defaults(func=cmd_release_verify)
     e = rsub.add_parser("export", parents=[common],
-                        help="copy the latest dataset_release out of the store, then verify it")
+                        help="copy the named manifest's dataset_release out of the store, then verify it")
     e.add_argument("dir")
+    e.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="whose release (default: as sync)")
     e.set_defaults(func=cmd_release_export)
     return parser
 
