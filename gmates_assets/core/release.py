@@ -422,7 +422,7 @@ def read_manifest(release_dir: str | os.PathLike) -> dict[str, Any]:
     return load_json_bounded((Path(release_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 def json_depth(text: str) -> int:
@@ -434,11 +434,15 @@ def json_depth(text: str) -> int:
     return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
 
 
+class TooDeep(ValueError):
+    pass
+
+
 def load_json_bounded(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """json.loads that refuses input nested deeper than `max_depth` (deep input would raise RecursionError)."""
     depth = json_depth(text)
     if depth > max_depth:
-        raise ValueError(f"nested deeper than {max_depth} levels ({depth})")
+        raise TooDeep(f"nested {depth} levels deep, deeper than the {max_depth} a release manifest may have")
     return json.loads(text)
 
 
@@ -491,6 +495,8 @@ def verify_release(release_dir: str | os.PathLike) -> list[str]:
         manifest = read_manifest(root)
     except FileNotFoundError:
         return links + [f"missing file: {MANIFEST_NAME}"]
+    except TooDeep as err:
+        return links + [f"{MANIFEST_NAME} is refused: {err}"]
     except (ValueError, UnicodeDecodeError) as err:
         return links + [f"{MANIFEST_NAME} is not valid JSON: {err}"]
     files, problems = _check_manifest(manifest)

@@ -95,8 +95,8 @@ class UnreadableRecord(StoreError):
     """An artifact's `_artifact.json` is not valid JSON: `gmates verify --repair` quarantines the artifact."""
 
     def __init__(self, asset: str, input_key: str, location: str, cause: str):
-        super().__init__(f"{location}: the artifact record is not valid JSON ({cause}); {REPAIR_HINT} moves the "
-                         f"artifact aside under {QUARANTINE_DIR}/ and rebuilds it")
+        super().__init__(f"{location}: the artifact record is not valid JSON ({cause}); `gmates verify --repair` "
+                         f"moves the artifact aside under {QUARANTINE_DIR}/ and rebuilds it")
         self.asset, self.input_key = asset, input_key
 
 

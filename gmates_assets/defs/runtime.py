@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -69,7 +70,8 @@ class Step:
 
     def __init__(self, context, loaded: LoadedManifest, store: ArtifactStore, graph: AssetGraph, asset: str,
                  partition: Optional[str], inputs: dict[str, dict[Optional[str], Artifact]],
-                 versions: dict[str, dict[str, str]], record_reads: bool = True):
+                 versions: dict[str, dict[str, str]], record_reads: bool = True,
+                 verified_shards: Optional[dict[str, dict[str, Artifact]]] = None):
         self.context = context
         self.raw_loaded = loaded  # unrecorded: only for what the cache key already covers (identities)
         self._view = ManifestView(loaded.manifest)
@@ -81,7 +83,7 @@ class Step:
         self.asset = asset
         self.partition = partition
         self._inputs = inputs
-        self._shards: dict[str, dict[str, Artifact]] = {}
+        self._shards = verified_shards if verified_shards is not None else {}  # shared by one step's Steps
 
     @property
     def device(self) -> str:
@@ -191,9 +193,14 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
     # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
     record: dict[str, Any] = {"code_version": graph.code_version(asset), "inputs": versions}
     computed: dict[str, Any] = {}
+    shards: dict[str, dict[str, Artifact]] = {}
+
+    @functools.cache
+    def inputs() -> dict[str, dict[Optional[str], Artifact]]:  # resolved and verified once per step
+        return _artifacts(store, graph, versions)
 
     def fill(work_dir: Path) -> None:
-        step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions), versions)
+        step = Step(context, loaded, store, graph, asset, partition, inputs(), versions, verified_shards=shards)
         step.verify_pool_inputs()  # a corrupt input fails the step here, before any compute
         started = time.monotonic()
         computed.update(decl.compute(step, work_dir))
@@ -203,8 +210,8 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
         record["metadata"] = json.loads(json.dumps(computed, default=str))
 
     if decl.precheck:  # validation that fails before expensive work (it cannot change what is built)
-        decl.precheck(Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
-                           versions, record_reads=False))
+        decl.precheck(Step(context, loaded, store, graph, asset, partition, inputs(), versions, record_reads=False,
+                           verified_shards=shards))
     # Under the artifact's build lock: a concurrent sync building the same key is waited for, then reused.
     artifact, reused = store.get_or_build(asset, key, fill, partition, record, decl.resumable, log=context.log.info)
     if reused:
@@ -212,8 +219,8 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
     metadata = dict(artifact.record.get("metadata", {})) if reused else computed
     checks = None
     if decl.check_fn:
-        check_step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
-                          versions, record_reads=False)
+        check_step = Step(context, loaded, store, graph, asset, partition, inputs(), versions, record_reads=False,
+                          verified_shards=shards)
         checks = decl.check_fn(check_step, artifact)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(artifact.content_hash),
