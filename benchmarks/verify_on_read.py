@@ -11,7 +11,8 @@ the stamp this host remembered is not read again. Two inputs, at two pool sizes:
   the cost does not depend on them).
 * influence_scores[shard] (h float32 [n, d], s, s_individual; zarr, 4096 rows per chunk), read by
   cluster_assignments over the whole pool. Step compute, measured: methods.cluster (faiss spherical k-means,
-  the manifest's default k and niter) over h of the whole pool, as build_cluster_assignments runs it.
+  the manifest's default k and niter) over h of the whole pool read shard by shard from the zarr arrays, as
+  build_cluster_assignments runs it (its parquet output, a small part, is left out).
 
 The artifacts are written with the real shapes, chunking and zarr codecs (random values, like embeddings they
 barely compress) and committed through the store, so records and content hashes are real. They are older than
@@ -37,6 +38,7 @@ import zarr
 from gmates_assets.core import methods, relational
 from gmates_assets.core.hashing import RACY_SECONDS
 from gmates_assets.core.manifest import ClusteringSection, EncoderSection
+from gmates_assets.core.rows import ConcatRows
 from gmates_assets.core.store import ArtifactStore
 
 DIM = 384  # builtin all-MiniLM-L6-v2
@@ -107,11 +109,10 @@ def run(n_docs: int, per_shard: int, root: Path) -> dict:
         warm, read_warm = verify_all(store, arts)
         assert read_cold >= files - len(arts) and read_warm == 0  # every content file, then none
         result[name] = {"files": files, "mb": size / 2**20, "cold": cold, "warm": warm}
-    h = np.concatenate([zarr.open_group(str(a.file("scores.zarr")), mode="r")["h"][...] for a in scores])
     config = methods.ClusterConfig(ClusteringSection.model_fields["k"].default,
                                    ClusteringSection.model_fields["niter"].default)
-    start = time.perf_counter()
-    methods.cluster(h, config)
+    start = time.perf_counter()  # h read from the shards' zarr arrays as the step reads it (artifacts.pool_rows)
+    methods.cluster(ConcatRows([zarr.open_group(str(a.file("scores.zarr")), mode="r")["h"] for a in scores]), config)
     result["embeddings"]["compute"] = emb_compute
     result["influence_scores"]["compute"] = time.perf_counter() - start
     return result

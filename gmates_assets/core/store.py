@@ -31,8 +31,8 @@ The record also lists every file's sha256 ("files"), so a mismatch names the fil
 
 Repair. `discard_with_descendants` removes a corrupt artifact and every artifact built from it, transitively
 (each record keeps its inputs' content hashes under "inputs"), so the next sync rebuilds the whole chain. An
-artifact whose record is not valid JSON is moved aside under quarantine/ (`quarantine_unreadable`), never
-deleted.
+artifact whose record is not valid JSON (`unreadable_records`) is moved aside under quarantine/ (`quarantine`),
+never deleted.
 
 Locks. A build takes `locks/<asset>/<input_key>.lock` by exclusive create (O_EXCL on a local or NFS path,
 `open(mode="xb")` on fsspec: a conditional put on S3, GCS and Azure), writes its owner (host, pid, token) and
@@ -83,7 +83,6 @@ STALE_AFTER_SECONDS = 120.0
 LOCAL_PROTOCOLS = ("file", "local")
 
 
-REPAIR_HINT = "run `gmates verify --repair`"
 QUARANTINE_DIR = "quarantine"
 
 
@@ -367,8 +366,8 @@ class ArtifactStore:
             raise CorruptInput(
                 f"input {where} at {artifact.location} does not match its recorded content hash "
                 f"{artifact.content_hash[:16]}… ({_differences(dict(pairs), artifact.record.get('files'))}); "
-                f"its bytes changed after it was built, so no step reads it. {REPAIR_HINT[0].upper()}"
-                f"{REPAIR_HINT[1:]}: it rebuilds {where} and everything built from it")
+                f"its bytes changed after it was built, so no step reads it. Run `gmates verify --repair`: it "
+                f"rebuilds {where} and everything built from it")
         return read
 
     def ensure_indexed(self, artifact: Artifact) -> None:
@@ -571,7 +570,7 @@ class ArtifactStore:
 
     def descendants(self, roots: list[Artifact]) -> list[Artifact]:
         """Every stored artifact built, directly or transitively, from one of `roots` (by the content hashes
-        each record keeps under "inputs"), in build order; `roots` themselves left out."""
+        each record keeps under "inputs"), each listed after the one it was built from; `roots` left out."""
         tainted = {(a.asset, a.content_hash) for a in roots}
         everything = [a for asset in self.asset_names() for a in self.artifacts(asset)]
         found: list[Artifact] = []
