@@ -268,6 +268,48 @@ def _custom_code_tokenizer(d):
     load_lm_tokenizer("./tok")
 
 
+# ---- trust-store: inputs checked on read, unreadable records, releases that leave their folder
+def _stored(d, data: bytes = b"0123456789"):
+    store = ArtifactStore(d / "store")
+    with store.build("embeddings", "k1", "shard-000") as work:
+        (work / "embeddings.zarr").mkdir()
+        (work / "embeddings.zarr" / "c0").write_bytes(data)
+    return store, store.get("embeddings", "k1")
+
+
+def _input_changed_after_build(d):
+    store, art = _stored(d)
+    art.file("embeddings.zarr/c0").write_bytes(b"0123456789"[::-1])
+    store.verify_on_read(art)
+
+
+def _unreadable_record(d):
+    store, art = _stored(d)
+    (art.path / "_artifact.json").write_text('{"content_hash": ')
+    store.get("embeddings", "k1")
+
+
+def _small_release(d):
+    import polars as pl
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    return release.write_release(d / "rel", table, 10, {}, {})
+
+
+def _release_file_linked_outside(d):
+    summary = _small_release(d)
+    shard = summary.path / next(name for name in summary.files if name.startswith("data/"))
+    shard.rename(d / "outside.parquet")
+    shard.symlink_to(d / "outside.parquet")
+    return "; ".join(release.verify_release(summary.path))
+
+
+def _release_manifest_nested_deep(d):
+    summary = _small_release(d)
+    (summary.path / release.MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    return "; ".join(release.verify_release(summary.path))
+
+
 CASES = {
     "empty file": _empty_file,
     "directory given as a file": _directory,
@@ -310,6 +352,10 @@ CASES = {
     "same file twice in one shard (a symlink)": _same_file_twice_in_one_shard,
     'lone surrogate escape (`"\\ud800"`) in a metadata field': _lone_surrogate_in_metadata,
     "tokenizer folder with custom code (`auto_map`)": _custom_code_tokenizer,
+    "input artifact changed after it was built (read by a step)": _input_changed_after_build,
+    "unreadable `_artifact.json` in the store": _unreadable_record,
+    "release data file linked outside its folder": _release_file_linked_outside,
+    "release `manifest.json` nested 100,000 levels deep": _release_manifest_nested_deep,
 }
 
 

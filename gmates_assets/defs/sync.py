@@ -21,7 +21,7 @@ from dagster._core.definitions.data_version import (  # private
 from dagster._core.loader import LoadingContextForTest  # private
 
 from ..core.sources import ReadStats
-from ..core.store import Artifact, ArtifactStore
+from ..core.store import Artifact, ArtifactStore, UnreadableRecord
 from .factory import graph_for
 from .launch import RUN_CONFIG
 
@@ -185,7 +185,11 @@ def verify_artifacts(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
         for pk in _partition_keys(graph.get(key), instance):
             if resolver.get_status(key, pk) == StaleStatus.MISSING:
                 continue  # never built: nothing to verify
-            stored = _stored_artifact(store, resolver, key, pk)
+            try:
+                stored = _stored_artifact(store, resolver, key, pk)
+            except UnreadableRecord as err:  # `gmates verify --repair` quarantines it
+                checks.append(ArtifactCheck(key.to_user_string(), pk, str(err)))
+                continue
             problem = "missing from the store" if stored is None else None
             if stored is not None and (actual := store.stored_hash(stored)) != stored.content_hash:
                 problem = f"files hash to {actual[:16]}…, the record says {stored.content_hash[:16]}…"
