@@ -45,6 +45,7 @@ class PartitionStatus:
 class SyncReport:
     waves: list[list[tuple[str, Optional[str]]]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    fresh: list[PartitionStatus] = field(default_factory=list)  # the synced scope at the end: all fresh
 
     @property
     def executed(self) -> list[tuple[str, Optional[str]]]:
@@ -294,8 +295,10 @@ def sync(
     if run_id:
         report.runs.append(run_id)
     for _ in range(max_waves):
-        pending = [s for s in asset_statuses(defs, instance, scope) if s.status != FRESH]
+        statuses = asset_statuses(defs, instance, scope)
+        pending = [s for s in statuses if s.status != FRESH]
         if not pending:
+            report.fresh = statuses
             return report
         wave = _ready(pending, graph)
         log(f"wave {len(report.waves) + 1}: " + ", ".join(f"{p.asset}[{p.partition}]" if p.partition else p.asset
