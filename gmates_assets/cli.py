@@ -68,6 +68,8 @@ def cmd_sync(args) -> int:
     from .sync_summary import closing_notes, summary_line
 
     start = time.perf_counter()
+    if not args.verbose:  # transformers' save/load progress bars: noise between the step lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     defs = _definitions(args.manifest)
     with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
         report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True), runs=runs)

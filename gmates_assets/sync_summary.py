@@ -16,6 +16,7 @@ from typing import Optional
 import dagster as dg
 
 from .defs.sync import FRESH, PartitionStatus, SyncReport, gmates_store
+from .report import display_path
 
 UI_URL = "http://127.0.0.1:3000"
 
@@ -53,17 +54,6 @@ def program() -> str:
     return sys.argv[0] if Path(sys.argv[0]).name == "gmates" else "gmates"
 
 
-def _shown(location: str) -> str:
-    """A local path relative to the working directory when it is below it (short, copyable)."""
-    if "://" in location:
-        return location
-    path = Path(location).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def release_lines(defs: dg.Definitions, instance: dg.DagsterInstance, command: str) -> list[str]:
     """Where the latest dataset_release is, and one line each to export and to load it."""
     event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
@@ -73,10 +63,10 @@ def release_lines(defs: dg.Definitions, instance: dg.DagsterInstance, command: s
     metadata = event.asset_materialization.metadata
     artifact = store.require_by_content("dataset_release", metadata["content_hash"].value)
     rows = metadata["dagster/row_count"].value if "dagster/row_count" in metadata else None
-    what = f"{rows:,} documents, " if rows is not None else ""
     shards = metadata["shards"].value if "shards" in metadata else None
-    what += f"{shards} parquet shard{'' if shards == 1 else 's'}, " if shards is not None else ""
-    return [f"release: {_shown(artifact.location)}/release  ({what}manifest.json, dataset card)",
+    what = f"{rows:,} documents" if rows is not None else "documents"
+    what += f" in {shards} parquet shard{'' if shards == 1 else 's'}" if shards is not None else " as parquet"
+    return [f"release: {display_path(artifact.location)}/release  ({what}, manifest.json, dataset card)",
             f"export:  {command} release export out/   (a verified copy of the release)",
             'load:    datasets.load_dataset("parquet", data_dir="out/data")  or  '
             'polars.read_parquet("out/data/*.parquet")']
@@ -95,5 +85,4 @@ def closing_notes(defs: dg.Definitions, instance: dg.DagsterInstance, manifest_p
     report = build_report(gmates_store(defs), load_manifest(manifest_path).manifest)
     return "\n".join([format_report(report), "", *release_lines(defs, instance, command),
                       f"UI:      {command} ui --manifest {manifest_path}   then open {UI_URL}",
-                      f"status:  {command} status --manifest {manifest_path}   (every asset partition and why it "
-                      "is fresh or not)"])
+                      f"status:  {command} status --manifest {manifest_path}   (every asset partition's state)"])

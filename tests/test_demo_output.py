@@ -15,12 +15,19 @@ from gmates_assets.cli import main
 from gmates_assets.core.manifest import load_manifest
 from gmates_assets.core.store import ArtifactStore
 from gmates_assets.defs.sync import FRESH, PartitionStatus, SyncReport, asset_statuses
-from gmates_assets.report import build_report, format_report
+from gmates_assets.report import build_report, display_path, format_report
 from gmates_assets.sync_summary import format_duration, summary_line
 
 DURATION = r"\d+(\.\d)? s|\d+ min \d+ s|\d+ h \d+ min"
 RELEASE = re.compile(r"release: (?P<path>/\S+/dataset_release/[0-9a-f]+/release)  "
-                     r"\((?P<rows>[\d,]+) documents, 1 parquet shard, manifest\.json, dataset card\)$")
+                     r"\((?P<rows>[\d,]+) documents in 1 parquet shard, manifest\.json, dataset card\)$")
+
+
+@pytest.fixture(autouse=True)
+def restored_env(monkeypatch):
+    """main() sets GMATES_VERBOSE for --verbose and sync sets HF_HUB_DISABLE_PROGRESS_BARS: restore both."""
+    monkeypatch.setenv("GMATES_VERBOSE", "")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +56,7 @@ def _expected_tail(build) -> list[str]:
             'load:    datasets.load_dataset("parquet", data_dir="out/data")  or  '
             'polars.read_parquet("out/data/*.parquet")',
             f"UI:      gmates ui --manifest {build.manifest}   then open http://127.0.0.1:3000",
-            f"status:  gmates status --manifest {build.manifest}   (every asset partition and why it is fresh "
-            "or not)"]
+            f"status:  gmates status --manifest {build.manifest}   (every asset partition's state)"]
 
 
 def _closing(lines: list[str], build) -> tuple[str, list[str]]:
@@ -94,9 +100,7 @@ def test_a_sync_that_builds_counts_what_it_built_and_prints_the_same_report(buil
     assert same == [line.replace(str(built.root), "<root>") for line in before[:report_end]]
 
 
-def test_verbose_adds_the_status_table_and_select_leaves_out_the_closing_notes(built, build_env, capsys,
-                                                                               monkeypatch):
-    monkeypatch.delenv("GMATES_VERBOSE", raising=False)  # main() sets it for --verbose; restored afterwards
+def test_verbose_adds_the_status_table_and_select_leaves_out_the_closing_notes(built, build_env, capsys):
     lines = _sync(built, build_env, capsys, "--verbose")
     table = [line for line in lines if re.fullmatch(r"\S+\s+fresh", line)]
     assert len(table) == _partition_count(built)
@@ -121,3 +125,10 @@ def test_summary_line_and_durations():
         "sync: everything is fresh; nothing to do (1 asset partition checked in 0.5 s)"
     assert [format_duration(s) for s in (0.04, 9.94, 10.4, 59.4, 59.6, 3599.4, 3600, 5000)] == [
         "0.0 s", "9.9 s", "10 s", "59 s", "1 min 0 s", "59 min 59 s", "1 h 0 min", "1 h 23 min"]
+
+
+def test_paths_below_the_working_directory_print_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert display_path(str(tmp_path / ".gmates" / "a" / "release")) == ".gmates/a/release"
+    assert display_path("/elsewhere/store/a") == "/elsewhere/store/a"
+    assert display_path("s3://bucket/gmates/a") == "s3://bucket/gmates/a"
