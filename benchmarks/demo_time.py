@@ -9,6 +9,8 @@ when sizing a profile.
     python benchmarks/demo_time.py                      # make demo (data_manifests/quickstart.yaml)
     python benchmarks/demo_time.py --target demo-full   # make demo-full (data_manifests/demo.yaml)
     python benchmarks/demo_time.py --manifest M         # gmates sync --manifest M instead of make
+    python benchmarks/demo_time.py --make-flag=-o --make-flag=.venv/.installed-<hash>   # a shared .venv: make
+                                                        # must not reinstall into it (pyproject.toml newer)
 """
 from __future__ import annotations
 
