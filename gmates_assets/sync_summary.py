@@ -1,10 +1,10 @@
 """What `gmates sync` prints when it is done: one summary line, then what a build of the whole graph is for.
 
-The summary line says how many asset partitions are fresh and how long the sync took ("34 asset partitions
+The summary line says how many asset partitions are fresh and how long the sync took ("37 asset partitions
 fresh, built in 3 min 41 s"; a sync with nothing to do says so). When the synced scope holds the method
 comparison and the release (every sync without --select), the closing notes follow: the method comparison
-(`gmates report`), where the release is, how to export and load it, and how to open the UI. The full status
-table is `gmates status` (or `gmates sync --verbose`).
+(`gmates report`), where the release is, how to export and load it, and how to open the UI (a --select that
+reaches only one of the two gets its part). The full status table is `gmates status` (or `sync --verbose`).
 """
 from __future__ import annotations
 
@@ -74,15 +74,20 @@ def release_lines(defs: dg.Definitions, instance: dg.DagsterInstance, command: s
 
 def closing_notes(defs: dg.Definitions, instance: dg.DagsterInstance, manifest_path: str,
                   fresh: Sequence[PartitionStatus]) -> Optional[str]:
-    """The report, the release and the UI, when the sync covered method_comparison and dataset_release."""
+    """The report when the sync covered method_comparison, the release lines when it covered dataset_release
+    (both on a sync of the whole graph), then how to open the UI; None when it covered neither."""
     from .core.manifest import load_manifest
     from .report import build_report, format_report
 
     assets = {s.asset for s in fresh if s.status == FRESH}
-    if not {"method_comparison", "dataset_release"} <= assets:
-        return None
     command = program()
-    report = build_report(gmates_store(defs), load_manifest(manifest_path).manifest)
-    return "\n".join([format_report(report), "", *release_lines(defs, instance, command),
-                      f"UI:      {command} ui --manifest {manifest_path}   then open {UI_URL}",
+    lines = []
+    if "method_comparison" in assets:
+        report = build_report(gmates_store(defs), load_manifest(manifest_path).manifest)
+        lines += [format_report(report), ""]
+    if "dataset_release" in assets:
+        lines += release_lines(defs, instance, command)
+    if not lines:
+        return None
+    return "\n".join([*lines, f"UI:      {command} ui --manifest {manifest_path}   then open {UI_URL}",
                       f"status:  {command} status --manifest {manifest_path}   (every asset partition's state)"])

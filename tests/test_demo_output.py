@@ -109,6 +109,9 @@ def test_verbose_adds_the_status_table_and_select_leaves_out_the_closing_notes(b
     assert [line for line in lines if line.startswith("sync: ")] == [
         line for line in lines if line.strip()][-1:]  # the summary line is the last thing printed
     assert not any(line.startswith(("gmates report", "release: ", "UI: ")) for line in lines)
+    lines = _sync(built, build_env, capsys, "--select", "dataset_release")  # the release, not the comparison
+    summary, tail = _closing(lines, built)
+    assert tail == ["", *_expected_tail(built)[-5:]] and not any(line.startswith("gmates report") for line in lines)
 
 
 def _report(built: int, waves: int, fresh: int) -> SyncReport:
