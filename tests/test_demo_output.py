@@ -7,6 +7,8 @@ benchmarks/demo_time.py).
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from gmates_assets.core.store import ArtifactStore
 from gmates_assets.defs.sync import FRESH, PartitionStatus, SyncReport, asset_statuses
 from gmates_assets.report import build_report, display_path, format_report
 from gmates_assets.sync_summary import format_duration, summary_line
+
+from .pipeline import ROOT
 
 DURATION = r"\d+(\.\d)? s|\d+ min \d+ s|\d+ h \d+ min"
 RELEASE = re.compile(r"release: (?P<path>/\S+/dataset_release/[0-9a-f]+/release)  "
@@ -135,3 +139,20 @@ def test_paths_below_the_working_directory_print_relative(tmp_path, monkeypatch)
     assert display_path(str(tmp_path / ".gmates" / "a" / "release")) == ".gmates/a/release"
     assert display_path("/elsewhere/store/a") == "/elsewhere/store/a"
     assert display_path("s3://bucket/gmates/a") == "s3://bucket/gmates/a"
+
+
+def _make_commands(target: str) -> list[str]:
+    """What `make TARGET` runs (make -n: printed, not run; the install step is left out)."""
+    out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if "gmates " in line]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_builds_the_quickstart_with_every_method_and_task_of_the_full_demo():
+    assert _make_commands("demo") == [".venv/bin/gmates sync --manifest data_manifests/quickstart.yaml"]
+    assert _make_commands("demo-full") == [".venv/bin/gmates sync --manifest data_manifests/demo.yaml"]
+    quick = load_manifest(ROOT / "data_manifests" / "quickstart.yaml").manifest
+    full = load_manifest(ROOT / "data_manifests" / "demo.yaml").manifest
+    assert quick.selection.methods == full.selection.methods
+    assert [t.name for t in quick.eval.tasks] == [t.name for t in full.eval.tasks]
+    assert quick.oracle.seeds == full.oracle.seeds and quick.release.method == full.release.method
