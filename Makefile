@@ -1,4 +1,5 @@
-# Two commands for a fresh clone: `make demo` builds the demo dataset, `make test` runs the tests.
+# Two commands for a fresh clone: `make demo` builds the quickstart dataset and prints the method comparison,
+# `make test` runs the tests. `make demo-full` builds the richer demo profile (much longer; README says how long).
 # Both create .venv and install what they need; torch 2.13.0 (CPU) goes in first so nothing pulls CUDA wheels.
 PY ?= python3
 VENV := .venv
@@ -9,7 +10,10 @@ export TOKENIZERS_PARALLELISM := false
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test ui install clean
+DEMO := data_manifests/quickstart.yaml
+DEMO_FULL := data_manifests/demo.yaml
+
+.PHONY: demo demo-full test ui ui-full install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,9 +23,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# gmates sync ends with a one-line summary, the method comparison, the release and how to open the UI.
 demo: $(STAMP)
-	$(BIN)/gmates sync --manifest data_manifests/demo.yaml
-	$(BIN)/gmates status --manifest data_manifests/demo.yaml
+	$(BIN)/gmates sync --manifest $(DEMO)
+
+demo-full: $(STAMP)
+	$(BIN)/gmates sync --manifest $(DEMO_FULL)
 
 # The UI test drives Debian's chromium through Playwright (never `playwright install`: no browser downloads).
 $(CHROMIUM):
@@ -31,7 +38,10 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 ui: $(STAMP)
-	$(BIN)/gmates ui --manifest data_manifests/demo.yaml
+	$(BIN)/gmates ui --manifest $(DEMO)
+
+ui-full: $(STAMP)
+	$(BIN)/gmates ui --manifest $(DEMO_FULL)
 
 clean:
 	rm -rf .gmates .dagster_home

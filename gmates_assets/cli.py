@@ -60,14 +60,26 @@ def _runs(defs, instance, manifest: str):
 
 
 def cmd_sync(args) -> int:
-    from .defs.sync import sync
+    """Ends with one summary line and, when the whole graph was synced, the report, release and UI lines
+    (sync_summary.py); the full status table only with --verbose."""
+    import time
 
+    from .defs.sync import sync
+    from .sync_summary import closing_notes, summary_line
+
+    start = time.perf_counter()
+    if not args.verbose:  # transformers' save/load progress bars: noise between the step lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     defs = _definitions(args.manifest)
     with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
         report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True), runs=runs)
-    built = report.executed
-    print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
-          else "sync: everything is fresh; nothing to do")
+        seconds = time.perf_counter() - start
+        notes = closing_notes(defs, instance, args.manifest, report.fresh)
+    if args.verbose:
+        cmd_status(argparse.Namespace(manifest=args.manifest, json=False, no_observe=True))
+    print(summary_line(report, seconds))
+    if notes:
+        print(f"\n{notes}")
     return 0
 
 

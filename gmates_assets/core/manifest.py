@@ -18,7 +18,7 @@ VOLATILE = {"volatile": True}
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-DEFAULT_MANIFEST = "data_manifests/demo.yaml"  # what the CLI and the code location build when none is named
+DEFAULT_MANIFEST = "data_manifests/quickstart.yaml"  # what `make demo`, the CLI and the code location build by default
 
 
 class ManifestError(ValueError):

@@ -46,6 +46,7 @@ class SyncReport:
     waves: list[list[tuple[str, Optional[str]]]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
     failures: list = field(default_factory=list)  # ((partition, assets), error) of runs that failed
+    fresh: list[PartitionStatus] = field(default_factory=list)  # the synced scope at the end: all fresh
 
     @property
     def executed(self) -> list[tuple[str, Optional[str]]]:
@@ -354,11 +355,13 @@ def sync(
         report.failures = list(failures)
         failed = {asset for (_, assets), _ in failures for asset in assets}
         blocked = failed | _descendants(graph, failed)
-        pending = [s for s in asset_statuses(defs, instance, scope) if s.status != FRESH and s.asset not in blocked]
+        statuses = asset_statuses(defs, instance, scope)
+        pending = [s for s in statuses if s.status != FRESH and s.asset not in blocked]
         if not pending:
             needed = [f for f in failures if scope is None or set(f[0][1]) & scope]  # not a source --select skips
             if needed:
                 raise _failed(needed)
+            report.fresh = statuses
             return report
         wave = _ready(pending, graph)
         log(f"wave {len(report.waves) + 1}: " + ", ".join(f"{p.asset}[{p.partition}]" if p.partition else p.asset
