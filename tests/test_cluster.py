@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -36,3 +37,89 @@ def test_deploy_dagster_yaml_passes_dagster_config_validation_with_the_cluster_i
     assert result.success, result.errors
     # the URL Dagster builds must name a driver the integration installs (psycopg2), not SQLAlchemy's default
     sqlalchemy.create_engine(pg_url_from_config(result.value))  # imports the DBAPI; connects to nothing
+
+
+# ------------------------------------------------------------------------------ item 4 and issue 19: the executor
+def _manifest_with(tmp_path, **execution) -> Path:
+    from .pipeline import TESTS_MANIFEST
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = {**data.get("execution", {}), **execution}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_execution_executor_config_configures_the_celery_executor_with_redis(tmp_path):
+    pytest.importorskip("dagster_celery", reason="the `cluster` extra is not installed")
+    from gmates_assets.defs import build_definitions
+
+    redis = {"broker": "redis://127.0.0.1:6379/0", "backend": "redis://127.0.0.1:6379/1"}
+    defs = build_definitions(_manifest_with(tmp_path, launcher="instance", executor="dagster_celery:celery_executor",
+                                            executor_config=redis))
+    executor = defs.resolve_implicit_global_asset_job_def().executor_def
+    assert executor.name == "celery"
+    resolved = executor.apply_config_mapping({})  # what every run of the job gets (sync's, the UI's, the sensor's)
+    assert resolved.success and resolved.value["config"]["broker"] == redis["broker"]
+    assert resolved.value["config"]["backend"] == redis["backend"]
+
+
+def test_executor_config_merges_with_multiprocess_max_concurrent(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    defs = build_definitions(_manifest_with(tmp_path, executor="multiprocess", max_concurrent=3,
+                                            executor_config={"retries": {"disabled": {}}}))
+    resolved = defs.resolve_implicit_global_asset_job_def().executor_def.apply_config_mapping({})
+    assert resolved.success
+    assert resolved.value["config"]["max_concurrent"] == 3 and "disabled" in resolved.value["config"]["retries"]
+
+
+def test_executor_config_that_the_executor_rejects_fails_when_the_definitions_load(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor_config.*max_concurent"):
+        build_definitions(_manifest_with(tmp_path, executor="multiprocess", executor_config={"max_concurent": 2}))
+
+
+@pytest.mark.parametrize("spec", ["os:system", "json:dumps", "gmates_assets.defs:build_definitions"])
+def test_execution_executor_accepts_only_a_dagster_executor_definition(tmp_path, spec):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor.*not a Dagster executor"):
+        build_definitions(_manifest_with(tmp_path, executor=spec))
+
+
+def test_execution_executor_names_a_module_that_is_not_installed(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor.*no_such_module.*not installed"):
+        build_definitions(_manifest_with(tmp_path, executor="no_such_module:executor"))
+
+
+# ------------------------------------------------------------------------------ item 5: a failed run's error
+def test_a_failed_run_names_its_failing_step_and_the_last_line_of_its_error(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs.launch import InstanceRuns, RunFailed
+
+    @dg.asset
+    def upstream() -> int:
+        return 1
+
+    @dg.asset(deps=[upstream])
+    def broken_shard() -> None:
+        raise ValueError("shard s3.jsonl line 7: 'text' is not a string\n(check the file's field names)")
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.Definitions(assets=[upstream, broken_shard]).resolve_implicit_global_asset_job_def()
+        run_id = job.execute_in_process(instance=instance, raise_on_error=False).run_id
+        runs = InstanceRuns(instance, "m.yaml", str(tmp_path / "store"), max_concurrent=1)
+        with pytest.raises(RunFailed) as failed:
+            runs.check_finished(instance.get_run_by_id(run_id), "s3", ["broken_shard"])
+    message = str(failed.value)
+    assert run_id in message and "broken_shard[s3]" in message
+    # the exception line of the traceback, on one line
+    assert ("step broken_shard failed: ValueError: shard s3.jsonl line 7: 'text' is not a string "
+            "(check the file's field names)") in message
+    assert "dagster run logs" not in message  # no such command
+    assert "gmates ui" in message

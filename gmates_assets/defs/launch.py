@@ -161,8 +161,41 @@ class InstanceRuns:
                 if run is None or not run.is_finished:
                     continue
                 partition, assets = in_flight.pop(run_id)
-                if run.status != dg.DagsterRunStatus.SUCCESS:
-                    raise RunFailed(f"run {run_id} ({_describe(partition, assets)}) ended {run.status.value}; "
-                                    f"see its logs in the UI or `dagster run logs`")
+                self.check_finished(run, partition, assets)
                 done.append(run_id)
         return done
+
+    def check_finished(self, run, partition: Optional[str], assets: Sequence[str]) -> None:
+        """Raise RunFailed for a run that did not succeed, naming its failing step and the error's last line."""
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            return
+        raise RunFailed(f"run {run.run_id} ({_describe(partition, assets)}) ended {run.status.value}: "
+                        f"{failure_summary(self.instance, run.run_id)}; its full logs are in the UI "
+                        f"(gmates ui, or dagster-webserver on this instance) under Runs > {run.run_id}")
+
+
+def _error_line(error) -> str:
+    """`Type: message` of the innermost cause (the user's exception), on one line: a traceback's last line."""
+    while error.cause is not None:
+        error = error.cause
+    message = " ".join(line.strip() for line in error.message.strip().splitlines() if line.strip())
+    prefix = f"{error.cls_name}: " if error.cls_name and not message.startswith(f"{error.cls_name}:") else ""
+    return prefix + message
+
+
+def failure_summary(instance: dg.DagsterInstance, run_id: str) -> str:
+    """What failed in a run: each failed step and its error, else the run's own failure (e.g. a launcher or
+    worker that died before any step ran)."""
+    failed_steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    lines = [f"step {e.dagster_event.step_key} failed: {_error_line(e.dagster_event.event_specific_data.error)}"
+             for e in failed_steps if e.dagster_event.event_specific_data.error is not None]
+    if lines:
+        return "; ".join(lines)
+    for event in reversed(instance.all_logs(run_id, of_type={dg.DagsterEventType.RUN_FAILURE,
+                                                              dg.DagsterEventType.ENGINE_EVENT})):
+        error = getattr(event.dagster_event.event_specific_data, "error", None)
+        if error is not None:
+            return _error_line(error)
+        if event.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
+            return event.message.strip().splitlines()[-1]
+    return "no step failed (the run was canceled or its worker stopped)"
