@@ -123,3 +123,79 @@ def test_a_failed_run_names_its_failing_step_and_the_last_line_of_its_error(tmp_
             "(check the file's field names)") in message
     assert "dagster run logs" not in message  # no such command
     assert "gmates ui" in message
+
+
+# ------------------------------------------------------------------------------ item 1: the sync's manifest
+def _other_manifest(build, tmp_path) -> Path:
+    data = yaml.safe_load(build.manifest.read_text())
+    data["name"] = data["name"] + "-other"
+    data["encoder"] = {**data.get("encoder", {}), "batch_size": 7}
+    other = tmp_path / "other" / "pool.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump(data))
+    return other
+
+
+def test_a_run_submitted_for_another_manifest_fails_at_its_first_step_and_names_both(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs.launch import failure_summary
+    from gmates_assets.defs.run_manifest import manifest_tags
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())  # what the daemon's code location loaded
+    other = _other_manifest(build, tmp_path)  # what `gmates sync --manifest` named
+    with build.instance() as instance:
+        job = build.defs().resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("lm_tokenizer")],
+                                        tags=manifest_tags(str(other), other.read_text()), raise_on_error=False)
+        assert not result.success
+        summary = failure_summary(instance, result.run_id)
+        assert instance.get_latest_materialization_event(dg.AssetKey("lm_tokenizer")) is None  # nothing built
+    assert "step lm_tokenizer failed: ManifestMismatch" in summary
+    assert str(other) in summary and str(build.manifest) in summary and "GMATES_MANIFEST" in summary
+    assert not (build.store / "lm_tokenizer").exists()
+
+
+@pytest.mark.slow
+def test_runs_that_sync_creates_carry_its_manifest_and_a_run_of_the_same_manifest_passes_the_check(tmp_path,
+                                                                                                   monkeypatch):
+    from gmates_assets.core.manifest import load_manifest
+    from gmates_assets.defs.launch import InstanceRuns
+    from gmates_assets.defs.run_manifest import ManifestMismatch, check_run_manifest
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())
+    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))
+    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    with build.instance() as instance, InstanceRuns(instance, str(build.manifest), str(build.store), 1) as runs:
+        run = runs._create_run(None, ["lm_tokenizer"])
+    check_run_manifest(run.tags, load_manifest(build.manifest))  # the manifest it names: passes
+    with pytest.raises(ManifestMismatch, match="nothing was built"):
+        check_run_manifest(run.tags, load_manifest(_other_manifest(build, tmp_path)))
+
+
+class _RunsThatBuildNothing:
+    """A launcher whose runs succeed without building this manifest (what a daemon on another manifest did)."""
+
+    def __init__(self):
+        self.waves = 0
+
+    def run_all(self, groups, log):
+        self.waves += 1
+        return [f"run-{self.waves}-{i}" for i, _ in enumerate(groups)]
+
+
+def test_sync_stops_with_an_error_when_a_wave_makes_no_progress(tmp_path):
+    from gmates_assets.defs.sync import sync
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())
+    runs = _RunsThatBuildNothing()
+    with build.instance() as instance:
+        with pytest.raises(RuntimeError, match=r"wave 1 made no progress.*documents\[shard-000\]"):
+            sync(build.defs(), instance, select=["lm_tokenizer"], runs=runs)
+    assert runs.waves == 1

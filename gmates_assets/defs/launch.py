@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from itertools import cycle
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
+from .run_manifest import manifest_tags
 from .runtime import GPU_TAG
 
 CODE_LOCATION = "gmates"
@@ -73,6 +75,8 @@ class InstanceRuns:
                  gpus: Sequence[int] = ()):
         self.instance = instance
         self.manifest_path, self.store_root = manifest_path, store_root
+        self.manifest_tags = manifest_tags(manifest_path, Path(manifest_path).read_text(encoding="utf-8")) \
+            if Path(manifest_path).is_file() else {}
         self.max_concurrent = max(1, int(max_concurrent))
         self.gpus = cycle(list(gpus)) if gpus else None
         self._stack = ExitStack()
@@ -130,7 +134,7 @@ class InstanceRuns:
         remote_job = self.location.get_job(selector)
         plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance)
-        tags = {"gmates/launched_by": "gmates sync"}
+        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags}
         if partition is not None:
             tags["dagster/partition"] = partition
         if self.gpus is not None:
@@ -179,8 +183,10 @@ def _error_line(error) -> str:
     while error.cause is not None:
         error = error.cause
     message = " ".join(line.strip() for line in error.message.strip().splitlines() if line.strip())
-    prefix = f"{error.cls_name}: " if error.cls_name and not message.startswith(f"{error.cls_name}:") else ""
-    return prefix + message
+    head, sep, rest = message.partition(": ")
+    if sep and error.cls_name and head.split(".")[-1] == error.cls_name:  # "pkg.mod.Cls: ..." (traceback form)
+        message = rest
+    return f"{error.cls_name}: {message}" if error.cls_name else message
 
 
 def failure_summary(instance: dg.DagsterInstance, run_id: str) -> str:
