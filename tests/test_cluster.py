@@ -199,3 +199,52 @@ def test_sync_stops_with_an_error_when_a_wave_makes_no_progress(tmp_path):
         with pytest.raises(RuntimeError, match=r"wave 1 made no progress.*documents\[shard-000\]"):
             sync(build.defs(), instance, select=["lm_tokenizer"], runs=runs)
     assert runs.waves == 1
+
+
+# ------------------------------------------------------------------------------ item 2: sensor vs sync
+def test_the_automation_sensor_is_off_by_default_when_sync_submits_runs_through_the_instance(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs import build_definitions
+
+    def sensor_default(**execution):
+        manifest = _manifest_with(tmp_path / execution.get("launcher", "default"), **execution)
+        return build_definitions(manifest).get_sensor_def("gmates_automation").default_status
+
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "default").mkdir()
+    assert sensor_default(launcher="instance") == dg.DefaultSensorStatus.STOPPED  # the daemon only dequeues
+    assert sensor_default() == dg.DefaultSensorStatus.RUNNING  # `gmates ui`: the sensor rebuilds after a reload
+
+
+@pytest.mark.slow
+def test_an_instance_sync_refuses_to_start_runs_while_the_automation_sensor_is_on(tmp_path, monkeypatch):
+    import time
+
+    from dagster._core.scheduler.instigation import InstigatorStatus, TickData, TickStatus
+
+    from gmates_assets.defs.launch import InstanceRuns, SensorRace
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = {"launcher": "instance", "max_concurrent": 1}  # the sensor is off by default
+    build = Build.create(tmp_path / "b", yaml.safe_dump(data))
+    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))
+    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    with build.instance() as instance, InstanceRuns(instance, str(build.manifest), str(build.store), 1) as runs:
+        sensor = runs.repository.get_sensor("gmates_automation")
+        instance.start_sensor(sensor)  # someone turned it on in the UI: the daemon would race the sync
+        with pytest.raises(SensorRace, match=r"gmates_automation.*(UI|dagster sensor stop)"):
+            runs.run_all([(None, ["lm_tokenizer"])], log=print)
+        assert instance.get_runs() == []  # refused before creating a run
+        instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+        runs.check_no_sensor_race()  # stopped: the sync may go on
+        # on by default (declared in code) and ticking: also a race
+        state = instance.get_instigator_state(sensor.get_remote_origin_id(), sensor.selector_id)
+        instance.update_instigator_state(state.with_status(InstigatorStatus.DECLARED_IN_CODE))
+        instance.create_tick(TickData(instigator_origin_id=sensor.get_remote_origin_id(), instigator_name=sensor.name,
+                                      instigator_type=state.instigator_type, status=TickStatus.SKIPPED,
+                                      timestamp=time.time(), selector_id=sensor.selector_id))
+        with pytest.raises(SensorRace, match="ticked"):
+            runs.check_no_sensor_race()

@@ -9,7 +9,7 @@ import dagster as dg
 from dagster._config import validate_config  # private, pinned dagster
 
 from ..core.manifest import DEFAULT_MANIFEST, load_manifest
-from .automation import sensor_interval, with_sync_conditions
+from .automation import SENSOR_NAME, sensor_default_status, sensor_interval, with_sync_conditions
 from .console import gmates_console_logger
 from .factory import dagster_assets, graph_for
 from .resources import GmatesResource
@@ -20,7 +20,8 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     loaded = load_manifest(path)
     graph = graph_for(loaded)
     automation = dg.AutomationConditionSensorDefinition(
-        "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+        SENSOR_NAME, target=dg.AssetSelection.all(),
+        default_status=sensor_default_status(loaded.manifest.execution.launcher),
         minimum_interval_seconds=sensor_interval(),
         emit_backfills=False,  # runs go straight to the run queue, not through the 30 s backfill daemon loop
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "

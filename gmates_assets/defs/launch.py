@@ -19,6 +19,7 @@ from typing import Optional
 
 import dagster as dg
 
+from .automation import SENSOR_NAME, sensor_interval
 from .run_manifest import manifest_tags
 from .runtime import GPU_TAG
 
@@ -35,6 +36,28 @@ RunGroup = tuple[Optional[str], list[str]]  # (partition key or None, asset name
 
 class RunFailed(RuntimeError):
     pass
+
+
+class SensorRace(RuntimeError):
+    pass
+
+
+def automation_sensor_activity(instance: dg.DagsterInstance) -> Optional[str]:
+    """Why the gmates automation sensor counts as on for this instance (None when it is off): turned on
+    (in the UI or `dagster sensor start`), or on by default in some code location and ticked lately."""
+    from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType  # private, pinned dagster
+
+    recent = max(120.0, 4.0 * sensor_interval())
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name != SENSOR_NAME:
+            continue
+        if state.status == InstigatorStatus.RUNNING:
+            return "it is turned on"
+        if state.status == InstigatorStatus.DECLARED_IN_CODE:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            if ticks and time.time() - ticks[0].timestamp < recent:
+                return f"it is on by default in a code location and ticked {time.time() - ticks[0].timestamp:.0f} s ago"
+    return None
 
 
 def _describe(partition: Optional[str], assets: Sequence[str]) -> str:
@@ -98,7 +121,18 @@ class InstanceRuns:
         self.location = self.workspace.get_code_location(CODE_LOCATION)
         self.repository = next(iter(self.location.get_repositories().values()))
         self.queue_serviced = self._queue_serviced()
+        self.check_no_sensor_race()
         return self
+
+    def check_no_sensor_race(self) -> None:
+        """One partition, one run: while this sync submits runs, the daemon must not start the automation
+        sensor's runs for the same partitions (it would, between the sync's status check and its submit)."""
+        why = automation_sensor_activity(self.instance)
+        if why is not None:
+            raise SensorRace(
+                f"the {SENSOR_NAME} sensor is active on this Dagster instance ({why}); its runs would race this "
+                f"sync's (two runs for one partition). Stop it first (UI: Automation > {SENSOR_NAME} > off, or "
+                f"`dagster sensor stop {SENSOR_NAME} -w workspace.yaml`), or let the sensor build instead of sync")
 
     def _share_cores(self) -> None:
         """Runs that the default launcher starts on this host split its cores: torch and OpenMP would otherwise
@@ -149,6 +183,7 @@ class InstanceRuns:
             asset_graph=self.repository.asset_graph)
 
     def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+        self.check_no_sensor_race()  # also when someone turned it on during the sync
         pending, in_flight, done = list(groups), {}, []
         while pending or in_flight:
             while pending and len(in_flight) < self.max_concurrent:
