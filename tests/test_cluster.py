@@ -248,3 +248,53 @@ def test_an_instance_sync_refuses_to_start_runs_while_the_automation_sensor_is_o
                                       timestamp=time.time(), selector_id=sensor.selector_id))
         with pytest.raises(SensorRace, match="ticked"):
             runs.check_no_sensor_race()
+
+
+# ------------------------------------------------------------------------------ item 7: status --plan
+def _jsonl_build(tmp_path):
+    import json
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["sources"] = {"shards": [{"name": f"s{i}", "format": "jsonl", "paths": [f"s{i}.jsonl"]} for i in range(2)],
+                       "reference": {"format": "demo"}, "heldout_reference": {"format": "demo"}}
+    build = Build.create(tmp_path / "b", yaml.safe_dump(data))
+    for i in range(2):
+        (build.root / f"s{i}.jsonl").write_text("".join(json.dumps({"text": f"doc {j} of shard {i}"}) + "\n"
+                                                        for j in range(4)))
+    return build
+
+
+@pytest.mark.slow
+def test_status_plan_lists_what_a_sync_would_rebuild_at_most_after_a_one_document_edit(tmp_path, build_env, capsys):
+    import json
+
+    from gmates_assets.cli import main
+
+    from .pipeline import assets_of
+
+    build = _jsonl_build(tmp_path)
+    built = {"documents", "embeddings", "documents_index", "embeddings_index"}
+    assert assets_of(build.sync(select=["embeddings_index", "documents_index"]).executed) == built
+    lines = (build.root / "s1.jsonl").read_text().splitlines()
+    (build.root / "s1.jsonl").write_text("\n".join([json.dumps({"text": "an edited document"})] + lines[1:]) + "\n")
+    build_env(build)
+    assert main(["status", "--manifest", str(build.manifest), "--json"]) == 0
+    now = {(s["asset"], s["partition"]) for s in json.loads(capsys.readouterr().out)
+           if s["status"] != "fresh" and s["asset"] in built}
+    assert now == {("documents", "s1")}  # what status alone says: one stale partition
+
+    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan", "--json"]) == 0
+    plan = {(s["asset"], s["partition"]): s for s in json.loads(capsys.readouterr().out)}
+    assert plan[("documents", "s1")]["status"] == "stale"
+    for item in [("embeddings", "s1"), ("documents_index", None), ("embeddings_index", None)]:
+        assert plan[item]["status"] == "downstream" and "documents[s1]" in plan[item]["causes"][0], item
+    assert ("documents", "s0") not in plan and ("embeddings", "s0") not in plan
+    assert plan[("dataset_release", None)]["status"] == "missing"  # never built: a sync builds it too
+    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert f"a sync rebuilds at most {len(plan)} " in text and "1 stale and " in text
+
+    rebuilt = build.sync(select=["embeddings_index", "documents_index"]).executed  # the plan is an upper bound of the sync
+    assert set(rebuilt) <= set(plan) and ("documents", "s1") in rebuilt
