@@ -3,7 +3,10 @@ build the manifest their sync named, the sensor that must not race a sync, faile
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -298,3 +301,136 @@ def test_status_plan_lists_what_a_sync_would_rebuild_at_most_after_a_one_documen
 
     rebuilt = build.sync(select=["embeddings_index", "documents_index"]).executed  # the plan is an upper bound of the sync
     assert set(rebuilt) <= set(plan) and ("documents", "s1") in rebuilt
+
+
+# ------------------------------------------------------------------------------ real components: Postgres + daemon
+def _postgres_binaries() -> Optional[tuple[str, str]]:
+    import glob
+    import shutil
+
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        initdb, pg_ctl = shutil.which("initdb", path=folder), shutil.which("pg_ctl", path=folder)
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_server():
+    """A throwaway Postgres on 127.0.0.1 (user `dagster`, trust auth, database `dagster`); skips without one."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("no Postgres server binaries (initdb, pg_ctl) on this machine")
+    pytest.importorskip("dagster_postgres", reason="the `cluster` extra is not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the `postgres` system user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser")
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="gmates-pg-"))
+    root.chmod(0o777)
+    port = _free_port()
+    initdb, pg_ctl = binaries
+    run = dict(check=True, capture_output=True, cwd=root)
+    subprocess.run([*as_user, initdb, "-D", str(root / "data"), "-A", "trust", "-U", "dagster"], **run)
+    subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], **run)
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE dagster")
+        connection.close()
+        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster"}
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True,
+                       cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _cluster_home(tmp_path: Path, pg: dict) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    config = {"telemetry": {"enabled": False},
+              "storage": {"postgres": {"postgres_db": {**pg, "password": "", "scheme": "postgresql+psycopg2"}}},
+              "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
+                                  "config": {"max_concurrent_runs": 2}}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+@pytest.mark.slow
+def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(tmp_path, postgres_server):
+    """The documented path with real components: Postgres storage, `dagster-daemon` dequeuing the sync's runs
+    (default launcher), no sensor runs racing them; a sync for a manifest the daemon did not load fails fast."""
+    import signal
+    import subprocess
+    import time
+
+    import dagster as dg
+
+    build = _jsonl_build(tmp_path)
+    data = yaml.safe_load(build.manifest.read_text())
+    data["execution"] = {"launcher": "instance", "max_concurrent": 2}
+    build.manifest.write_text(yaml.safe_dump(data))
+    other = yaml.safe_load(build.manifest.read_text())  # another pool under the same shard names
+    other["sources"]["shards"] = [{"name": f"s{i}", "format": "jsonl", "paths": [f"t{i}.jsonl"]} for i in range(2)]
+    for i in range(2):
+        (build.root / f"t{i}.jsonl").write_text(f'{{"text": "another document {i}"}}\n')
+    (build.root / "other.yaml").write_text(yaml.safe_dump(other))
+    home = _cluster_home(tmp_path, postgres_server)
+    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
+        "module_name": "gmates_assets.code_location", "location_name": "gmates", "working_directory": str(REPO)}}]}))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "GMATES_HOME": str(build.store), "PYTHONPATH": str(REPO),
+           "GMATES_MANIFEST": str(build.manifest), "GMATES_AUTOMATION_INTERVAL_S": "2", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                               str(tmp_path / "workspace.yaml")], env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 90
+            while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
+                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(1)
+
+            def gmates_sync(manifest: Path) -> subprocess.CompletedProcess:
+                return subprocess.run([sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest),
+                                       "--select", "documents"], env=env, cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=240)
+
+            done = gmates_sync(build.manifest)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+            time.sleep(5)  # two sensor intervals: a sensor that were on would have requested the missing assets
+            runs = instance.get_runs()
+            launched = [r for r in runs if r.tags.get("gmates/launched_by") == "gmates sync"]
+            assert {r.tags.get("dagster/partition") for r in launched} == {"s0", "s1"}
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in launched)
+            assert not [r for r in runs if r.tags.get("dagster/sensor_name")]  # no sensor runs raced the sync
+
+            started = time.monotonic()
+            done = gmates_sync(build.root / "other.yaml")
+            assert done.returncode == 2 and "ManifestMismatch" in done.stderr and "other.yaml" in done.stderr
+            assert time.monotonic() - started < 120  # one failed wave, not wave after wave
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
