@@ -3,6 +3,7 @@ build the manifest their sync named, the sensor that must not race a sync, faile
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -367,6 +368,59 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def redis_url(tmp_path):
+    """A throwaway redis-server on 127.0.0.1 for the Celery broker and backend; None without the binary."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None or importlib.util.find_spec("dagster_celery") is None:
+        yield None
+        return
+    port = _free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.2)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _stop_group(process) -> None:
+    """Stop a process this test started in its own session, then whatever of its group outlived it (the code
+    servers it spawned)."""
+    import signal
+    import subprocess
+
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children left in the group after the leader exited
+    except ProcessLookupError:
+        pass
+
+
 def _cluster_home(tmp_path: Path, pg: dict) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -379,10 +433,11 @@ def _cluster_home(tmp_path: Path, pg: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(tmp_path, postgres_server):
+def test_real_postgres_daemon_and_celery_sync_builds_its_manifest_and_stops_on_another(tmp_path, postgres_server,
+                                                                                       redis_url):
     """The documented path with real components: Postgres storage, `dagster-daemon` dequeuing the sync's runs
-    (default launcher), no sensor runs racing them; a sync for a manifest the daemon did not load fails fast."""
-    import signal
+    (default launcher), steps on a Celery worker through Redis (when redis-server is installed), no sensor runs
+    racing them; a sync for a manifest the daemon did not load fails fast."""
     import subprocess
     import time
 
@@ -391,6 +446,10 @@ def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(
     build = _jsonl_build(tmp_path)
     data = yaml.safe_load(build.manifest.read_text())
     data["execution"] = {"launcher": "instance", "max_concurrent": 2}
+    celery = {"broker": f"{redis_url}/0", "backend": f"{redis_url}/1"} if redis_url else None
+    if celery:
+        data["execution"].update(executor="dagster_celery:celery_executor", executor_config=celery)
+        (tmp_path / "celery.yaml").write_text(yaml.safe_dump({"execution": {"config": celery}}))
     build.manifest.write_text(yaml.safe_dump(data))
     other = yaml.safe_load(build.manifest.read_text())  # another pool under the same shard names
     other["sources"]["shards"] = [{"name": f"s{i}", "format": "jsonl", "paths": [f"t{i}.jsonl"]} for i in range(2)]
@@ -402,10 +461,16 @@ def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(
         "module_name": "gmates_assets.code_location", "location_name": "gmates", "working_directory": str(REPO)}}]}))
     env = {**os.environ, "DAGSTER_HOME": str(home), "GMATES_HOME": str(build.store), "PYTHONPATH": str(REPO),
            "GMATES_MANIFEST": str(build.manifest), "GMATES_AUTOMATION_INTERVAL_S": "2", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # `celery` for the workers
     daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
                                str(tmp_path / "workspace.yaml")], env=env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    workers = None
+    if celery:
+        workers = subprocess.Popen([str(Path(sys.executable).parent / "dagster-celery"), "worker", "start",
+                                    "-A", "dagster_celery.app", "-y", str(tmp_path / "celery.yaml")], env=env, cwd=tmp_path, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "celery.log", "w"))
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             deadline = time.monotonic() + 90
@@ -414,9 +479,16 @@ def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(
                 time.sleep(1)
 
             def gmates_sync(manifest: Path) -> subprocess.CompletedProcess:
-                return subprocess.run([sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest),
-                                       "--select", "documents"], env=env, cwd=tmp_path, capture_output=True,
-                                      text=True, timeout=240)
+                command = [sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest), "--select",
+                           "documents"]
+                with subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True) as sync:
+                    try:
+                        out, err = sync.communicate(timeout=150)
+                    except subprocess.TimeoutExpired:
+                        _stop_group(sync)  # with its code server
+                        raise
+                return subprocess.CompletedProcess(command, sync.returncode, out, err)
 
             done = gmates_sync(build.manifest)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -426,11 +498,15 @@ def test_real_postgres_and_daemon_sync_builds_its_manifest_and_stops_on_another(
             assert {r.tags.get("dagster/partition") for r in launched} == {"s0", "s1"}
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in launched)
             assert not [r for r in runs if r.tags.get("dagster/sensor_name")]  # no sensor runs raced the sync
+            if celery:  # the steps ran as Celery tasks (the run worker only submitted them)
+                messages = [e.message or "" for r in launched for e in instance.all_logs(r.run_id)]
+                assert any("celery" in m.lower() for m in messages), messages[:20]
 
             started = time.monotonic()
             done = gmates_sync(build.root / "other.yaml")
             assert done.returncode == 2 and "ManifestMismatch" in done.stderr and "other.yaml" in done.stderr
             assert time.monotonic() - started < 120  # one failed wave, not wave after wave
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait(timeout=30)
+        for process in (daemon, workers):
+            if process is not None:
+                _stop_group(process)
