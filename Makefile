@@ -18,7 +18,7 @@ DEMO_FULL := data_manifests/demo.yaml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cluster]"
 	touch $(STAMP)
 
 install: $(STAMP)

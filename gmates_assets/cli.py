@@ -89,6 +89,9 @@ def cmd_status(args) -> int:
     defs = _definitions(args.manifest)
     with _instance() as instance:
         statuses = asset_statuses(defs, instance, observe=not args.no_observe)
+        total = len(statuses)
+        if args.plan:
+            statuses = _plan(defs, instance, statuses)
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return 0
@@ -100,7 +103,17 @@ def cmd_status(args) -> int:
             print(f"{'':<{width}}    - {cause}")
         for note in s.notes:
             print(f"{'':<{width}}    ! {note}")
+    if args.plan:
+        from .defs.plan import plan_summary
+
+        print(plan_summary(statuses, total))
     return 0
+
+
+def _plan(defs, instance, statuses):
+    from .defs.plan import rebuild_plan
+
+    return rebuild_plan(defs, instance, statuses)
 
 
 def cmd_verify(args) -> int:
@@ -206,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
+    p.add_argument("--plan", action="store_true",
+                   help="list what a sync would rebuild at most: the partitions stale or missing now plus every "
+                        "partition downstream of them (status alone shows only the first hop)")
     p.set_defaults(func=cmd_status)
 
     p = add("verify", help="re-hash every artifact the latest build uses against its recorded content hash")

@@ -466,8 +466,13 @@ class ExecutionSection(Section):
         "in_process", json_schema_extra=VOLATILE,
         description="executor inside a launched run: in_process (default: sync and the sensor make one run per "
                     "partition, so a run rarely has two steps to overlap and a step subprocess would only add a "
-                    "process start), multiprocess, or module:attribute of any Dagster executor (e.g. "
-                    "dagster_k8s:k8s_job_executor)")
+                    "process start), multiprocess, or module:attribute naming a Dagster ExecutorDefinition (e.g. "
+                    "dagster_k8s:k8s_job_executor, dagster_celery:celery_executor); the module is imported, so a "
+                    "manifest is trusted input, like a Makefile")
+    executor_config: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=VOLATILE,
+        description="the executor's config, given to every run of the job (sync's, the UI's, the sensor's), "
+                    "e.g. {broker: redis://host:6379/0, backend: redis://host:6379/1} for the Celery executor")
     device: str = Field("auto", json_schema_extra=VOLATILE, description="auto (cuda when available), cpu, cuda, cuda:N")
     gpus: list[int] = Field(default_factory=list, json_schema_extra=VOLATILE,
                             description="GPU ids handed to concurrent runs round robin (run tag gmates/gpu)")
@@ -521,6 +526,13 @@ class LoadedManifest:
         when one exists there, otherwise the name unchanged (a hub id)."""
         local = self.resolve(name)
         return str(local) if local.is_dir() else name
+
+    def where(self, dotted: str) -> str:
+        """`file:line: dotted` of a field, for errors found after validation (e.g. while loading an executor)."""
+        node = yaml.compose(self.text) if self.text else None
+        line = _line_for(_node_lines(node), tuple(dotted.split("."))) if node is not None else None
+        source = str(self.path) if self.path else "<string>"
+        return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
 
     def with_manifest(self, manifest) -> LoadedManifest:
         """The same file seen through another manifest object (e.g. a view that records what is read)."""

@@ -30,6 +30,7 @@ from ..core.progress import ProgressFn, RateMeter
 from ..core.store import Artifact, ArtifactStore
 from .graph import AssetGraph
 from .resources import GmatesResource
+from .run_manifest import check_run_manifest
 
 INDEX_FILE = "index.json"
 GPU_TAG = "gmates/gpu"
@@ -188,6 +189,7 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
     """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions."""
     decl = graph[asset]
     store, loaded = gm.store(), gm.manifest()
+    check_run_manifest(context.run.tags, loaded)  # a sync's run must not build another manifest
     partition = context.partition_key if context.has_partition_key else None
     versions = input_versions(context.instance, graph, asset, partition)
     key = input_key(context.instance, store, graph, loaded, asset, partition, versions)

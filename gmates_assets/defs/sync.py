@@ -318,6 +318,23 @@ def _run_groups(ready: Sequence[PartitionStatus]) -> list[tuple[Optional[str], l
     return sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
 
 
+def _require_progress(report: SyncReport, pending: Sequence[PartitionStatus]) -> None:
+    """Stop when none of the last wave's partitions became fresh: its runs succeeded without building what
+    this sync asked for (e.g. a daemon whose code location loaded another manifest), so another wave would
+    only repeat them."""
+    if not report.waves:
+        return
+    still = {(p.asset, p.partition) for p in pending}
+    last = report.waves[-1]
+    if all(item in still for item in last):
+        names = ", ".join(f"{a}[{pk}]" if pk else a for a, pk in last[:8]) + (" ..." if len(last) > 8 else "")
+        raise RuntimeError(
+            f"wave {len(report.waves)} made no progress: its runs ({', '.join(report.runs[-len(last):][:4])}"
+            f"{' ...' if len(last) > 4 else ''}) succeeded, but {names} are still not fresh. The runs built "
+            f"something else; with launcher: instance, check that the daemon and run workers load the same "
+            f"manifest ($GMATES_MANIFEST) and store ($GMATES_HOME) as this sync (docs/deployment.md).")
+
+
 def sync(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -363,6 +380,7 @@ def sync(
                 raise _failed(needed)
             report.fresh = statuses
             return report
+        _require_progress(report, pending)
         wave = _ready(pending, graph)
         log(f"wave {len(report.waves) + 1}: " + ", ".join(f"{p.asset}[{p.partition}]" if p.partition else p.asset
                                                           for p in wave))
