@@ -34,7 +34,12 @@ demo-full: $(STAMP)
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# The cluster test starts its own Postgres and redis-server on 127.0.0.1 (Debian's packages; never as services).
+SERVICES := /usr/bin/redis-server /usr/lib/postgresql/15/bin/postgres
+$(SERVICES):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server
+
+test: $(STAMP) $(CHROMIUM) $(SERVICES)
 	$(BIN)/python -m pytest -q
 
 ui: $(STAMP)
