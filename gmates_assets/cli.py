@@ -69,14 +69,27 @@ def _log_progress(message: str) -> None:
 
 
 def cmd_sync(args) -> int:
-    from .defs.sync import sync
+    """Ends with one summary line and, when the whole graph was synced, the report, release and UI lines
+    (sync_summary.py); the full status table only with --verbose."""
+    import time
 
+    from .defs.sync import sync
+    from .sync_summary import closing_notes, summary_line
+
+    start = time.perf_counter()
+    if not args.verbose:  # transformers' save/load progress bars: noise between the step lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     defs = _definitions(args.manifest)
     with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
         report = sync(defs, instance, select=args.select, log=_log_progress, runs=runs)
-    built = report.executed
-    print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
-          else "sync: everything is fresh; nothing to do")
+        seconds = time.perf_counter() - start
+        notes = closing_notes(defs, instance, args.manifest, report.fresh)
+    if args.verbose:
+        cmd_status(argparse.Namespace(manifest=args.manifest, json=False, observe=False, no_observe=True,
+                                      plan=False))
+    print(summary_line(report, seconds))
+    if notes:
+        print(f"\n{notes}")
     return 0
 
 
@@ -87,6 +100,9 @@ def cmd_status(args) -> int:
     with _instance() as instance:
         statuses = asset_statuses(defs, instance, observe=args.observe,
                                   current_sources=not (args.observe or args.no_observe))
+        total = len(statuses)
+        if args.plan:
+            statuses = _plan(defs, instance, statuses)
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return 0
@@ -99,12 +115,23 @@ def cmd_status(args) -> int:
             print(f"{'':<{width}}    - {cause}")
         for note in s.notes:
             print(f"{'':<{width}}    ! {note}")
+    if args.plan:
+        from .defs.plan import plan_summary
+
+        print(plan_summary(statuses, total))
     return 0
 
 
+def _plan(defs, instance, statuses):
+    from .defs.plan import rebuild_plan
+
+    return rebuild_plan(defs, instance, statuses)
+
+
 def cmd_verify(args) -> int:
-    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and rebuild them (a
-    rebuild with the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
+    """Re-hash the artifacts the latest build uses; with --repair, move aside artifacts whose record is
+    unreadable, discard the corrupt ones and everything built from them, and rebuild all of it (a rebuild with
+    the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
     from .defs.sync import gmates_store, sync, verify_artifacts
 
     defs = _definitions(args.manifest)
@@ -113,10 +140,18 @@ def cmd_verify(args) -> int:
         if not bad or not args.repair:
             return 1 if bad else 0
         store = gmates_store(defs)
-        for check in bad:
-            if check.artifact is not None:
-                store.discard(check.artifact)
-        report = sync(defs, instance, select={c.asset for c in bad}, log=lambda m: print(m, flush=True))
+        for unreadable in store.unreadable_records():
+            where = store.quarantine(unreadable.asset, unreadable.input_key)
+            print(f"repair: {unreadable.asset} artifact {unreadable.input_key[:12]} has an unreadable record; "
+                  f"moved aside to {where}")
+        corrupt = [check.artifact for check in bad if check.artifact is not None]
+        later = store.discard_with_descendants(corrupt)
+        for art in later:
+            print(f"repair: discarded {art.asset}{f'[{art.partition}]' if art.partition else ''} "
+                  f"{art.input_key[:12]}, built from it")
+        names = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+        select = {c.asset for c in bad} | ({a.asset for a in later} & names)
+        report = sync(defs, instance, select=select, log=lambda m: print(m, flush=True))
         print(f"repair: rebuilt {len(report.executed)} asset partition(s)")
         return 1 if _report_verify(verify_artifacts(defs, instance)) else 0
 
@@ -148,21 +183,21 @@ def cmd_release_verify(args) -> int:
 
 
 def cmd_release_export(args) -> int:
-    """Copy the latest materialized dataset_release out of the store; verified before it appears."""
-    import dagster as dg
-
+    """Copy the named manifest's dataset_release out of the store (verified on read, then verified again as a
+    release before it appears); refused when that manifest's release is not built or is stale."""
     from .core.release import export_release
-    from .core.store import ArtifactStore, store_root_from_env
+    from .defs.current import NotCurrent, current_artifact
 
+    defs = _definitions(args.manifest)
     with _instance() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
-    if event is None:
-        print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
-        return 1
-    content_hash = event.asset_materialization.metadata["content_hash"].value
-    artifact = ArtifactStore(store_root_from_env()).require_by_content("dataset_release", content_hash)
+        try:
+            artifact = current_artifact(defs, instance, "dataset_release", args.manifest)
+        except NotCurrent as refused:
+            print(f"gmates release export: {refused}", file=sys.stderr)
+            return 1
     target = export_release(artifact.path / "release", args.dir)
-    print(f"exported {artifact.location}/release -> {target}: every file matches its manifest")
+    print(f"exported the release of {args.manifest} ({artifact.location}/release) -> {target}: every file matches "
+          f"its manifest")
     return 0
 
 
@@ -201,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record an observation of the sources first (a run in the history, as sync does); "
                         "plain status compares their current hashes in memory and writes nothing")
     p.add_argument("--no-observe", action="store_true", help="do not hash the source files at all (fastest)")
+    p.add_argument("--plan", action="store_true",
+                   help="list what a sync would rebuild at most: the partitions stale or missing now plus every "
+                        "partition downstream of them (status alone shows only the first hop)")
     p.set_defaults(func=cmd_status)
 
     p = add("verify", help="re-hash every artifact the latest build uses against its recorded content hash")
@@ -224,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.set_defaults(func=cmd_release_verify)
     e = rsub.add_parser("export", parents=[common],
-                        help="copy the latest dataset_release out of the store, then verify it")
+                        help="copy the named manifest's dataset_release out of the store, then verify it")
     e.add_argument("dir")
+    e.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="whose release (default: as sync)")
     e.set_defaults(func=cmd_release_export)
     return parser
 

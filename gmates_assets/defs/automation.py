@@ -17,12 +17,20 @@ from typing import Optional
 import dagster as dg
 
 AC = dg.AutomationCondition
+SENSOR_NAME = "gmates_automation"
 INTERVAL_ENV = "GMATES_AUTOMATION_INTERVAL_S"
 
 
 def sensor_interval() -> int:
     """Seconds between evaluations of the automation sensor; $GMATES_AUTOMATION_INTERVAL_S overrides 15."""
     return int(os.environ.get(INTERVAL_ENV, "15"))
+
+
+def sensor_default_status(launcher: str) -> dg.DefaultSensorStatus:
+    """On for `launcher: in_process` (`gmates ui`: the sensor rebuilds what a reload made stale); off for
+    `launcher: instance`, where `gmates sync` submits the runs and the daemon would otherwise start a second
+    run for the same partitions (measured: 75 materializations for 50 partitions)."""
+    return dg.DefaultSensorStatus.STOPPED if launcher == "instance" else dg.DefaultSensorStatus.RUNNING
 
 
 def _busy() -> dg.AutomationCondition:

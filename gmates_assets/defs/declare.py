@@ -68,6 +68,9 @@ class AssetDecl:
     # Validation run before building (on the unrecorded manifest): it may only raise, never shape the output,
     # so it can read settings outside `sections` (e.g. the reference set fits probe.seq_len).
     precheck: Optional[Callable[[Any], None]] = None
+    # Weights, labels or scores: a NaN or inf anywhere in the built folder fails the step before the commit,
+    # naming this manifest setting as the likely cause (core/finite.py).
+    finite: Optional[str] = None
 
     @property
     def is_source(self) -> bool:
