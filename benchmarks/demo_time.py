@@ -74,12 +74,20 @@ def main() -> None:
     parser.add_argument("--make-flag", action="append", default=[],
                         help="passed to make, e.g. --make-flag=-o --make-flag=.venv/.installed-<hash> to skip the "
                              "install step where .venv is a shared one")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tests profile up to documents_index instead of make (checks the script runs)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="gmates-demo-time-"))
     root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GMATES_HOME": str(root / "store"), "DAGSTER_HOME": str(root / "dagster_home")}
-    command = ([str(ROOT / ".venv" / "bin" / "gmates"), "sync", "--manifest", args.manifest] if args.manifest
-               else ["make", "-s", *args.make_flag, args.target])
+    gmates = [sys.executable, "-m", "gmates_assets.cli"]
+    if args.smoke:
+        command = [*gmates, "sync", "--manifest", str(ROOT / "data_manifests" / "tests.yaml"),
+                   "--select", "documents_index"]
+    elif args.manifest:
+        command = [*gmates, "sync", "--manifest", args.manifest]
+    else:
+        command = ["make", "-s", *args.make_flag, args.target]
     print(f"command: {' '.join(command)}  (homes under {root})")
     for label in ("cold", "no-op"):
         before = _load()

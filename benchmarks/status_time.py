@@ -60,13 +60,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--baseline-tree", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="one rep over a build up to documents_index (checks the script runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.reps = 1
     root = args.root or Path(tempfile.mkdtemp(prefix="status-time-"))
     if not (root / "manifest.yaml").exists():
         root.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "data_manifests" / "tests.yaml", root / "manifest.yaml")
         print(f"building the tests profile in {root} ...", flush=True)
-        print(f"  sync: {gmates(root, 'sync'):.1f} s", flush=True)
+        select = ["--select", "documents_index"] if args.smoke else []
+        print(f"  sync: {gmates(root, 'sync', *select):.1f} s", flush=True)
     modes = {name: (ROOT, root, flags) for name, flags in MODES.items()}
     if args.baseline_tree:
         baseline = baseline_copy(root)

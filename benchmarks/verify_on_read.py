@@ -122,7 +122,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--docs-per-shard", type=int, default=5_000)
+    parser.add_argument("--smoke", action="store_true", help="400 documents in 2 shards (checks the script runs)")
     args = parser.parse_args()
+    if args.smoke:
+        args.docs, args.docs_per_shard = [400], 200
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     print(f"torch threads {torch.get_num_threads()}; embeddings [n, {N_CHUNKS}, {DIM}] float32 in chunks of "
           f"{CHUNK_DOCS} docs; {args.docs_per_shard} docs per shard")

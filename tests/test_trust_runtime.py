@@ -289,6 +289,7 @@ def test_status_shows_an_interrupted_resumable_step_as_partial(pool_built, tmp_p
         return real(*args, **kwargs)
 
     monkeypatch.setattr(encode, "_encode_real_chunks", killed_after_one_commit)
+    monkeypatch.setattr(encode, "EMBED_BLOCK_DOCS", 4)  # blocks of 4 documents: a commit after each
     with pytest.raises(BaseException, match="killed"):
         build.sync(select=["embeddings"])
     monkeypatch.setattr(encode, "_encode_real_chunks", real)

@@ -265,7 +265,7 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
                     pooling: Pooling, batch_size: int, out_dir: str | os.PathLike, chunk_docs: int = 512,
                     padding_chunks: PaddingChunks = "skip", progress: ProgressFn = None,
                     device: str | torch.device | None = None, cls_rule: ClsRule = "every",
-                    name: str = EMBEDDINGS_NAME, block_docs: int = EMBED_BLOCK_DOCS) -> Path:
+                    name: str = EMBEDDINGS_NAME, block_docs: int | None = None) -> Path:
     """Embed documents into `<out_dir>/embeddings.zarr` (`chunks` float32 [n, C, d], `chunk_mask` bool
     [n, C], `pooled` float32 [n, d]); returns the group path.
 
@@ -281,6 +281,7 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
         raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
     if padding_chunks not in ("skip", "include"):
         raise ValueError(f"padding_chunks must be 'skip' or 'include', got {padding_chunks!r}")
+    block_docs = block_docs or EMBED_BLOCK_DOCS  # read at call time (progress units are blocks)
     if chunk_docs < 1 or batch_size < 1 or block_docs < 1:
         raise ValueError("chunk_docs, batch_size and block_docs must be >= 1")
     texts = list(texts)
@@ -301,10 +302,10 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
     attrs = {**settings, "dim": int(pad_vector.shape[0]), "n_chunks": n_chunks,
              "pooled_over": "all_chunks" if padding_chunks == "include" else "masked_chunks",
              "pooled": "mean of L2-normalised chunk vectors (not re-normalised)"}
-    state = ChunkProgress(out, fingerprint, n, "docs", chunk_docs)
+    state = ChunkProgress(out, fingerprint, n, "docs", block_docs)
     if state.done and not (path / "zarr.json").exists():
         state.finish()  # progress without its data cannot be resumed
-        state = ChunkProgress(out, fingerprint, n, "docs", chunk_docs)
+        state = ChunkProgress(out, fingerprint, n, "docs", block_docs)
     if not state.done:
         group = _create_group(path, n, n_chunks, attrs["dim"], block_docs, attrs)
     else:
