@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-os.environ.setdefault("GMATES_MANIFEST", str(Path(__file__).resolve().parent / "data_manifests" / "demo.yaml"))
+os.environ.setdefault("GMATES_MANIFEST", str(Path(__file__).resolve().parent / "data_manifests" / "quickstart.yaml"))
 
 from gmates_assets.code_location import defs  # noqa: E402  (reads GMATES_MANIFEST)
 

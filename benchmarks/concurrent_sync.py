@@ -8,11 +8,13 @@ since its manifest.json also carries run ids and a timestamp, outside that hash)
 builder waited on another's build lock, and how many artifacts were built versus reused.
 
 Usage: python benchmarks/concurrent_sync.py [--manifest data_manifests/tests.yaml] [--workdir DIR] [--compare-only]
+       [--select ASSET ...] [--smoke]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,11 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_sync(manifest: Path, home: Path) -> subprocess.Popen:
+def start_sync(manifest: Path, home: Path, select: list[str]) -> subprocess.Popen:
     env = {**os.environ, "GMATES_HOME": str(home / "store"), "DAGSTER_HOME": str(home / "dagster"),
            "GMATES_CACHE": str(home / "cache"), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest)], env=env,
+    command = [sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest)]
+    command += ["--select", *select] if select else []
+    return subprocess.Popen(command, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -66,7 +70,13 @@ def main() -> None:
     parser.add_argument("--manifest", default=str(ROOT / "data_manifests" / "tests.yaml"))
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--compare-only", action="store_true", help="check the homes a previous run left in --workdir")
+    parser.add_argument("--select", nargs="+", default=[], metavar="ASSET",
+                        help="sync only these assets and what they need (default: the whole graph)")
+    parser.add_argument("--smoke", action="store_true", help="only the documents and their index: checks the script "
+                        "still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.select = ["documents_index"]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gmates-concurrent-"))
     shared, alone = work / "shared", work / "alone"
     for home in (shared, alone):
@@ -76,9 +86,10 @@ def main() -> None:
     outputs, race_wall, alone_wall = [], float("nan"), float("nan")
     if not args.compare_only:
         started = time.monotonic()
-        outputs, race_wall = finish([start_sync(manifest, shared), start_sync(manifest, shared)], started)
+        outputs, race_wall = finish([start_sync(manifest, shared, args.select),
+                                     start_sync(manifest, shared, args.select)], started)
         started = time.monotonic()
-        _, alone_wall = finish([start_sync(manifest, alone)], started)
+        _, alone_wall = finish([start_sync(manifest, alone, args.select)], started)
 
     race, reference = reported_hashes(shared), reported_hashes(alone)
     disagreeing = sorted(k for k, v in race.items() if len(v) != 1)
@@ -96,6 +107,8 @@ def main() -> None:
     print(f"asset partitions differing from the sequential build: {len(differing)} {differing[:5]}")
     ok = not disagreeing and not differing and stored == len(reference) and partials == 0
     print("RESULT:", "identical content hashes, no error" if ok else "MISMATCH")
+    if args.smoke and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)
 
 

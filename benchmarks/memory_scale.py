@@ -84,13 +84,14 @@ class Bench:
     def step(self, asset: str, partition, instance=None):
         from gmates_assets.defs.runtime import Step
 
-        inputs = {}
+        inputs, versions = {}, {}
         for inp in self.graph.inputs(asset):
             built = self.registry.get(inp.asset, {})
             keys = self.graph.input_partitions(inp, partition)
             if all((k or "") in built for k in keys):
                 inputs[inp.asset] = {k: self.store.require_by_content(inp.asset, built[k or ""], k) for k in keys}
-        return Step(_Context(instance), self.loaded, self.store, self.graph, asset, partition, inputs)
+                versions[inp.asset] = {k or "": built[k or ""] for k in keys}  # data version = content hash
+        return Step(_Context(instance), self.loaded, self.store, self.graph, asset, partition, inputs, versions)
 
     def commit(self, step, compute, rows=None) -> dict:
         """Run compute(step, work_dir) in a store build, as runtime.run_step does, and register the result."""
@@ -181,6 +182,15 @@ def measure(n_docs: int, args) -> dict[str, dict]:
         return {a: r for a, r in results.items() if a in args.steps}
 
 
+def smoke(args) -> None:
+    """Every step on a 240-document pool, in this process: the code paths, not the memory figures."""
+    with tempfile.TemporaryDirectory(prefix="gmates-memory-smoke-") as tmp:
+        generate(Path(tmp), 240, 120, 16, 120)
+        for asset in STEPS:
+            out = run_step(Path(tmp), asset)
+            print(f"  {asset}: ran in {out['seconds']} s", flush=True)
+
+
 def report(sizes: list[int], figures: dict[int, dict[str, dict]]) -> None:
     small, large = sizes[0], sizes[-1]
     header = (f"{'step':<22}" + "".join(f"{f'peak@{n}':>13}" for n in sizes) + f"{'base':>8}"
@@ -210,7 +220,11 @@ def main() -> None:
     parser.add_argument("--n-docs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run-step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="one small pool, every step in this process (no memory "
+                        "figures): checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        return smoke(args)
     if args.generate:
         return generate(args.generate, args.n_docs, args.docs_per_shard, args.dim, args.docs_per_cluster)
     if args.run_step:

@@ -96,7 +96,11 @@ def main() -> None:
     parser.add_argument("--ref-batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="alternate the runs; report the fastest of each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.rollouts, args.pool, args.ref_examples, args.ref_batch, args.repeats = 2, 16, 8, 8, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -109,13 +109,19 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=500, help="documents per alternating round")
     parser.add_argument("--vocab-size", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.embed_docs, args.block, args.vocab_size, args.max_length, args.chunk_size = 24, 12, 300, 64, 32
     if args.threads:
         torch.set_num_threads(args.threads)
     params = DemoCorpusParams()
     texts = [d.text for s in range(params.n_shards) for d in generate_demo_shard(params, s)]
+    if args.smoke:
+        texts = texts[:200]
     print(f"demo corpus: {len(texts)} docs, mean {np.mean([len(t.split()) for t in texts]):.0f} words")
-    bench_tokenization(texts, args.vocab_size, repeats=5)
+    bench_tokenization(texts, args.vocab_size, repeats=1 if args.smoke else 5)
     bench_embedding(texts[:args.embed_docs], args.max_length, args.chunk_size, args.batch_size, args.block)
 
 

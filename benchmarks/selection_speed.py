@@ -188,7 +188,12 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS/OpenMP threads (set before numpy loads; 0 = library default)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.n, args.d, args.clusters, args.niter = 2000, 16, 4, 2
+        args.scale_n, args.scale_k, args.scale_niter = 4000, 8, 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads > 0:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -38,7 +38,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--mb", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.files, args.mb = 2, 1
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pool"
         folder.mkdir()

@@ -103,7 +103,7 @@ def _overlapping(spans: dict[str, tuple[float, float, float]]) -> int:
                for i, (s1, e1) in enumerate(runs))
 
 
-def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int) -> dict:
+def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int, targets=tuple(TARGETS)) -> dict:
     import dagster as dg
 
     from gmates_assets.cli import _runs
@@ -122,13 +122,13 @@ def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int) -> dic
         with dg.DagsterInstance.get() as instance:
             started = time.monotonic()
             with _runs(defs, instance, str(manifest)) as runs:
-                report = sync(defs, instance, select=TARGETS, runs=runs)
+                report = sync(defs, instance, select=list(targets), runs=runs)
             full = time.monotonic() - started
             compute_by_run, partitions = _compute_by_run(instance)
             spans = _run_spans(instance, set(report.runs[1:]))  # runs[0] observed the sources
             started = time.monotonic()
             with _runs(defs, instance, str(manifest)) as runs:
-                noop = sync(defs, instance, select=TARGETS, runs=runs)
+                noop = sync(defs, instance, select=list(targets), runs=runs)
             noop_wall = time.monotonic() - started
     assert not noop.executed
     compute = sum(compute_by_run.values())
@@ -148,12 +148,17 @@ def main() -> None:
     parser.add_argument("--docs-per-shard", type=int, default=1200)
     parser.add_argument("--launcher", choices=["in_process", "instance"], default="in_process")
     parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true",
+                        help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
+    if args.smoke:
+        args.shards, args.docs_per_shard = [2], 8  # and no encoder: the documents and their index only
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"launcher={args.launcher} max_concurrent={args.max_concurrent}", flush=True)
     rows = []
     for n in args.shards:
-        rows.append(measure(n, args.docs_per_shard, args.launcher, args.max_concurrent))
+        targets = ["documents_index"] if args.smoke else TARGETS
+        rows.append(measure(n, args.docs_per_shard, args.launcher, args.max_concurrent, targets))
         print(json.dumps(rows[-1]), flush=True)
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))

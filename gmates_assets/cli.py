@@ -59,15 +59,37 @@ def _runs(defs, instance, manifest: str):
     return InProcessRuns(defs, instance)
 
 
-def cmd_sync(args) -> int:
-    from .defs.sync import sync
+_activity: list[str] = []  # what the command is doing now, for the line an interrupt prints
 
+
+def _log_progress(message: str) -> None:
+    print(message, flush=True)
+    if message.startswith("wave "):
+        _activity[:] = [message]
+
+
+def cmd_sync(args) -> int:
+    """Ends with one summary line and, when the whole graph was synced, the report, release and UI lines
+    (sync_summary.py); the full status table only with --verbose."""
+    import time
+
+    from .defs.sync import sync
+    from .sync_summary import closing_notes, summary_line
+
+    start = time.perf_counter()
+    if not args.verbose:  # transformers' save/load progress bars: noise between the step lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     defs = _definitions(args.manifest)
     with _instance() as instance, _runs(defs, instance, args.manifest) as runs:
-        report = sync(defs, instance, select=args.select, log=lambda m: print(m, flush=True), runs=runs)
-    built = report.executed
-    print(f"sync: {len(report.waves)} wave(s), {len(built)} asset partition(s) materialized" if built
-          else "sync: everything is fresh; nothing to do")
+        report = sync(defs, instance, select=args.select, log=_log_progress, runs=runs)
+        seconds = time.perf_counter() - start
+        notes = closing_notes(defs, instance, args.manifest, report.fresh)
+    if args.verbose:
+        cmd_status(argparse.Namespace(manifest=args.manifest, json=False, observe=False, no_observe=True,
+                                      plan=False))
+    print(summary_line(report, seconds))
+    if notes:
+        print(f"\n{notes}")
     return 0
 
 
@@ -76,24 +98,40 @@ def cmd_status(args) -> int:
 
     defs = _definitions(args.manifest)
     with _instance() as instance:
-        statuses = asset_statuses(defs, instance, observe=not args.no_observe)
+        statuses = asset_statuses(defs, instance, observe=args.observe,
+                                  current_sources=not (args.observe or args.no_observe))
+        total = len(statuses)
+        if args.plan:
+            statuses = _plan(defs, instance, statuses)
     if args.json:
         print(json.dumps([s.as_json() for s in statuses], indent=2))
         return 0
     width = max((len(s.asset) + len(s.partition or "") + 2 for s in statuses), default=10)
     for s in statuses:
         name = f"{s.asset}[{s.partition}]" if s.partition else s.asset
-        print(f"{name:<{width}}  {s.status}")
-        for cause in s.causes:
+        partial = s.status == "partial"  # its first cause says how far it got: on the status line
+        print(f"{name:<{width}}  {s.status}" + (f": {s.causes[0]}" if partial else ""))
+        for cause in s.causes[1:] if partial else s.causes:
             print(f"{'':<{width}}    - {cause}")
         for note in s.notes:
             print(f"{'':<{width}}    ! {note}")
+    if args.plan:
+        from .defs.plan import plan_summary
+
+        print(plan_summary(statuses, total))
     return 0
 
 
+def _plan(defs, instance, statuses):
+    from .defs.plan import rebuild_plan
+
+    return rebuild_plan(defs, instance, statuses)
+
+
 def cmd_verify(args) -> int:
-    """Re-hash the artifacts the latest build uses; with --repair, discard the bad ones and rebuild them (a
-    rebuild with the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
+    """Re-hash the artifacts the latest build uses; with --repair, move aside artifacts whose record is
+    unreadable, discard the corrupt ones and everything built from them, and rebuild all of it (a rebuild with
+    the same bytes leaves everything downstream fresh; other bytes make it stale for `sync`)."""
     from .defs.sync import gmates_store, sync, verify_artifacts
 
     defs = _definitions(args.manifest)
@@ -102,10 +140,18 @@ def cmd_verify(args) -> int:
         if not bad or not args.repair:
             return 1 if bad else 0
         store = gmates_store(defs)
-        for check in bad:
-            if check.artifact is not None:
-                store.discard(check.artifact)
-        report = sync(defs, instance, select={c.asset for c in bad}, log=lambda m: print(m, flush=True))
+        for unreadable in store.unreadable_records():
+            where = store.quarantine(unreadable.asset, unreadable.input_key)
+            print(f"repair: {unreadable.asset} artifact {unreadable.input_key[:12]} has an unreadable record; "
+                  f"moved aside to {where}")
+        corrupt = [check.artifact for check in bad if check.artifact is not None]
+        later = store.discard_with_descendants(corrupt)
+        for art in later:
+            print(f"repair: discarded {art.asset}{f'[{art.partition}]' if art.partition else ''} "
+                  f"{art.input_key[:12]}, built from it")
+        names = {k.to_user_string() for k in defs.resolve_asset_graph().materializable_asset_keys}
+        select = {c.asset for c in bad} | ({a.asset for a in later} & names)
+        report = sync(defs, instance, select=select, log=lambda m: print(m, flush=True))
         print(f"repair: rebuilt {len(report.executed)} asset partition(s)")
         return 1 if _report_verify(verify_artifacts(defs, instance)) else 0
 
@@ -119,12 +165,14 @@ def _report_verify(checks) -> list:
 
 
 def cmd_ui(args) -> int:
-    """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it."""
+    """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it. The
+    running interpreter's dagster (`python -m dagster`): with the venv not activated, none is on PATH."""
     ensure_dagster_home()
     os.environ["GMATES_MANIFEST"] = str(Path(args.manifest).resolve())
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
-    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(args.port)])
+    os.execv(sys.executable, [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+                              "-p", str(args.port)])
     return 0  # not reached
 
 
@@ -135,21 +183,21 @@ def cmd_release_verify(args) -> int:
 
 
 def cmd_release_export(args) -> int:
-    """Copy the latest materialized dataset_release out of the store; verified before it appears."""
-    import dagster as dg
-
+    """Copy the named manifest's dataset_release out of the store (verified on read, then verified again as a
+    release before it appears); refused when that manifest's release is not built or is stale."""
     from .core.release import export_release
-    from .core.store import ArtifactStore, store_root_from_env
+    from .defs.current import NotCurrent, current_artifact
 
+    defs = _definitions(args.manifest)
     with _instance() as instance:
-        event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
-    if event is None:
-        print("no dataset_release has been materialized yet; run `gmates sync` first", file=sys.stderr)
-        return 1
-    content_hash = event.asset_materialization.metadata["content_hash"].value
-    artifact = ArtifactStore(store_root_from_env()).require_by_content("dataset_release", content_hash)
+        try:
+            artifact = current_artifact(defs, instance, "dataset_release", args.manifest)
+        except NotCurrent as refused:
+            print(f"gmates release export: {refused}", file=sys.stderr)
+            return 1
     target = export_release(artifact.path / "release", args.dir)
-    print(f"exported {artifact.location}/release -> {target}: every file matches its manifest")
+    print(f"exported the release of {args.manifest} ({artifact.location}/release) -> {target}: every file matches "
+          f"its manifest")
     return 0
 
 
@@ -181,10 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these assets (and what they need upstream)")
     p.set_defaults(func=cmd_sync)
 
-    p = add("status", help="fresh / stale / missing per asset and partition, with causes")
+    p = add("status", help="fresh / stale / missing per asset and partition, with causes (read-only)")
     p.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--no-observe", action="store_true", help="do not re-hash the source files first")
+    p.add_argument("--observe", action="store_true",
+                   help="record an observation of the sources first (a run in the history, as sync does); "
+                        "plain status compares their current hashes in memory and writes nothing")
+    p.add_argument("--no-observe", action="store_true", help="do not hash the source files at all (fastest)")
+    p.add_argument("--plan", action="store_true",
+                   help="list what a sync would rebuild at most: the partitions stale or missing now plus every "
+                        "partition downstream of them (status alone shows only the first hop)")
     p.set_defaults(func=cmd_status)
 
     p = add("verify", help="re-hash every artifact the latest build uses against its recorded content hash")
@@ -208,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dir")
     v.set_defaults(func=cmd_release_verify)
     e = rsub.add_parser("export", parents=[common],
-                        help="copy the latest dataset_release out of the store, then verify it")
+                        help="copy the named manifest's dataset_release out of the store, then verify it")
     e.add_argument("dir")
+    e.add_argument("--manifest", "-m", default=DEFAULT_MANIFEST, help="whose release (default: as sync)")
     e.set_defaults(func=cmd_release_export)
     return parser
 
@@ -227,6 +282,23 @@ def error_line(command: str, exc: BaseException) -> str:
     return f"gmates {command}: {cause if ours else f'{type(cause).__name__}: {cause}'}"
 
 
+def _execution_interrupted() -> type[BaseException]:
+    """Dagster's interrupt inside a run (a BaseException, like KeyboardInterrupt)."""
+    try:
+        from dagster import DagsterExecutionInterruptedError
+    except ImportError:
+        return KeyboardInterrupt
+    return DagsterExecutionInterruptedError
+
+
+def interrupted_line(command: str, limit: int = 160) -> str:
+    doing = _activity[0] if _activity else ""
+    wave, _, items = doing.partition(": ")
+    where = f" during {wave} ({items if len(items) <= limit else items[:limit] + '…'})" if doing else ""
+    return (f"gmates {command}: interrupted{where}; a re-run resumes (what finished is reused, resumable steps "
+            f"continue from their last chunk)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     verbose = args.verbose or bool(os.environ.get("GMATES_DEBUG"))
@@ -236,6 +308,11 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
         return args.func(args)
+    except (KeyboardInterrupt, _execution_interrupted()) as exc:  # BaseExceptions: Ctrl-C, or SIGTERM in a run
+        if verbose:
+            traceback.print_exception(exc)
+        print(interrupted_line(args.command), file=sys.stderr)
+        return 130
     except Exception as exc:  # the cause as the last line; the traceback only with --verbose
         if verbose:
             traceback.print_exception(exc)

@@ -150,8 +150,19 @@ def format_report(report: dict[str, Any]) -> str:
              "read Δcore there"]
     plots = report["plots"] or ["(none built yet: gmates sync builds method_comparison)"]
     parts += ["", "plots (per-asset plots and tables are in the Dagster UI: gmates ui):",
-              *(f"  method comparison: {p}" for p in plots)]
+              *(f"  method comparison: {display_path(p)}" for p in plots)]
     return "\n".join(parts)
+
+
+def display_path(location: str) -> str:
+    """A local path relative to the working directory when it is below it (short, copyable); else as is."""
+    if "://" in location or not location.startswith(("/", ".")):
+        return location
+    path = Path(location).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _signed(value: Optional[float]) -> str:

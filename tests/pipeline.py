@@ -12,7 +12,7 @@ import yaml
 
 from gmates_assets.defs import build_definitions
 from gmates_assets.defs.sync import FRESH, asset_statuses, sync
-from gmates_assets.local_instance import ensure_local_instance, local_instance_yaml
+from gmates_assets.local_instance import ensure_local_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS_MANIFEST = ROOT / "data_manifests" / "tests.yaml"
@@ -52,10 +52,8 @@ class Build:
 
     def copy_to(self, root: Path) -> Build:
         """An independent copy (store, instance, manifest): lets one full build serve many edit tests."""
-        shutil.copytree(self.root, root)
-        copy = Build(root)
-        (copy.dagster_home / "dagster.yaml").write_text(local_instance_yaml(copy.dagster_home))  # its own events
-        return copy
+        shutil.copytree(self.root, root)  # a local home is relocatable: the copy writes its own history
+        return Build(root)
 
     def env(self) -> dict[str, str]:
         """The variables that make the CLI and `dagster dev` use this build's instance and store."""

@@ -17,7 +17,8 @@ import pytest
 
 from gmates_assets.core import lm, release
 from gmates_assets.core.demo_corpus import DemoCorpusParams
-from gmates_assets.core.manifest import parse_manifest
+from gmates_assets.core.finite import require_finite
+from gmates_assets.core.manifest import load_manifest, parse_manifest
 from gmates_assets.core.sources import (
     ReadStats,
     ShardSpec,
@@ -27,7 +28,8 @@ from gmates_assets.core.sources import (
     shard_content,
 )
 from gmates_assets.core.store import ArtifactStore
-from gmates_assets.core.validation import check_pool_size, items_that_fit, loading_model
+from gmates_assets.core.task_files import read_task_items
+from gmates_assets.core.validation import check_pool_size, check_selection_size, items_that_fit, loading_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_inputs.md"
@@ -182,6 +184,132 @@ def _planted_bookkeeping_in_release(d):
     return "; ".join(release.verify_release(summary.path))
 
 
+# -- trust (issue 19): manifest loading, non-finite and empty artifacts, eval files before compute
+def _duplicate_key(d):
+    parse_manifest(MINIMAL + "selection:\n  ratio: 0.5\nselection:\n  ratio: 0.2\n", "m.yaml")
+
+
+def _non_finite_lr(d):
+    parse_manifest(MINIMAL + "probe:\n  optim: {lr: .inf}\n", "m.yaml")
+
+
+def _huge_vocab(d):
+    parse_manifest(MINIMAL + "tokenizer: {vocab_size: 1000000000}\n", "m.yaml")
+
+
+def _seq_len_over_window(d):
+    parse_manifest(MINIMAL + "probe:\n  seq_len: 256\n  model: {max_seq_len: 128}\n", "m.yaml")
+
+
+def _alias_bomb(d):
+    levels = "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    parse_manifest(MINIMAL + "x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + levels, "m.yaml")
+
+
+def _manifest_not_utf8(d):
+    (d / "m.yaml").write_bytes(MINIMAL.encode() + b"release: {description: caf\xe9}\n")
+    load_manifest("m.yaml")
+
+
+def _manifest_is_a_folder(d):
+    (d / "manifests").mkdir()
+    load_manifest("manifests")
+
+
+def _ratio_selects_nothing(d):
+    check_selection_size(320, 0.001)
+
+
+def _empty_release(d):
+    import polars as pl
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    release.write_release(d / "rel", table.clear(), 10, {}, {})
+
+
+def _nan_weights(d):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lm_head.weight": torch.tensor([1.0, float("nan")])}, d / "model.safetensors")
+    require_finite(d, "probe_checkpoint", "probe.optim.lr")
+
+
+def _gold_out_of_range(d):
+    (d / "task.jsonl").write_text('{"query": "Q", "choices": ["a", "b"], "gold": 1}\n'
+                                  '{"query": "Q", "choices": ["a", "b"], "gold": 2}\n')
+    read_task_items("task.jsonl", "multiple_choice")
+
+
+# ------------------------------------------------------------------ trust-sources (issue 19)
+def _same_file_two_spellings(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    check_shards_disjoint([ShardSpec("x", "jsonl", ("a.jsonl",), base_dir=str(d)),
+                           ShardSpec("y", "jsonl", (str(d / "a.jsonl"),), base_dir=str(d))])
+
+
+def _same_file_twice_in_one_shard(d):
+    (d / "a.jsonl").write_text('{"text": "t"}\n')
+    (d / "b.jsonl").symlink_to(d / "a.jsonl")
+    check_files(ShardSpec("s", "jsonl", ("*.jsonl",), base_dir=str(d)))
+
+
+def _lone_surrogate_in_metadata(d):
+    read_shard(jsonl(d, "a.jsonl", '{"text": "ok"}', '{"text": "fine", "title": "\\ud800"}'))
+
+
+def _custom_code_tokenizer(d):
+    from gmates_assets.core.tokenize import load_lm_tokenizer
+
+    (d / "tok").mkdir()
+    (d / "tok" / "custom.py").write_text("raise SystemExit('custom code ran')\n")
+    (d / "tok" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": ["custom.CustomTokenizer", None]}}))
+    load_lm_tokenizer("./tok")
+
+
+# ---- trust-store: inputs checked on read, unreadable records, releases that leave their folder
+def _stored(d, data: bytes = b"0123456789"):
+    store = ArtifactStore(d / "store")
+    with store.build("embeddings", "k1", "shard-000") as work:
+        (work / "embeddings.zarr").mkdir()
+        (work / "embeddings.zarr" / "c0").write_bytes(data)
+    return store, store.get("embeddings", "k1")
+
+
+def _input_changed_after_build(d):
+    store, art = _stored(d)
+    art.file("embeddings.zarr/c0").write_bytes(b"0123456789"[::-1])
+    store.verify_on_read(art)
+
+
+def _unreadable_record(d):
+    store, art = _stored(d)
+    (art.path / "_artifact.json").write_text('{"content_hash": ')
+    store.get("embeddings", "k1")
+
+
+def _small_release(d):
+    import polars as pl
+
+    table = pl.DataFrame({"doc_id": ["a"], "text": ["t"], "source": ["s"], "influence_score": [0.1], "cluster": [0]})
+    return release.write_release(d / "rel", table, 10, {}, {})
+
+
+def _release_file_linked_outside(d):
+    summary = _small_release(d)
+    shard = summary.path / next(name for name in summary.files if name.startswith("data/"))
+    shard.rename(d / "outside.parquet")
+    shard.symlink_to(d / "outside.parquet")
+    return "; ".join(release.verify_release(summary.path))
+
+
+def _release_manifest_nested_deep(d):
+    summary = _small_release(d)
+    (summary.path / release.MANIFEST_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    return "; ".join(release.verify_release(summary.path))
+
+
 CASES = {
     "empty file": _empty_file,
     "directory given as a file": _directory,
@@ -208,6 +336,26 @@ CASES = {
     "hub model missing offline": _model_missing_offline,
     "disk full during a step": _disk_full,
     "planted `_artifact.json` in a release": _planted_bookkeeping_in_release,
+    "duplicate key in the manifest": _duplicate_key,
+    "non-finite number in the manifest": _non_finite_lr,
+    "`tokenizer.vocab_size` over 2^20": _huge_vocab,
+    "`probe.seq_len` over `probe.model.max_seq_len`": _seq_len_over_window,
+    "YAML alias bomb (~700 bytes)": _alias_bomb,
+    "manifest that is not UTF-8": _manifest_not_utf8,
+    "manifest path that is a folder": _manifest_is_a_folder,
+    "`selection.ratio` that selects nothing": _ratio_selects_nothing,
+    "empty release table": _empty_release,
+    "NaN weights in a built artifact": _nan_weights,
+    "eval `gold` out of range": _gold_out_of_range,
+    # trust-sources (issue 19): one file under two spellings, lone surrogates, custom model code
+    "same file in two shards, relative and absolute path": _same_file_two_spellings,
+    "same file twice in one shard (a symlink)": _same_file_twice_in_one_shard,
+    'lone surrogate escape (`"\\ud800"`) in a metadata field': _lone_surrogate_in_metadata,
+    "tokenizer folder with custom code (`auto_map`)": _custom_code_tokenizer,
+    "input artifact changed after it was built (read by a step)": _input_changed_after_build,
+    "unreadable `_artifact.json` in the store": _unreadable_record,
+    "release data file linked outside its folder": _release_file_linked_outside,
+    "release `manifest.json` nested 100,000 levels deep": _release_manifest_nested_deep,
 }
 
 

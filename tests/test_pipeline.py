@@ -143,7 +143,7 @@ def test_cli_exports_a_verified_release_and_status_json(full_build, build_env, t
     from gmates_assets.cli import main
 
     build_env(full_build)
-    assert main(["release", "export", str(tmp_path / "out")]) == 0
+    assert main(["release", "export", str(tmp_path / "out"), "-m", str(full_build.manifest)]) == 0
     assert verify_release(tmp_path / "out") == []
     assert pl.read_parquet(str(tmp_path / "out" / "data" / "*.parquet")).height == 160
     capsys.readouterr()

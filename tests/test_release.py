@@ -190,8 +190,9 @@ def test_bad_tables_and_arguments_are_rejected(tmp_path):
 
 
 def test_empty_selection_and_extra_columns(tmp_path):
-    empty = write_release(tmp_path / "e", make_table().clear(), 10, LINEAGE, CARD)
-    assert empty.n_rows == 0 and empty.n_shards == 1 and verify_release(empty.path) == []
+    with pytest.raises(ReleaseError, match="no rows"):  # never committed (issue 19)
+        write_release(tmp_path / "e", make_table().clear(), 10, LINEAGE, CARD)
+    assert not (tmp_path / "e").exists()
     extra = write_release(tmp_path / "r", make_table(5).with_columns(pl.int_range(5).alias("rank")), 2, LINEAGE,
                           CARD, order="given")
     frame = pl.read_parquet(extra.path / "data" / "*.parquet")

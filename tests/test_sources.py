@@ -223,7 +223,7 @@ def test_hf_saved_dataset_dir_relative_ids_and_errors(tmp_path):
     assert len(file_content_hash(spec)) == 64
 
 
-def test_hf_trust_remote_code_only_passed_when_requested(tmp_path, monkeypatch):
+def test_hf_trust_remote_code_is_false_unless_requested(tmp_path, monkeypatch):
     import datasets
 
     calls = []
@@ -235,7 +235,8 @@ def test_hf_trust_remote_code_only_passed_when_requested(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     read_shard(ShardSpec("s", "hf", hf_name="org/data", hf_config="en", hf_split="validation", hf_revision="abc"))
     read_shard(ShardSpec("s", "hf", hf_name="org/data", trust_remote_code=True))
-    assert calls[0] == ("org/data", "en", {"split": "validation", "streaming": False, "revision": "abc"})
+    assert calls[0] == ("org/data", "en", {"split": "validation", "streaming": False, "revision": "abc",
+                                          "trust_remote_code": False})  # said, never left to a default
     assert calls[1][2]["trust_remote_code"] is True
     docs, _ = read_shard(ShardSpec("s", "hf", hf_name="org/data", hf_config="en", hf_split="validation"))
     assert docs[0].doc_id == "hf:org/data/en/validation:0"

@@ -249,7 +249,7 @@ model, tok = load_encoder(sys.argv[1], device="cpu")
 texts = [d.text for d in generate_demo_shard(DemoCorpusParams.tests_profile(), 0)][:200]
 def report(done, total, unit):
     print(done, flush=True)
-embed_documents(model, tok, texts, 96, 32, "mean", 6, sys.argv[2], chunk_docs=5, progress=report)
+embed_documents(model, tok, texts, 96, 32, "mean", 6, sys.argv[2], chunk_docs=5, block_docs=5, progress=report)
 print("finished", flush=True)
 """
 
@@ -257,7 +257,7 @@ print("finished", flush=True)
 def test_kill_9_then_resume_is_byte_identical(tiny, tiny_encoder_dir, tmp_path):
     model, tok = tiny
     texts = TEXTS[:200]
-    embed_documents(model, tok, texts, 96, 32, "mean", 6, tmp_path / "reference", chunk_docs=5)
+    embed_documents(model, tok, texts, 96, 32, "mean", 6, tmp_path / "reference", chunk_docs=5, block_docs=5)
 
     killed = tmp_path / "killed"
     child = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, tiny_encoder_dir, str(killed)],
@@ -272,7 +272,7 @@ def test_kill_9_then_resume_is_byte_identical(tiny, tiny_encoder_dir, tmp_path):
     assert 3 <= len(done) < 40
 
     reports = []
-    embed_documents(model, tok, texts, 96, 32, "mean", 6, killed, chunk_docs=5,
+    embed_documents(model, tok, texts, 96, 32, "mean", 6, killed, chunk_docs=5, block_docs=5,
                     progress=lambda d, t, u: reports.append(d))
     assert reports[-1] == 200 and not (killed / "_progress.json").exists()
     assert tree_bytes(killed) == tree_bytes(tmp_path / "reference")

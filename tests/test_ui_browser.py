@@ -38,7 +38,7 @@ GROUPS = {"pool", "influence", "selection", "training", "release"}
 # What a selection.ratio edit reaches: the edited asset, then everything whose inputs' data changed.
 EDITED = "selected_subset"
 DOWNSTREAM = {"pretrained_checkpoint", "eval_scores", "method_comparison", "dataset_release"}
-PROGRESS_LINE = re.compile(r"\d+/\d+ \S+ \(\d+\.\d%\), [\d.]+ \S+/s, eta \d+s")
+PROGRESS_LINE = re.compile(r"\d+/\d+ \S+ \(\d+\.\d%\), [\d.]+ (\S+/s|s/\S+), eta \d+s")
 PHASE_TIMEOUT = 1200  # seconds; ~3 min on an idle 2-core machine, ~11 min seen with 6 loads per core
 
 

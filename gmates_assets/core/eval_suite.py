@@ -11,15 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from .evaluation import CoreSpec, TaskSpec
-from .manifest import EvalSection, ManifestError, TaskSource, TaskSuiteFile, validate_yaml
+from .eval_specs import CoreSpec, TaskSpec
+from .manifest import EvalSection, ManifestError, TaskSource, TaskSuiteFile, read_yaml_text, validate_yaml
 
 
 def load_suite(path: str | Path) -> TaskSuiteFile:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ManifestError(f"eval.suite.config: task-config file {path} not found")
-    return validate_yaml(TaskSuiteFile, path.read_text(encoding="utf-8"), str(path), "task-config file")
+    return validate_yaml(TaskSuiteFile, read_yaml_text(path, "task-config file"), str(path), "task-config file")
 
 
 def suite_tasks(section: EvalSection, resolve: Callable[[str], Path]) -> tuple[list[TaskSource], Optional[CoreSpec]]:

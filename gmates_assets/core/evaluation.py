@@ -22,22 +22,21 @@ mean centered accuracy over a named list of tasks (`CoreSpec`), always reported 
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
 import torch
 
-from gmates_assets.core.icl import TASK_KINDS, PromptFormat, Request, build_requests, tokenizer_needs_prefix_space
+from gmates_assets.core.icl import Request, build_requests, tokenizer_needs_prefix_space
 from gmates_assets.core.progress import ProgressFn
+from gmates_assets.core.task_files import TaskFormatError, read_task_items  # noqa: F401 (re-exported)
 from gmates_assets.core.validation import items_that_fit
 
 from .devices import resolve_device
+from .eval_specs import NORMALIZATIONS, CoreSpec, TaskSpec  # noqa: F401  (defined there: no torch)
 
-NORMALIZATIONS = ("token", "char", "none")
 TOO_LONG = ("error", "skip")
 PERPLEXITY_PREFIXES = ("tokenizer", "bos")
 DEFAULT_MAX_LENGTH = 2048
@@ -45,57 +44,6 @@ DEFAULT_MAX_LENGTH = 2048
 NEAR_ZERO_BASE = 0.05
 
 
-class TaskFormatError(ValueError):
-    """A task file line that does not match its declared format; the message names file, line and field."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    path: str
-    kind: str
-    shots: int = 0
-    random_baseline: float = 0.0  # fraction in [0, 1), e.g. 0.25 for 4-way multiple choice
-    length_normalize: str | bool = "token"  # "token" (mean per token), "char", "none"; True/False = token/none
-    max_items: int | None = None  # evaluate only the first max_items items (few-shot still draws from all)
-    continuation_delimiter: str = " "
-    example_delimiter: str = "\n"
-    prompt_string: str = ""
-    fewshot_random_seed: int = 1234
-    has_categories: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"task {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
-        if self.shots < 0:
-            raise ValueError(f"task {self.name!r}: shots must be >= 0, got {self.shots}")
-        if not 0.0 <= self.random_baseline < 1.0:
-            raise ValueError(f"task {self.name!r}: random_baseline must be a fraction in [0, 1), "
-                             f"got {self.random_baseline}")
-        if self.max_items is not None and self.max_items < 1:
-            raise ValueError(f"task {self.name!r}: max_items must be >= 1, got {self.max_items}")
-        _ = self.normalization  # validates length_normalize
-
-    @property
-    def normalization(self) -> str:
-        mode = {True: "token", False: "none"}.get(self.length_normalize, self.length_normalize)  # type: ignore[arg-type]
-        if mode not in NORMALIZATIONS:
-            raise ValueError(f"task {self.name!r}: length_normalize must be one of {NORMALIZATIONS} or a bool, "
-                             f"got {self.length_normalize!r}")
-        return mode
-
-    @property
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat(self.shots, self.continuation_delimiter, self.example_delimiter, self.prompt_string,
-                            self.fewshot_random_seed)
-
-
-@dataclass(frozen=True)
-class CoreSpec:
-    """Which tasks a core score averages and how it is labelled (e.g. 'DCLM Core v2')."""
-
-    label: str
-    tasks: tuple[str, ...]
 
 
 class ContinuationScore(NamedTuple):
@@ -134,77 +82,9 @@ class TaskResult:
 # ----------------------------------------------------------------------------------------------------------
 # Task files
 
-_STR_FIELDS = {
-    "multiple_choice": {"query": False},  # field -> must be non-empty
-    "schema": {"continuation": True},
-    "language_modeling": {"context": False, "continuation": True},
-}
-_LIST_FIELD = {"multiple_choice": "choices", "schema": "context_options"}
-
-
-def _fail(path: Path, line: int, message: str) -> TaskFormatError:
-    return TaskFormatError(f"{path}:{line}: {message}")
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _check_strings(obj: dict, fields: dict[str, bool], path: Path, line: int) -> None:
-    for name, non_empty in fields.items():
-        if name not in obj:
-            raise _fail(path, line, f"missing field {name!r}")
-        if not isinstance(obj[name], str):
-            raise _fail(path, line, f"field {name!r} must be a string, got {_type_name(obj[name])}")
-        if non_empty and not obj[name].strip():
-            raise _fail(path, line, f"field {name!r} must be a non-empty string")
-
-
-def _check_item(obj: Any, kind: str, has_categories: bool, path: Path, line: int) -> dict:
-    if not isinstance(obj, dict):
-        raise _fail(path, line, f"expected a JSON object, got {_type_name(obj)}")
-    _check_strings(obj, {**_STR_FIELDS[kind], **({"category": True} if has_categories else {})}, path, line)
-    list_field = _LIST_FIELD.get(kind)
-    if list_field is None:
-        return obj
-    options = obj.get(list_field)
-    if list_field not in obj:
-        raise _fail(path, line, f"missing field {list_field!r}")
-    if not isinstance(options, list):
-        raise _fail(path, line, f"field {list_field!r} must be a list of strings, got {_type_name(options)}")
-    if not options:
-        raise _fail(path, line, f"field {list_field!r} is empty")
-    for i, option in enumerate(options):
-        if not isinstance(option, str):
-            raise _fail(path, line, f"field '{list_field}[{i}]' must be a string, got {_type_name(option)}")
-        if kind == "multiple_choice" and not option:
-            raise _fail(path, line, f"field '{list_field}[{i}]' must be a non-empty string")
-    if "gold" not in obj:
-        raise _fail(path, line, "missing field 'gold'")
-    gold = obj["gold"]
-    if isinstance(gold, bool) or not isinstance(gold, int):
-        raise _fail(path, line, f"field 'gold' must be an integer, got {_type_name(gold)}")
-    if not 0 <= gold < len(options):
-        raise _fail(path, line, f"field 'gold' = {gold} is out of range for {len(options)} {list_field}")
-    return obj
-
-
 def load_task(spec: TaskSpec) -> list[dict]:
     """Read and validate every line of a task file (blank lines are skipped)."""
-    path = Path(spec.path)
-    items: list[dict] = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise _fail(path, line_no, f"invalid JSON ({err.msg} at column {err.colno})") from None
-            items.append(_check_item(obj, spec.kind, spec.has_categories, path, line_no))
-    if not items:
-        raise TaskFormatError(f"{path}: task file has no items")
-    return items
+    return read_task_items(spec.path, spec.kind, spec.has_categories)
 
 
 def task_requests(spec: TaskSpec, items: Sequence[dict], tokenizer: Any) -> list[Request]:

@@ -85,9 +85,14 @@ def hash_dir(path: str | os.PathLike, file_digest=sha256_file) -> str:
     """Content hash of a directory tree: relative paths and file bytes of its content files.
 
     `file_digest`: `cached_sha256_file` for inputs that are re-hashed on every observation (never for
-    verifying stored artifacts, which must be read again)."""
+    `gmates verify`, which must read stored artifacts again)."""
+    return combine_file_digests(file_digests(path, file_digest))
+
+
+def file_digests(path: str | os.PathLike, file_digest=sha256_file) -> list[tuple[str, str]]:
+    """(relative posix path, sha256) of every content file of a directory tree, in sorted path order."""
     root = Path(path)
-    return combine_file_digests((f.relative_to(root).as_posix(), file_digest(f)) for f in content_files(root))
+    return [(f.relative_to(root).as_posix(), file_digest(f)) for f in content_files(root)]
 
 
 def combine_file_digests(pairs) -> str:
@@ -147,6 +152,39 @@ class FileHashCache:
         except (sqlite3.Error, OSError):
             pass
 
+    def lookup_many(self, stamps: list[tuple[str, str]]) -> dict[str, str]:
+        """{path: sha256} of the (path, stat key) pairs whose stat key is the one remembered (one connection)."""
+        found = {}
+        try:
+            db = self._connect()
+            try:
+                for path, stat_key in stamps:
+                    row = db.execute("SELECT stat, sha256 FROM digests WHERE path = ?", (path,)).fetchone()
+                    if row and row[0] == stat_key:
+                        found[path] = row[1]
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError):
+            return found
+        return found
+
+    def remember_many(self, rows: list[tuple[str, os.stat_result, str]]) -> None:
+        """Remember (path, stat, sha256) rows in one transaction; racy ones (just written) are left out."""
+        now = time.time()
+        keep = [(path, _stat_key(stat), digest) for path, stat, digest in rows
+                if now - max(stat.st_mtime, stat.st_ctime) >= self.racy_seconds]
+        if not keep:
+            return
+        try:
+            db = self._connect()
+            try:
+                with db:
+                    db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", keep)
+            finally:
+                db.close()
+        except (sqlite3.Error, OSError):
+            pass
+
     def forget(self, path: str) -> None:
         try:
             with self._connect() as db:
@@ -169,3 +207,27 @@ def cached_sha256_file(path: str | os.PathLike, cache: Optional[FileHashCache] =
     if _stat_key(after) == _stat_key(before):  # unchanged while it was hashed
         cache.remember(key, after, digest)
     return digest
+
+
+def cached_file_digests(paths: list[Path], cache: Optional[FileHashCache] = None) -> tuple[list[str], int]:
+    """(sha256 of each file, how many were read): a file is read only when its (device, inode, size, mtime,
+    ctime) differs from the stamp remembered when this host last hashed it. ctime cannot be set by a user, so
+    an in-place edit is re-read even if its mtime was restored."""
+    cache = cache or FileHashCache()
+    keys = [os.path.abspath(p) for p in paths]
+    stats = [os.stat(k) for k in keys]
+    known = cache.lookup_many([(k, _stat_key(s)) for k, s in zip(keys, stats)])
+    digests, learned = [], []
+    for key in keys:
+        if key in known:
+            digests.append(known[key])
+            continue
+        with open(key, "rb") as handle:
+            before = os.fstat(handle.fileno())
+            digest = sha256_stream(handle)
+            after = os.fstat(handle.fileno())
+        if _stat_key(after) == _stat_key(before):  # unchanged while it was hashed
+            learned.append((key, after, digest))
+        digests.append(digest)
+    cache.remember_many(learned)
+    return digests, len(keys) - len(known)

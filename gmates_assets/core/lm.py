@@ -600,14 +600,14 @@ def load_checkpoint(directory: str | os.PathLike, device=None):
     if not is_complete_checkpoint(d):
         raise FileNotFoundError(f"{d}: not a complete checkpoint (needs {MODEL_FILE}, {OPTIMIZER_FILE}, "
                                 f"{CONFIG_FILE}, {OPTIMIZER_META_FILE})")
-    config = AutoConfig.from_pretrained(str(d))
+    config = AutoConfig.from_pretrained(str(d), trust_remote_code=False)
     model = _model_from_config(config, seed=0)  # weights are overwritten right away
     optimizer, state = load_checkpoint_into(model, d, device)
     return model, optimizer, state
 
 
 def save_hf_pretrained(model, tokenizer_dir_or_obj, out_dir: str | os.PathLike) -> Path:
-    """A folder that AutoModelForCausalLM / AutoTokenizer.from_pretrained(out_dir) load (safetensors)."""
+    """A folder that transformers' AutoModelForCausalLM and AutoTokenizer load (safetensors)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))  # transformers >= 5 always writes safetensors
@@ -617,7 +617,7 @@ def save_hf_pretrained(model, tokenizer_dir_or_obj, out_dir: str | os.PathLike) 
     if isinstance(tokenizer, (str, os.PathLike)):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
     tokenizer.save_pretrained(str(out))
     return out
 

@@ -18,7 +18,7 @@ VOLATILE = {"volatile": True}
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-DEFAULT_MANIFEST = "data_manifests/demo.yaml"  # what the CLI and the code location build when none is named
+DEFAULT_MANIFEST = "data_manifests/quickstart.yaml"  # what `make demo`, the CLI and the code location build by default
 
 
 class ManifestError(ValueError):
@@ -26,7 +26,8 @@ class ManifestError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # allow_inf_nan=False: `lr: .inf` or `.nan` anywhere would only fail later, as NaN weights or scores
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -128,11 +129,15 @@ class SourcesSection(Section):
 
 
 # ------------------------------------------------------------------------------------- tokens, vectors
+MAX_VOCAB_SIZE = 1 << 20  # 1,048,576: four times the largest vocabularies in use (docs/bad_inputs.md)
+
+
 class TokenizerSection(Section):
     kind: Literal["train_bpe", "pretrained"] = "train_bpe"
     name: Optional[str] = Field(None, description="hub name or local folder (kind: pretrained)")
     revision: Optional[str] = None
-    vocab_size: int = Field(2048, ge=260)
+    # The largest vocabularies in use are ~256k (Gemma); 1e9 made the Rust BPE trainer abort mid-build.
+    vocab_size: int = Field(2048, ge=260, le=MAX_VOCAB_SIZE)
     train_docs: int = Field(5000, ge=10, description="kind train_bpe: size of the stable pool sample it trains on")
     max_tokens: int = Field(128, ge=8)
     add_eos: bool = True
@@ -197,6 +202,13 @@ class OptimSpec(Section):
     schedule: Literal["cosine", "constant"] = "cosine"
 
 
+def _check_window(section: str, seq_len: int, model: LMArchitectureSpec) -> None:
+    """Training sequences must fit the model's position window (else it fails mid-training, unnamed)."""
+    if seq_len > model.max_seq_len:
+        raise ValueError(f"{section}.seq_len ({seq_len}) is larger than {section}.model.max_seq_len "
+                         f"({model.max_seq_len}); lower {section}.seq_len or raise {section}.model.max_seq_len")
+
+
 class ProbeSection(Section):
     checkpoint: Optional[str] = Field(None, description="a user-supplied checkpoint folder instead of warm-up")
     model: LMArchitectureSpec = LMArchitectureSpec()
@@ -217,6 +229,7 @@ class ProbeSection(Section):
     def _save_within_schedule(self) -> ProbeSection:
         if self.save_step > self.total_steps:
             raise ValueError(f"save_step ({self.save_step}) must be <= total_steps ({self.total_steps})")
+        _check_window("probe", self.seq_len, self.model)
         return self
 
 
@@ -340,6 +353,7 @@ class PretrainSection(Section):
         if self.batch_size % self.nproc_per_node:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by nproc_per_node "
                              f"({self.nproc_per_node}): every process takes an equal slice of each global batch")
+        _check_window("pretrain", self.seq_len, self.model)
         return self
 
 
@@ -460,8 +474,13 @@ class ExecutionSection(Section):
         "in_process", json_schema_extra=VOLATILE,
         description="executor inside a launched run: in_process (default: sync and the sensor make one run per "
                     "partition, so a run rarely has two steps to overlap and a step subprocess would only add a "
-                    "process start), multiprocess, or module:attribute of any Dagster executor (e.g. "
-                    "dagster_k8s:k8s_job_executor)")
+                    "process start), multiprocess, or module:attribute naming a Dagster ExecutorDefinition (e.g. "
+                    "dagster_k8s:k8s_job_executor, dagster_celery:celery_executor); the module is imported, so a "
+                    "manifest is trusted input, like a Makefile")
+    executor_config: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=VOLATILE,
+        description="the executor's config, given to every run of the job (sync's, the UI's, the sensor's), "
+                    "e.g. {broker: redis://host:6379/0, backend: redis://host:6379/1} for the Celery executor")
     device: str = Field("auto", json_schema_extra=VOLATILE, description="auto (cuda when available), cpu, cuda, cuda:N")
     gpus: list[int] = Field(default_factory=list, json_schema_extra=VOLATILE,
                             description="GPU ids handed to concurrent runs round robin (run tag gmates/gpu)")
@@ -519,6 +538,13 @@ class LoadedManifest:
         local = self.resolve(name)
         return str(local) if local.is_dir() else name
 
+    def where(self, dotted: str) -> str:
+        """`file:line: dotted` of a field, for errors found after validation (e.g. while loading an executor)."""
+        node = yaml.compose(self.text) if self.text else None
+        line = _line_for(_node_lines(node), tuple(dotted.split("."))) if node is not None else None
+        source = str(self.path) if self.path else "<string>"
+        return f"{source}:{line}: {dotted}" if line else f"{source}: {dotted}"
+
     def with_manifest(self, manifest) -> LoadedManifest:
         """The same file seen through another manifest object (e.g. a view that records what is read)."""
         return LoadedManifest(manifest, self.path, self.text)
@@ -564,11 +590,107 @@ def _format_validation_error(err: ValidationError, source: str, lines: dict[tupl
     return f"invalid {document}:\n  " + "\n  ".join(problems)
 
 
+# A manifest is a few hundred nodes; aliases may repeat a block, but a ~700-byte alias bomb expands to 9**9.
+MAX_ALIAS_NODES = 100_000
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would let the second silently win) and aliases that expand
+    to more than MAX_ALIAS_NODES nodes or refer to themselves, naming the file and line."""
+
+    def __init__(self, text: str, source: str):
+        super().__init__(text)
+        self.source = source
+        self.alias_nodes = 0
+        self._sizes: dict[int, int] = {}
+        self._open_anchors: set[str] = set()
+        self._path: list = []
+
+    def _where(self, mark) -> str:
+        return f"{self.source}:{mark.line + 1}"
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self._open_anchors:
+                raise ManifestError(f"{self._where(event.start_mark)}: alias *{event.anchor} refers to the block "
+                                    f"that contains it (a recursive alias); repeat the values instead")
+            anchored = self.anchors.get(event.anchor)
+            self.alias_nodes += _expanded_size(anchored, self._sizes) if anchored is not None else 0
+            if self.alias_nodes > MAX_ALIAS_NODES:
+                raise ManifestError(f"{self._where(event.start_mark)}: aliases expand to more than "
+                                    f"{MAX_ALIAS_NODES:,} YAML nodes (an alias bomb?); a manifest needs far fewer, "
+                                    f"repeat the values or remove the nested aliases")
+            return super().compose_node(parent, index)
+        self._path.append(_key_text(index) if index is not None and parent is not None else None)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def _composing(self, compose, anchor):
+        if anchor is None:
+            return compose(anchor)
+        self._open_anchors.add(anchor)
+        try:
+            return compose(anchor)
+        finally:
+            self._open_anchors.discard(anchor)
+
+    def compose_sequence_node(self, anchor):
+        return self._composing(super().compose_sequence_node, anchor)
+
+    def compose_mapping_node(self, anchor):
+        node = self._composing(super().compose_mapping_node, anchor)
+        seen: dict[str, yaml.Node] = {}
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault(key_node.value, key_node)
+            if first is not key_node:
+                dotted = ".".join(p for p in self._path if p is not None)
+                field = f"{dotted}.{key_node.value}" if dotted else key_node.value
+                raise ManifestError(f"{self._where(key_node.start_mark)}: {field}: duplicate key (first at "
+                                    f"{self._where(first.start_mark)}); YAML would keep only the last one, remove "
+                                    f"or merge one of them")
+        return node
+
+
+def _key_text(index) -> Optional[str]:
+    """The path element for a child node: a mapping key's text, or a list position."""
+    if isinstance(index, yaml.ScalarNode):
+        return str(index.value)
+    if isinstance(index, int):
+        return str(index)
+    return None
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes `node` stands for once every alias inside it is expanded (memoized: linear in the distinct nodes)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _compose_and_load(text: str, source: str) -> tuple[Optional[yaml.Node], Any]:
+    loader = _ManifestLoader(text, source)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
 def validate_yaml(model: type[BaseModel], text: str, source: str, document: str = "build manifest") -> Any:
     """YAML text validated as `model`; errors name the source, the line and the dotted field."""
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        node, data = _compose_and_load(text, source)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -584,12 +706,27 @@ def parse_manifest(text: str, source: str = "<string>", path: Optional[Path] = N
     return LoadedManifest(validate_yaml(Manifest, text, source), path, text)
 
 
+def read_yaml_text(path: Path, document: str = "build manifest") -> str:
+    """The text of a YAML file; a folder, a missing file or bytes that are not UTF-8 name the file and why."""
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder, not a file; name the {document} YAML file itself")
+    if not path.is_file():
+        raise ManifestError(f"{path}: {document} not found")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ManifestError(f"{path}: not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, column {column} "
+                            f"({err.reason}); save the {document} as UTF-8") from None
+
+
 def load_manifest(path: str | Path) -> LoadedManifest:
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: build manifest not found")
+    text = read_yaml_text(path)
     resolved = path.resolve()
-    return parse_manifest(resolved.read_text(encoding="utf-8"), source=str(path), path=resolved)
+    return parse_manifest(text, source=str(path), path=resolved)
 
 
 # ------------------------------------------------------------------------------------------ fingerprints

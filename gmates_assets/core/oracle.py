@@ -31,7 +31,7 @@ from .lm import (
     sequence_loss,
     set_lr,
 )
-from .progress import ChunkProgress, ProgressFn, atomic_write_bytes, atomic_write_text
+from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn, atomic_write_bytes, atomic_write_text
 
 ROLLOUTS_FILE = "rollouts.parquet"
 ORACLE_META_FILE = "oracle.json"
@@ -261,7 +261,8 @@ def probe_rollouts(
     a float overrides it. seed: the oracle seed, stored per row; rollout_ids default to seed * R + r.
     precision: "fp32", or "bf16" autocast for the training steps and reference losses (the official default).
     Work is committed every `chunk_rollouts` rollouts (chunk-NNNNN.parquet) and a killed call resumes from
-    the committed chunks; the finished files are byte-identical to an uninterrupted run.
+    the committed chunks; the finished files are byte-identical to an uninterrupted run, whatever
+    `chunk_rollouts` is (it is not recorded, and every rollout starts from the checkpoint).
     """
     if chunk_rollouts < 1:
         raise ValueError(f"chunk_rollouts: must be >= 1, got {chunk_rollouts}")
@@ -289,7 +290,6 @@ def probe_rollouts(
         "rollouts": _array_hash(rollouts),
         "rollout_ids": _array_hash(rollout_ids),
         "doc_ids": stable_hash(list(doc_ids)) if doc_ids is not None else None,
-        "chunk_rollouts": chunk_rollouts,
         "lr_policy": lr_policy,
         "seed": seed,
         "z_loss": z_loss,
@@ -307,7 +307,10 @@ def probe_rollouts(
     lr_used = float(optimizer.param_groups[0]["lr"])
 
     tokens, labels, rollout_rows = (torch.tensor(a, device=device) for a in (data.tokens, data.labels, rollouts))
-    chunk_progress = ChunkProgress(out, fingerprint)
+    # Chunk numbers depend on chunk_rollouts, so progress is kept per chunking; the result never is (each rollout
+    # restarts from the checkpoint, so the stored bytes are the same for every commit_every_rollouts).
+    chunk_progress = ChunkProgress(out, stable_hash({"job": fingerprint, "chunk_rollouts": chunk_rollouts}),
+                                   n_rollouts, "rollouts", chunk_rollouts)
     n_chunks = -(-n_rollouts // chunk_rollouts)
     computed = resumed = 0
     with deterministic_torch():
@@ -346,7 +349,6 @@ def probe_rollouts(
         "z_loss": z_loss,
         "grad_clip": grad_clip,
         "precision": precision,
-        "chunk_rollouts": chunk_rollouts,
         "delta": "cumulative: c_t = L_ref(M_{t+1}) - L_ref(M_0)",
     }
     _finish(out, n_chunks, meta, chunk_progress)
@@ -356,11 +358,11 @@ def probe_rollouts(
 def _finish(out: Path, n_chunks: int, meta: dict, chunk_progress: ChunkProgress) -> None:
     """Concatenate the chunks into rollouts.parquet, write oracle.json, then drop chunks and bookkeeping."""
     frames = [pl.read_parquet(_chunk_path(out, chunk)) for chunk in range(n_chunks)]
-    table = pl.concat(frames) if frames else pl.DataFrame(schema=ROLLOUT_SCHEMA)
+    table = pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=ROLLOUT_SCHEMA)
     atomic_write_bytes(out / ROLLOUTS_FILE, _parquet_bytes(table))
     atomic_write_text(out / ORACLE_META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    for chunk in range(n_chunks):
-        _chunk_path(out, chunk).unlink(missing_ok=True)
+    for chunk in out.glob("chunk-*.parquet"):  # this chunking's, and any an earlier chunking left behind
+        chunk.unlink()
     chunk_progress.finish()
 
 
@@ -373,7 +375,7 @@ def _finished_summary(out: Path, fingerprint: str) -> Optional[OracleSummary]:
         return None
     for stale in out.glob("chunk-*.parquet"):  # a kill after oracle.json was written can leave these
         stale.unlink()
-    ChunkProgress(out, fingerprint).finish()
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
     return _summary(out, meta, 0, 0)
 
 

@@ -48,9 +48,11 @@ class ChunkProgress:
     discarded rather than resumed, so a stale partial directory can never leak into a new result.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, fingerprint: str):
+    def __init__(self, out_dir: str | os.PathLike, fingerprint: str, total: Optional[int] = None,
+                 unit: str = "chunks", chunk_size: int = 1):
         self.path = Path(out_dir) / PROGRESS_FILE
         self.fingerprint = fingerprint
+        self.units = {"total": total, "unit": unit, "chunk_size": chunk_size} if total is not None else {}
         self.done: set[int] = set()
         if self.path.exists():
             state = json.loads(self.path.read_text())
@@ -62,7 +64,7 @@ class ChunkProgress:
 
     def mark_done(self, chunk: int) -> None:
         self.done.add(chunk)
-        state = {"fingerprint": self.fingerprint, "done": sorted(self.done)}
+        state = {"fingerprint": self.fingerprint, "done": sorted(self.done), **self.units}
         atomic_write_text(self.path, json.dumps(state))
 
     def finish(self) -> None:
@@ -70,8 +72,24 @@ class ChunkProgress:
         self.path.unlink(missing_ok=True)
 
 
+def partial_progress(work_dir: str | os.PathLike) -> Optional[str]:
+    """How far an interrupted resumable step got, from the `_progress.json` files in its work directory
+    ('112/128 rollouts done'); None when none records its units."""
+    parts = []
+    for path in sorted(Path(work_dir).rglob(PROGRESS_FILE)):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state.get("total"), int):
+            done = min(len(state.get("done", [])) * int(state.get("chunk_size", 1)), state["total"])
+            parts.append(f"{done}/{state['total']} {state.get('unit', 'chunks')} done")
+    return ", ".join(parts) or None
+
+
 class RateMeter:
-    """Formats progress as 'done/total (pct%), rate unit/s, eta'; throttled to one line per interval."""
+    """Formats progress as 'done/total (pct%), rate unit/s (or s/unit below 1/s), eta'; throttled to one line
+    per interval."""
 
     def __init__(self, emit: Callable[[str], None], label: str, min_interval_s: float = 2.0):
         self.emit, self.label, self.min_interval_s = emit, label, min_interval_s
@@ -87,4 +105,11 @@ class RateMeter:
         rate = done / elapsed
         pct = 100.0 * done / max(total, 1)
         eta = (total - done) / rate if rate > 0 else float("inf")
-        self.emit(f"{self.label}: {done}/{total} {unit} ({pct:.1f}%), {rate:.1f} {unit}/s, eta {eta:.0f}s")
+        self.emit(f"{self.label}: {done}/{total} {unit} ({pct:.1f}%), {format_rate(rate, unit)}, eta {eta:.0f}s")
+
+
+def format_rate(rate: float, unit: str) -> str:
+    """'12.5 docs/s', or below one per second (where that would print 0.0) '40.0 s/doc'."""
+    if rate >= 1 or rate <= 0:
+        return f"{rate:.1f} {unit}/s"
+    return f"{1 / rate:.1f} s/{unit.removesuffix('s') if len(unit) > 1 else unit}"

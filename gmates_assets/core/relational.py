@@ -132,7 +132,7 @@ class RelationalInfluenceModel(nn.Module):
                          ) -> RelationalInfluenceModel:
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(str(encoder_dir), local_files_only=True)
+        encoder = AutoModel.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=False)
         return cls(encoder.config.hidden_size, mode="finetune", encoder=encoder, pooling=pooling,
                    dropout=dropout)
 

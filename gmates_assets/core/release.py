@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -52,6 +53,7 @@ REQUIRED_COLUMNS = {"doc_id": pa.string(), "text": pa.string(), "source": pa.str
                     "influence_score": pa.float64(), "cluster": pa.int64()}
 NON_NULL_COLUMNS = ("doc_id", "text", "source")
 ROW_GROUP_SIZE = 10_000
+MAX_JSON_DEPTH = 100  # a release manifest nests about 10 levels; deeper input is refused before parsing
 RECORDED_PACKAGES = ("gmates", "polars", "pyarrow", "numpy", "torch", "transformers", "tokenizers", "faiss-cpu",
                      "zarr", "datasets", "dagster")
 _VIEW_TYPES = {pa.string_view(): pa.string(), pa.large_string(): pa.string(), pa.binary_view(): pa.binary(),
@@ -393,6 +395,9 @@ def write_release(out_dir: str | os.PathLike, table: pl.DataFrame | Iterable[pl.
         for piece in [table] if isinstance(table, pl.DataFrame) else table:
             spill.add(piece, order)
         ids = spill.check()
+        if not len(ids):  # an empty release would verify ("every file matches") and fail only when used
+            raise ReleaseError("the release table has no rows (an empty selection? see selection.ratio); an empty "
+                               "release is never written")
         builder = _StatsBuilder()
         shards = _write_shards(spill, ids, tmp, rows_per_shard, order, builder)
         shutil.rmtree(spill.directory)
@@ -417,7 +422,46 @@ def write_release(out_dir: str | os.PathLike, table: pl.DataFrame | Iterable[pl.
 # Verification
 
 def read_manifest(release_dir: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(release_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    return load_json_bounded((Path(release_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of [ and { in a JSON text (strings left out), found without parsing it."""
+    brackets = re.sub(r"[^\[\]{}]", "", _JSON_STRING.sub("", text))
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.encode("ascii"), dtype=np.uint8)
+    return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
+
+
+class TooDeep(ValueError):
+    pass
+
+
+def load_json_bounded(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads that refuses input nested deeper than `max_depth` (deep input would raise RecursionError)."""
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise TooDeep(f"nested {depth} levels deep, deeper than the {max_depth} a release manifest may have")
+    return json.loads(text)
+
+
+def _links_out(root: Path) -> tuple[list[str], set[str]]:
+    """Problems for every symbolic link under `root` that points outside it (never followed), and their
+    relative paths. Links that stay inside the release are allowed."""
+    problems, names = [], set()
+    inside = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                rel = path.relative_to(root).as_posix()
+                problems.append(f"link out of the release: {rel} -> {path.resolve()}")
+                names.add(rel)
+    return problems, names
 
 
 def _listed_files(root: Path) -> set[str]:
@@ -447,22 +491,30 @@ def verify_release(release_dir: str | os.PathLike) -> list[str]:
     root = Path(release_dir)
     if not root.is_dir():
         return [f"{root} is not a directory"]
+    links, linked = _links_out(root)
+    if MANIFEST_NAME in linked:
+        return links
     try:
         manifest = read_manifest(root)
     except FileNotFoundError:
-        return [f"missing file: {MANIFEST_NAME}"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return [f"{MANIFEST_NAME} is not valid JSON: {err}"]
+        return links + [f"missing file: {MANIFEST_NAME}"]
+    except TooDeep as err:
+        return links + [f"{MANIFEST_NAME} is refused: {err}"]
+    except (ValueError, UnicodeDecodeError) as err:
+        return links + [f"{MANIFEST_NAME} is not valid JSON: {err}"]
     files, problems = _check_manifest(manifest)
+    problems = links + problems
     for name, expected in sorted(files.items()):
         path = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             problems.append(f"manifest.json lists a path outside the release: {name}")
+        elif not path.resolve().is_relative_to(root.resolve()):
+            continue  # reached through a link out of the release: named above, never read
         elif not path.is_file():
             problems.append(f"missing file: {name}")
         elif (actual := sha256_file(path)) != expected:
             problems.append(f"changed file: {name} (sha256 {actual}, manifest says {expected})")
-    problems += [f"extra file: {name}" for name in sorted(_listed_files(root) - set(files))]
+    problems += [f"extra file: {name}" for name in sorted(_listed_files(root) - set(files) - linked)]
     return problems
 
 
@@ -470,6 +522,9 @@ def export_release(source: str | os.PathLike, target: str | os.PathLike) -> Path
     """Copy a release into `target` (absent or an empty folder): copied into a temp folder beside it, verified
     there, then renamed into place, so a failure (a corrupt source, a full disk) leaves no copy behind."""
     source, target = Path(source), Path(target)
+    links, _ = _links_out(source)
+    if links:  # copytree would copy what they point at
+        raise ReleaseError(f"{source}: {links[0]}; nothing was exported")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ReleaseError(f"{target} exists and is not an empty folder")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,11 @@ Every reader yields `Document`s in a stable order with a stable id `"<source>:<r
 - hub datasets: source = `"hf:<name>/<config>/<split>"`, row = 0-based row index.
 
 Bad input raises `SourceError` naming the file, line/row and field. With `on_bad_record="skip"` the
-record-level problems (malformed JSON, missing or null text field, invalid UTF-8, empty text, a document over
-`max_chars` with `long_documents="reject"`) are skipped and counted by reason instead; file-level problems
-(missing file, a directory, an empty file, a non-parquet `.parquet` file, sha256 mismatch, wrong column type)
-and a shard left with no documents always raise, before or instead of any downstream work.
+record-level problems (malformed JSON, missing or null text field, invalid UTF-8, a lone surrogate escape such
+as `"\\ud800"` in any field, empty text, a document over `max_chars` with `long_documents="reject"`) are
+skipped and counted by reason instead; file-level problems (missing file, a directory, an empty file, a
+non-parquet `.parquet` file, sha256 mismatch, wrong column type, one file listed under two spellings) and a
+shard left with no documents always raise, before or instead of any downstream work.
 
 The bytes a shard's documents come from are the bytes hashed: readers hash each file as they read it, and
 `read_shard(expected=...)` fails when they differ from the content the build was keyed on (a file rewritten
@@ -22,6 +23,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,10 @@ LOCAL_FORMATS = ("jsonl", "parquet", "text")
 _CHUNK = 1 << 20
 
 # Reasons a record can be skipped; the keys of ReadStats.skipped.
-MALFORMED, MISSING_FIELD, NULL, INVALID_UTF8, EMPTY, TOO_LONG = (
-    "malformed", "missing_field", "null", "invalid_utf8", "empty", "too_long")
+MALFORMED, MISSING_FIELD, NULL, INVALID_UTF8, EMPTY, TOO_LONG, LONE_SURROGATE = (
+    "malformed", "missing_field", "null", "invalid_utf8", "empty", "too_long", "lone_surrogate")
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): only a pair of them is a character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class SourceError(ValueError):
@@ -183,7 +187,27 @@ def resolve_files(spec: ShardSpec) -> list[str]:
             found.update(_as_written(m) for m in matches)
         else:
             found.add(_as_written(pattern))
-    return sorted(found)
+    files = sorted(found)
+    _check_listed_once(spec, files)
+    return files
+
+
+def _real_path(rel: str, spec: ShardSpec) -> str:
+    """The file a path names, whatever its spelling (relative or absolute, `..`, symlinks)."""
+    return os.path.realpath(_absolute(rel, spec))
+
+
+def _check_listed_once(spec: ShardSpec, files: list[str]) -> None:
+    """Two spellings of one file in a shard (relative and absolute, a symlink, a glob that matches both)
+    would read its documents twice."""
+    seen: dict[str, str] = {}
+    for rel in files:
+        real = _real_path(rel, spec)
+        if real in seen:
+            raise SourceError(f"the same file as {seen[real]!r} (listed twice in shard {spec.name!r} under two "
+                              f"spellings), so its documents would be read twice; list it once", file=rel,
+                              field="paths", reason="duplicate_source")
+        seen[real] = rel
 
 
 def _absolute(rel: str, spec: ShardSpec) -> str:
@@ -286,17 +310,35 @@ def id_sources(spec: ShardSpec) -> list[str]:
     return resolve_files(spec)
 
 
+def _source_identities(spec: ShardSpec) -> list[tuple[str, str]]:
+    """(what is read, as the ids write it) for each source of a shard: local files and local dataset folders
+    by real path, so two spellings of one file are one source."""
+    if spec.format in LOCAL_FORMATS:
+        return [(_real_path(rel, spec), rel) for rel in resolve_files(spec)]
+    local = _local_dataset_dir(spec) if spec.format == "hf" else None
+    if local is not None:
+        real = f"hf:{os.path.realpath(local)}/{spec.hf_config or 'default'}/{spec.hf_split}"
+        return [(real, hf_source_name(spec))]
+    return [(source, source) for source in id_sources(spec)]
+
+
 def check_shards_disjoint(specs: Sequence[ShardSpec]) -> None:
-    """Fail before any work when two shards would produce the same document ids (the same file, the same
-    hub dataset split, or the same demo shard listed twice)."""
-    owner: dict[str, str] = {}
+    """Fail before any work when two shards would read the same source (the same file under any spelling,
+    the same hub dataset split, or the same demo shard listed twice): the pool would silently double."""
+    owner: dict[str, tuple[str, str]] = {}
     for index, spec in enumerate(specs):
-        for source in id_sources(spec):
-            if source in owner and owner[source] != spec.name:
-                raise SourceError(f"shards {owner[source]!r} and {spec.name!r} both read it, so their document "
+        for identity, source in _source_identities(spec):
+            first_shard, first_spelling = owner.get(identity, (spec.name, source))
+            if first_shard != spec.name and first_spelling == source:
+                raise SourceError(f"shards {first_shard!r} and {spec.name!r} both read it, so their document "
                                   f"ids would collide; list each file in one shard only", file=source,
                                   field=f"sources.shards[{index}]", reason="duplicate_source")
-            owner[source] = spec.name
+            if first_shard != spec.name:
+                raise SourceError(f"the same file as {first_spelling!r} in shard {first_shard!r}, so shards "
+                                  f"{first_shard!r} and {spec.name!r} would both read its documents; list each "
+                                  f"file in one shard only", file=source, field=f"sources.shards[{index}]",
+                                  reason="duplicate_source")
+            owner[identity] = (spec.name, source)
 
 
 # -------------------------------------------------------------------------------------------- readers
@@ -314,6 +356,8 @@ def _text_problem(value: Any, file: str, row: int, field_name: str) -> tuple[str
     if not isinstance(value, str):
         raise SourceError(f"text must be a string, got {type(value).__name__}", file=file, row=row,
                           field=field_name, reason="non_string")
+    if _has_lone_surrogate(value):
+        return None, LONE_SURROGATE
     if not value.strip():
         return None, EMPTY
     return value, None
@@ -326,7 +370,29 @@ _MESSAGES = {
     INVALID_UTF8: "invalid UTF-8",
     EMPTY: "empty (whitespace-only) document",
     TOO_LONG: "document longer than the shard's max_chars",
+    LONE_SURROGATE: "lone surrogate escape (such as \\ud800): not valid Unicode text, it cannot be stored",
 }
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """A string (or any string inside a JSON value, keys too) that is not valid Unicode text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _lone_surrogate_field(record: dict) -> Optional[str]:
+    """The first field of a record whose name or value holds a lone surrogate, or None."""
+    return next((str(key) for key, value in record.items()
+                 if _has_lone_surrogate(key) or _has_lone_surrogate(value)), None)
 
 
 def _bad_record(reason: str, detail: str, file: str, row: int, field_name: str | None,
@@ -409,6 +475,9 @@ def _iter_jsonl(spec: ShardSpec, rel: str, on_bad_record: OnBadRecord, stats: Re
             if not isinstance(record, dict):
                 _bad_record(MALFORMED, f"expected a JSON object, got {type(record).__name__}", rel, row, None,
                             on_bad_record, stats)
+                continue
+            if _SURROGATE_ESCAPE.search(raw) and (bad := _lone_surrogate_field(record)) is not None:
+                _bad_record(LONE_SURROGATE, "", rel, row, bad, on_bad_record, stats)
                 continue
             if spec.text_field not in record:
                 _bad_record(MISSING_FIELD, "", rel, row, spec.text_field, on_bad_record, stats)
@@ -535,10 +604,9 @@ def _load_hf(spec: ShardSpec):
         kwargs["revision"] = spec.hf_revision
     if spec.hf_data_files:
         kwargs["data_files"] = [_absolute(rel, spec) for rel in spec.hf_data_files]
-    if spec.trust_remote_code:  # only ever passed when explicitly requested
-        kwargs["trust_remote_code"] = True
     name = local if os.path.isdir(local) else spec.hf_name
-    return datasets.load_dataset(name, spec.hf_config, **kwargs)
+    # Always said, never left to a library default or a prompt.
+    return datasets.load_dataset(name, spec.hf_config, trust_remote_code=spec.trust_remote_code, **kwargs)
 
 
 def _iter_hf(spec: ShardSpec, on_bad_record: OnBadRecord, stats: ReadStats) -> Iterator[Document]:
@@ -553,6 +621,9 @@ def _iter_hf(spec: ShardSpec, on_bad_record: OnBadRecord, stats: ReadStats) -> I
             break
         stats.n_read += 1
         record = dict(record)
+        if (bad := _lone_surrogate_field(record)) is not None:
+            _bad_record(LONE_SURROGATE, "", source, row, bad, on_bad_record, stats)
+            continue
         if spec.text_field not in record:
             _bad_record(MISSING_FIELD, "", source, row, spec.text_field, on_bad_record, stats)
             continue

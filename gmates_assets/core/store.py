@@ -7,6 +7,7 @@ The root (`GMATES_HOME`, default `.gmates/`) is a local path, a `file://` URL, o
     artifacts/<asset>/<input_key>/_artifact.json   its record: input key, content hash, partition, inputs
     by_content/<asset>/<content_hash>              the input key that produced that content (data version lookup)
     locks/<asset>/<input_key>.lock                 the build lock of one artifact (owner, heartbeat)
+    quarantine/<asset>/<input_key>-<time>/         an artifact whose record was unreadable, moved aside by repair
 
 An artifact is keyed by `input_key = hash(asset, code version, partition, content hashes of every input)`, so a
 repeated or reverted build finds what exists and reuses it; the key never contains a path of this machine.
@@ -21,6 +22,17 @@ one); temp files that interrupted atomic writes left there are deleted and never
   key (a server-side copy on object stores), and writes `_artifact.json` last: the record is the commit
   marker, and a prefix without one is invisible and cleared by the next builder. Readers get a local copy:
   `Artifact.path` downloads the artifact once into the cache and checks it against its content hash.
+
+Verify on read. A step gets an input artifact only after its files hash to the recorded content hash
+(`require_verified`); a file is re-read only when its (device, inode, size, mtime, ctime) differs from the
+stamp this host remembered when it last hashed it ($GMATES_CACHE/file_hashes.sqlite), so an unchanged input
+costs a stat, and an in-place edit (ctime changes even when mtime is restored) is caught before any compute.
+The record also lists every file's sha256 ("files"), so a mismatch names the file.
+
+Repair. `discard_with_descendants` removes a corrupt artifact and every artifact built from it, transitively
+(each record keeps its inputs' content hashes under "inputs"), so the next sync rebuilds the whole chain. An
+artifact whose record is not valid JSON (`unreadable_records`) is moved aside under quarantine/ (`quarantine`),
+never deleted.
 
 Locks. A build takes `locks/<asset>/<input_key>.lock` by exclusive create (O_EXCL on a local or NFS path,
 `open(mode="xb")` on fsspec: a conditional put on S3, GCS and Azure), writes its owner (host, pid, token) and
@@ -50,8 +62,12 @@ import fsspec
 
 from .hashing import (
     BOOKKEEPING_NAMES,
+    FileHashCache,
     cache_dir,
+    cached_file_digests,
     combine_file_digests,
+    content_files,
+    file_digests,
     hash_dir,
     is_temp_name,
     remove_temp_files,
@@ -67,8 +83,24 @@ STALE_AFTER_SECONDS = 120.0
 LOCAL_PROTOCOLS = ("file", "local")
 
 
+QUARANTINE_DIR = "quarantine"
+
+
 class StoreError(RuntimeError):
     pass
+
+
+class UnreadableRecord(StoreError):
+    """An artifact's `_artifact.json` is not valid JSON: `gmates verify --repair` quarantines the artifact."""
+
+    def __init__(self, asset: str, input_key: str, location: str, cause: str):
+        super().__init__(f"{location}: the artifact record is not valid JSON ({cause}); `gmates verify --repair` "
+                         f"moves the artifact aside under {QUARANTINE_DIR}/ and rebuilds it")
+        self.asset, self.input_key = asset, input_key
+
+
+class CorruptInput(StoreError):
+    """An input artifact's files differ from its recorded content hash: no step may read them."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -232,6 +264,7 @@ class ArtifactStore:
             self.root = self.fs.unstrip_protocol(self._base)
             self.cache = Path(cache) if cache else cache_dir() / "stores" / stable_hash(self.root)
         self._scanned: dict[str, dict[str, str]] = {}
+        self.digest_cache = FileHashCache()  # this host's stamps of files it has hashed (verify on read)
 
     # ------------------------------------------------------------------ keys and paths
     @staticmethod
@@ -266,9 +299,10 @@ class ArtifactStore:
             return None
         try:
             record = json.loads(raw)
+            if not isinstance(record, dict) or not isinstance(record.get("content_hash"), str):
+                raise ValueError("no content_hash")
         except ValueError as err:
-            raise StoreError(f"{record_path}: the artifact record is not valid JSON ({err}); "
-                             f"run `gmates verify --repair`") from None
+            raise UnreadableRecord(asset, input_key, record_path, str(err)) from None
         return self._artifact(asset, input_key, record)
 
     def _artifact(self, asset: str, input_key: str, record: Mapping[str, Any]) -> Artifact:
@@ -311,6 +345,30 @@ class ArtifactStore:
                 f"it was built against another GMATES_HOME or deleted. `gmates sync` rebuilds it."
             )
         return art
+
+    def require_verified(self, asset: str, content_hash: str, partition: Optional[str] = None) -> Artifact:
+        """`require_by_content`, then `verify_on_read`: what every step gets its inputs through."""
+        artifact = self.require_by_content(asset, content_hash, partition)
+        self.verify_on_read(artifact)
+        return artifact
+
+    def verify_on_read(self, artifact: Artifact) -> int:
+        """Raise CorruptInput unless the artifact's files (its local copy) hash to its recorded content hash.
+
+        Files whose stat stamp matches one this host remembered are not read again. Returns how many files
+        were read (0 when every stamp matched)."""
+        root = artifact.path
+        files = content_files(root)
+        digests, read = cached_file_digests(files, self.digest_cache)
+        pairs = [(f.relative_to(root).as_posix(), d) for f, d in zip(files, digests)]
+        if combine_file_digests(pairs) != artifact.content_hash:
+            where = f"{artifact.asset}[{artifact.partition}]" if artifact.partition else artifact.asset
+            raise CorruptInput(
+                f"input {where} at {artifact.location} does not match its recorded content hash "
+                f"{artifact.content_hash[:16]}… ({_differences(dict(pairs), artifact.record.get('files'))}); "
+                f"its bytes changed after it was built, so no step reads it. Run `gmates verify --repair`: it "
+                f"rebuilds {where} and everything built from it")
+        return read
 
     def ensure_indexed(self, artifact: Artifact) -> None:
         """Repair the by_content entry of a reused artifact (cheap when it is already right)."""
@@ -400,14 +458,16 @@ class ArtifactStore:
                 record: Mapping[str, Any]) -> None:
         lock.confirm()
         remove_temp_files(partial)
-        content_hash = hash_dir(partial)
+        files = file_digests(partial)
         full_record = {
             "asset": asset,
             "input_key": input_key,
             "partition": partition,
-            "content_hash": content_hash,
+            "content_hash": combine_file_digests(files),
+            "files": dict(files),  # names the changed file when a read finds the content hash wrong
             **dict(record),
         }
+        content_hash = full_record["content_hash"]
         text = json.dumps(full_record, indent=2, sort_keys=True)
         atomic_write_text(partial / RECORD_FILE, text)
         if self.local:
@@ -508,15 +568,83 @@ class ArtifactStore:
             self.fs.rm_file(index)
         self._scanned.pop(artifact.asset, None)
 
+    def descendants(self, roots: list[Artifact]) -> list[Artifact]:
+        """Every stored artifact built, directly or transitively, from one of `roots` (by the content hashes
+        each record keeps under "inputs"), each listed after the one it was built from; `roots` left out."""
+        tainted = {(a.asset, a.content_hash) for a in roots}
+        everything = [a for asset in self.asset_names() for a in self.artifacts(asset)]
+        found: list[Artifact] = []
+        grew = True
+        while grew:
+            grew = False
+            for art in everything:
+                if (art.asset, art.content_hash) in tainted or art in found:
+                    continue
+                if any((asset, version) in tainted for asset, version in _input_versions(art.record)):
+                    found.append(art)
+                    tainted.add((art.asset, art.content_hash))
+                    grew = True
+        return found
+
+    def discard_with_descendants(self, artifacts: list[Artifact]) -> list[Artifact]:
+        """Discard corrupt artifacts and everything built from them (so sync rebuilds the whole chain);
+        returns the descendants discarded."""
+        later = self.descendants(artifacts)
+        for art in list(artifacts) + later:
+            self.discard(art)
+        return later
+
+    def unreadable_records(self) -> list[UnreadableRecord]:
+        """Every committed artifact of the store whose record is not valid JSON."""
+        found = []
+        for asset in self.asset_names():
+            for name in self._artifact_dirs(asset):
+                try:
+                    self.get(asset, name)
+                except UnreadableRecord as err:
+                    found.append(err)
+        return found
+
+    def quarantine(self, asset: str, input_key: str) -> str:
+        """Move an artifact aside (never delete it) under quarantine/<asset>/<input_key>-<time>/; returns where."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self._at(QUARANTINE_DIR, asset, f"{input_key}-{stamp}-{uuid.uuid4().hex[:6]}")
+        final = self._final(asset, input_key)
+        if self.local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(final, target)
+        else:
+            self.fs.mv(final, target, recursive=True)
+            shutil.rmtree(self.cache / "artifacts" / asset / input_key, ignore_errors=True)
+        self._scanned.pop(asset, None)
+        return target if self.local else self.fs.unstrip_protocol(target)
+
     # ------------------------------------------------------------------ inspection
-    def artifacts(self, asset: str) -> list[Artifact]:
-        base = self._at("artifacts", asset)
+    def asset_names(self) -> list[str]:
         try:
-            names = sorted(Path(p).name for p in self.fs.ls(base, detail=False))
+            return sorted(Path(p).name for p in self.fs.ls(self._at("artifacts"), detail=False))
         except FileNotFoundError:
             return []
-        found = (self.get(asset, name) for name in names if not name.startswith("."))
-        return [a for a in found if a is not None]
+
+    def _artifact_dirs(self, asset: str) -> list[str]:
+        try:
+            names = sorted(Path(p).name for p in self.fs.ls(self._at("artifacts", asset), detail=False))
+        except FileNotFoundError:
+            return []
+        return [name for name in names if not name.startswith(".")]
+
+    def artifacts(self, asset: str) -> list[Artifact]:
+        """The committed artifacts of `asset` (one with an unreadable record is not listed: see
+        `unreadable_records`)."""
+        found = []
+        for name in self._artifact_dirs(asset):
+            try:
+                art = self.get(asset, name)
+            except UnreadableRecord:
+                continue
+            if art is not None:
+                found.append(art)
+        return found
 
     def partials(self, asset: str) -> list[str]:
         """Work directories and upload prefixes of builds that did not commit."""
@@ -524,3 +652,23 @@ class ArtifactStore:
         local = sorted(str(p) for p in work.glob(".partial-*")) if work.is_dir() else []
         uploads = [] if self.local else sorted(self.fs.glob(self._at("artifacts", asset, ".upload-*")))
         return local + uploads
+
+
+def _input_versions(record: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(asset, content hash) of every input a record lists ({asset: {partition: content hash}})."""
+    inputs = record.get("inputs")
+    for asset, by_partition in (inputs.items() if isinstance(inputs, dict) else ()):
+        for version in (by_partition.values() if isinstance(by_partition, dict) else ()):
+            if isinstance(version, str):
+                yield asset, version
+
+
+def _differences(actual: dict[str, str], recorded: Any) -> str:
+    """Which files differ from the record's per-file digests (older records have none)."""
+    if not isinstance(recorded, dict):
+        return "a file was changed, added or removed"
+    changed = [name for name in sorted(actual) if name in recorded and recorded[name] != actual[name]]
+    parts = [f"changed file {name}" for name in changed]
+    parts += [f"missing file {name}" for name in sorted(set(recorded) - set(actual))]
+    parts += [f"extra file {name}" for name in sorted(set(actual) - set(recorded))]
+    return ", ".join(parts) or "a file was changed"

@@ -62,16 +62,21 @@ def save_tokenizer_dir(tokenizer, out_dir: str | os.PathLike, model_max_length: 
     return out
 
 
-def load_lm_tokenizer(name_or_dir: str, revision: str | None = None, trust_remote_code: bool = False):
-    """Any HF tokenizer: a local directory (offline) or a hub name (from the local cache when offline)."""
+def load_lm_tokenizer(name_or_dir: str, revision: str | None = None, trust_remote_code: bool = False,
+                      setting: str = "tokenizer.name"):
+    """Any HF tokenizer: a local directory (offline) or a hub name (from the local cache when offline).
+
+    `trust_remote_code` is always passed (False unless the manifest opts in), so transformers never asks on a
+    terminal whether to run a folder's own python code; a folder that needs it fails naming `setting`."""
     from transformers import AutoTokenizer
+
+    from .validation import loading_model
 
     kwargs = {}
     if revision and not os.path.isdir(name_or_dir):
         kwargs["revision"] = revision
-    if trust_remote_code:  # only ever passed when explicitly requested
-        kwargs["trust_remote_code"] = True
-    return AutoTokenizer.from_pretrained(name_or_dir, **kwargs)
+    with loading_model(setting, name_or_dir):
+        return AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=bool(trust_remote_code), **kwargs)
 
 
 def _rust_tokenizer(tokenizer):

@@ -7,6 +7,7 @@ setting (dotted manifest field) and, where there is one, the file and line.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,14 +31,24 @@ def loading_model(setting: str, name: str) -> Iterator[None]:
 
     try:
         yield
+    except ModelLoadError:
+        raise
     except (OSError, HFValidationError) as err:
         reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"{setting} {name!r} cannot be loaded: {reason}. A hub model must be downloaded once before offline "
             f"use (HF_HUB_OFFLINE=1); a local folder is resolved relative to the manifest.") from err
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ModelLoadError(
+            f"{setting} {name!r} needs custom code (its config's auto_map names python files that would run on "
+            f"load); gmates never runs a model's own code unless the manifest sets "
+            f"{setting.split('.')[0]}.trust_remote_code: true. Read that code first, or use a model without it."
+        ) from None
 
 
-def check_pool_size(n_docs: int, clustering_k: int, oracle_pool_size: int) -> None:
+def check_pool_size(n_docs: int, clustering_k: int, oracle_pool_size: int, selection_ratio: float = 1.0) -> None:
     """Settings that need at least so many pool documents (known once every shard is read)."""
     if clustering_k > n_docs:
         raise ValidationError(f"clustering.k ({clustering_k}) is larger than the pool ({n_docs} documents); "
@@ -45,6 +56,33 @@ def check_pool_size(n_docs: int, clustering_k: int, oracle_pool_size: int) -> No
     if oracle_pool_size > n_docs:
         raise ValidationError(f"oracle.pool_size ({oracle_pool_size}) is larger than the pool ({n_docs} "
                               f"documents); set oracle.pool_size to at most {n_docs}")
+    check_selection_size(n_docs, selection_ratio)
+
+
+def _round_up(value: float, digits: int = 3) -> float:
+    """`value` rounded up to `digits` significant digits (a minimum that, written as shown, still suffices)."""
+    scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+    return math.ceil(value * scale) / scale
+
+
+def check_selection_size(n_docs: int, ratio: float) -> None:
+    """selection.ratio selects at least one document of the pool (an empty selection would be committed and
+    released, and fail only at pretraining)."""
+    from .selection import selection_total
+
+    if selection_total(n_docs, ratio) < 1:
+        minimum = _round_up(1 / (2 * n_docs))  # round(ratio * n) >= 1 from ratio = 1 / 2n (halves up)
+        raise ValidationError(f"selection.ratio ({ratio}) selects no document of the pool ({n_docs} documents): "
+                              f"round({ratio} x {n_docs}) = 0; set selection.ratio to at least {minimum}")
+
+
+def check_cluster_budgets(budgets: Sequence[int], ratio: float, largest_cluster: int) -> None:
+    """Per-cluster budgets (selection.budget_rounding: floor rounds each down) that select nothing."""
+    if int(sum(budgets)) < 1:
+        raise ValidationError(f"selection.budget_rounding: floor gives every cluster a budget of 0 with "
+                              f"selection.ratio ({ratio}) (the largest cluster has {largest_cluster} documents); "
+                              f"set selection.ratio to at least {_round_up(1 / largest_cluster)} or "
+                              f"selection.budget_rounding: exact")
 
 
 def fit_prompt_answer(prompt: list[int], answer: list[int], max_tokens: int, *, example: str, setting: str,

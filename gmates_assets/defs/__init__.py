@@ -6,42 +6,80 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from dagster._config import validate_config  # private, pinned dagster
 
 from ..core.manifest import DEFAULT_MANIFEST, load_manifest
-from .automation import sensor_interval, with_sync_conditions
+from .automation import (
+    SENSOR_NAME,
+    GuardedAutomationSensor,
+    sensor_default_status,
+    sensor_interval,
+    with_sync_conditions,
+)
 from .console import gmates_console_logger
 from .factory import dagster_assets, graph_for
-from .resources import GmatesResource
+from .resources import GmatesResource, changed_since_load, manifest_fingerprint
 
 
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
     path = Path(manifest_path).resolve()
     loaded = load_manifest(path)
     graph = graph_for(loaded)
-    automation = dg.AutomationConditionSensorDefinition(
-        "gmates_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    loaded_fingerprint = manifest_fingerprint(loaded.manifest)
+    automation = GuardedAutomationSensor(
+        SENSOR_NAME, guard=lambda: changed_since_load(str(path), loaded_fingerprint),
+        target=dg.AssetSelection.all(), default_status=sensor_default_status(loaded.manifest.execution.launcher),
         minimum_interval_seconds=sensor_interval(),
         emit_backfills=False,  # runs go straight to the run queue, not through the 30 s backfill daemon loop
         description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
-                    "version changed), after 'Reload definitions'.")
+                    "version changed), after 'Reload definitions'; skips while the manifest on disk differs "
+                    "from the loaded one.")
     return dg.Definitions(
         assets=with_sync_conditions(dagster_assets(graph)),
         sensors=[automation],
-        resources={"gmates": GmatesResource(manifest_path=str(path), home=home)},
-        executor=executor_for(loaded.manifest.execution),
+        resources={"gmates": GmatesResource(manifest_path=str(path), home=home,
+                                            manifest_fingerprint=loaded_fingerprint)},
+        executor=executor_for(loaded.manifest.execution, loaded),
         loggers={"console": gmates_console_logger},
     )
 
 
-def executor_for(execution) -> dg.ExecutorDefinition:
-    """The executor inside a run: in_process, multiprocess (max_concurrent steps), or any `module:attribute`
-    Dagster executor (e.g. `dagster_k8s:k8s_job_executor`, configured in the run's config or dagster.yaml)."""
+def executor_for(execution, loaded=None) -> dg.ExecutorDefinition:
+    """The executor inside a run: in_process, multiprocess (max_concurrent steps), or a `module:attribute` that
+    is a Dagster ExecutorDefinition (e.g. `dagster_k8s:k8s_job_executor`, `dagster_celery:celery_executor`),
+    configured with `execution.executor_config`. Only an ExecutorDefinition is accepted; the module is still
+    imported to look, which is why a manifest is trusted input (docs/deployment.md)."""
+    where = loaded.where if loaded is not None else (lambda dotted: dotted)
+    executor = _named_executor(execution, where)
+    config = dict(execution.executor_config)
+    if execution.executor == "multiprocess":
+        config = {"max_concurrent": execution.max_concurrent, **config}
+    if not config:
+        return executor
+    checked = validate_config(executor.config_schema.as_field().config_type, config)
+    if not checked.success:
+        problems = "; ".join(e.message for e in checked.errors)
+        raise ValueError(f"{where('execution.executor_config')}: the {executor.name} executor rejects it: {problems}")
+    return executor.configured(config)
+
+
+def _named_executor(execution, where) -> dg.ExecutorDefinition:
     if execution.executor == "in_process":
         return dg.in_process_executor
     if execution.executor == "multiprocess":
-        return dg.multiprocess_executor.configured({"max_concurrent": execution.max_concurrent})
-    module, _, attribute = execution.executor.partition(":")
-    if not attribute:
-        raise ValueError(f"execution.executor: expected in_process, multiprocess or module:attribute, "
-                         f"got {execution.executor!r}")
-    return getattr(importlib.import_module(module), attribute)
+        return dg.multiprocess_executor
+    module_name, _, attribute = execution.executor.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{where('execution.executor')}: expected in_process, multiprocess or module:attribute "
+                         f"of a Dagster executor, got {execution.executor!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"{where('execution.executor')}: module {module_name!r} is not installed ({exc}); for "
+                         f"the Celery or Kubernetes executors install the `cluster` extra") from None
+    executor = getattr(module, attribute, None)
+    if not isinstance(executor, dg.ExecutorDefinition):
+        what = "nothing" if executor is None else type(executor).__name__
+        raise ValueError(f"{where('execution.executor')}: {execution.executor!r} is {what}, not a Dagster executor "
+                         f"(an ExecutorDefinition such as dagster_celery:celery_executor)")
+    return executor

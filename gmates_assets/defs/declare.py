@@ -71,6 +71,9 @@ class AssetDecl:
     # The input versions its cache key uses, when they are not simply what it reads now (probe.pool: frozen
     # keys on the shards its frozen documents come from): (raw manifest, instance, store, versions) -> versions.
     key_versions: Optional[Callable[[LoadedManifest, Any, Any, dict], dict]] = None
+    # Weights, labels or scores: a NaN or inf anywhere in the built folder fails the step before the commit,
+    # naming this manifest setting as the likely cause (core/finite.py).
+    finite: Optional[str] = None
 
     @property
     def is_source(self) -> bool:

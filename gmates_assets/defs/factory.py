@@ -14,7 +14,7 @@ from .runtime import run_step
 
 @lru_cache(maxsize=8)
 def graph_for(loaded: LoadedManifest) -> AssetGraph:
-    """The graph of the manifest a run sees (the resource reloads an edited manifest)."""
+    """The graph of a loaded manifest (cached: Definitions, steps and status ask for the same one)."""
     from .assets import DECLARATIONS
 
     return AssetGraph(loaded.manifest, DECLARATIONS)
@@ -45,7 +45,7 @@ def _source(decl: AssetDecl, partitions_def) -> dg.SourceAsset:
                                 description=decl.description, tags={"gmates/stage": decl.group},
                                 metadata=_metadata(decl))
     def observe(context, gmates: GmatesResource):
-        value = decl.observe(gmates.manifest())
+        value = decl.observe(gmates.manifest(f"observing {decl.name}"))
         if isinstance(value, dict):
             return dg.DataVersionsByPartition({k: dg.DataVersion(v) for k, v in value.items()})
         return dg.DataVersion(value)
@@ -54,16 +54,17 @@ def _source(decl: AssetDecl, partitions_def) -> dg.SourceAsset:
 
 
 def _asset(decl: AssetDecl, graph: AssetGraph, partitions_def) -> dg.AssetsDefinition:
+    code_version = graph.code_version(decl.name)
     checks = [dg.AssetCheckSpec(c.name, asset=decl.name, blocking=True, description=c.description)
               for c in decl.checks]
 
     @dg.asset(name=decl.name, group_name=decl.group, description=decl.description,
               deps=[_dep(graph, i) for i in graph.inputs(decl.name)], partitions_def=partitions_def,
-              code_version=graph.code_version(decl.name),
+              code_version=code_version,
               kinds=set(decl.kinds) | {"python"}, tags={"gmates/stage": decl.group}, metadata=_metadata(decl),
               check_specs=checks or None)
     def materialize(context, gmates: GmatesResource):
-        return run_step(context, gmates, graph_for(gmates.manifest()), decl.name)
+        return run_step(context, gmates, decl.name, code_version)
 
     return materialize
 

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from itertools import cycle
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
+from .automation import SENSOR_NAME, sensor_interval
+from .orphans import process_tags
+from .run_manifest import manifest_tags
 from .runtime import GPU_TAG
 
 CODE_LOCATION = "gmates"
@@ -33,6 +37,28 @@ RunGroup = tuple[Optional[str], list[str]]  # (partition key or None, asset name
 
 class RunFailed(RuntimeError):
     pass
+
+
+class SensorRace(RuntimeError):
+    pass
+
+
+def automation_sensor_activity(instance: dg.DagsterInstance) -> Optional[str]:
+    """Why the gmates automation sensor counts as on for this instance (None when it is off): turned on
+    (in the UI or `dagster sensor start`), or on by default in some code location and ticked lately."""
+    from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType  # private, pinned dagster
+
+    recent = max(120.0, 4.0 * sensor_interval())
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name != SENSOR_NAME:
+            continue
+        if state.status == InstigatorStatus.RUNNING:
+            return "it is turned on"
+        if state.status == InstigatorStatus.DECLARED_IN_CODE:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            if ticks and time.time() - ticks[0].timestamp < recent:
+                return f"it is on by default in a code location and ticked {time.time() - ticks[0].timestamp:.0f} s ago"
+    return None
 
 
 def _describe(partition: Optional[str], assets: Sequence[str]) -> str:
@@ -52,12 +78,21 @@ class InProcessRuns:
     def __exit__(self, *exc) -> None:
         return None
 
-    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None],
+                failures: Optional[list] = None) -> list[str]:
+        """Run ids of the successful runs; with `failures`, a failed run is added there as (group, error)
+        and the other runs go on (without it, the first failure raises)."""
         run_ids = []
         for partition, assets in groups:
-            result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
-                                                 asset_selection=[dg.AssetKey(a) for a in assets],
-                                                 raise_on_error=True, run_config=RUN_CONFIG)
+            try:
+                result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
+                                                     asset_selection=[dg.AssetKey(a) for a in assets],
+                                                     raise_on_error=True, run_config=RUN_CONFIG, tags=process_tags())
+            except Exception as err:
+                if failures is None:
+                    raise
+                failures.append(((partition, assets), err))
+                continue
             run_ids.append(result.run_id)
         return run_ids
 
@@ -73,6 +108,8 @@ class InstanceRuns:
                  gpus: Sequence[int] = ()):
         self.instance = instance
         self.manifest_path, self.store_root = manifest_path, store_root
+        self.manifest_tags = manifest_tags(manifest_path, Path(manifest_path).read_text(encoding="utf-8")) \
+            if Path(manifest_path).is_file() else {}
         self.max_concurrent = max(1, int(max_concurrent))
         self.gpus = cycle(list(gpus)) if gpus else None
         self._stack = ExitStack()
@@ -94,7 +131,18 @@ class InstanceRuns:
         self.location = self.workspace.get_code_location(CODE_LOCATION)
         self.repository = next(iter(self.location.get_repositories().values()))
         self.queue_serviced = self._queue_serviced()
+        self.check_no_sensor_race()
         return self
+
+    def check_no_sensor_race(self) -> None:
+        """One partition, one run: while this sync submits runs, the daemon must not start the automation
+        sensor's runs for the same partitions (it would, between the sync's status check and its submit)."""
+        why = automation_sensor_activity(self.instance)
+        if why is not None:
+            raise SensorRace(
+                f"the {SENSOR_NAME} sensor is active on this Dagster instance ({why}); its runs would race this "
+                f"sync's (two runs for one partition). Stop it first (UI: Automation > {SENSOR_NAME} > off, or "
+                f"`dagster sensor stop {SENSOR_NAME} -w workspace.yaml`), or let the sensor build instead of sync")
 
     def _share_cores(self) -> None:
         """Runs that the default launcher starts on this host split its cores: torch and OpenMP would otherwise
@@ -130,7 +178,7 @@ class InstanceRuns:
         remote_job = self.location.get_job(selector)
         plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance)
-        tags = {"gmates/launched_by": "gmates sync"}
+        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags}
         if partition is not None:
             tags["dagster/partition"] = partition
         if self.gpus is not None:
@@ -144,7 +192,10 @@ class InstanceRuns:
             job_code_origin=remote_job.get_python_origin(), asset_selection=keys, asset_check_selection=None,
             asset_graph=self.repository.asset_graph)
 
-    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None]) -> list[str]:
+    def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None],
+                failures: Optional[list] = None) -> list[str]:
+        """As InProcessRuns.run_all, `max_concurrent` runs in flight."""
+        self.check_no_sensor_race()  # also when someone turned it on during the sync
         pending, in_flight, done = list(groups), {}, []
         while pending or in_flight:
             while pending and len(in_flight) < self.max_concurrent:
@@ -161,8 +212,49 @@ class InstanceRuns:
                 if run is None or not run.is_finished:
                     continue
                 partition, assets = in_flight.pop(run_id)
-                if run.status != dg.DagsterRunStatus.SUCCESS:
-                    raise RunFailed(f"run {run_id} ({_describe(partition, assets)}) ended {run.status.value}; "
-                                    f"see its logs in the UI or `dagster run logs`")
+                try:
+                    self.check_finished(run, partition, assets)
+                except RunFailed as failed:
+                    if failures is None:
+                        raise
+                    failures.append(((partition, assets), failed))
+                    continue
                 done.append(run_id)
         return done
+
+    def check_finished(self, run, partition: Optional[str], assets: Sequence[str]) -> None:
+        """Raise RunFailed for a run that did not succeed, naming its failing step and the error's last line."""
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            return
+        raise RunFailed(f"run {run.run_id} ({_describe(partition, assets)}) ended {run.status.value}: "
+                        f"{failure_summary(self.instance, run.run_id)}; its full logs are in the UI "
+                        f"(gmates ui, or dagster-webserver on this instance) under Runs > {run.run_id}")
+
+
+def _error_line(error) -> str:
+    """`Type: message` of the innermost cause (the user's exception), on one line: a traceback's last line."""
+    while error.cause is not None:
+        error = error.cause
+    message = " ".join(line.strip() for line in error.message.strip().splitlines() if line.strip())
+    head, sep, rest = message.partition(": ")
+    if sep and error.cls_name and head.split(".")[-1] == error.cls_name:  # "pkg.mod.Cls: ..." (traceback form)
+        message = rest
+    return f"{error.cls_name}: {message}" if error.cls_name else message
+
+
+def failure_summary(instance: dg.DagsterInstance, run_id: str) -> str:
+    """What failed in a run: each failed step and its error, else the run's own failure (e.g. a launcher or
+    worker that died before any step ran)."""
+    failed_steps = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    lines = [f"step {e.dagster_event.step_key} failed: {_error_line(e.dagster_event.event_specific_data.error)}"
+             for e in failed_steps if e.dagster_event.event_specific_data.error is not None]
+    if lines:
+        return "; ".join(lines)
+    for event in reversed(instance.all_logs(run_id, of_type={dg.DagsterEventType.RUN_FAILURE,
+                                                              dg.DagsterEventType.ENGINE_EVENT})):
+        error = getattr(event.dagster_event.event_specific_data, "error", None)
+        if error is not None:
+            return _error_line(error)
+        if event.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE and event.message:
+            return event.message.strip().splitlines()[-1]
+    return "no step failed (the run was canceled or its worker stopped)"

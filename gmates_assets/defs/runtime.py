@@ -1,7 +1,9 @@
 """The one code path every asset runs through: resolve inputs, reuse or build, report versions.
 
 1. Upstream artifacts are found by the data versions Dagster recorded for them (= their content hashes);
-   observable sources contribute their observed data versions.
+   observable sources contribute their observed data versions. Each one's files are checked against its
+   content hash before the step gets it (ArtifactStore.require_verified; cheap when the files are unchanged),
+   and whole-pool readers have every shard behind their shard indexes checked before compute starts.
 2. input_key = hash(asset, code version, partition, those versions, non-asset identities); a stored artifact
    with that key is reused without computing (metadata `reused: true`), so re-runs and reverts are nearly free.
 3. Otherwise the compute function fills a work directory that the store commits atomically. It sees the
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +23,14 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from ..core.finite import require_finite
 from ..core.manifest import LoadedManifest
 from ..core.manifest_access import ManifestView, undeclared_reads
 from ..core.progress import ProgressFn, RateMeter
 from ..core.store import Artifact, ArtifactStore
 from .graph import AssetGraph
-from .resources import GmatesResource
+from .resources import GmatesResource, ManifestChanged
+from .run_manifest import check_run_manifest
 
 INDEX_FILE = "index.json"
 GPU_TAG = "gmates/gpu"
@@ -67,7 +72,8 @@ class Step:
 
     def __init__(self, context, loaded: LoadedManifest, store: ArtifactStore, graph: AssetGraph, asset: str,
                  partition: Optional[str], inputs: dict[str, dict[Optional[str], Artifact]],
-                 versions: dict[str, dict[str, str]], record_reads: bool = True):
+                 versions: dict[str, dict[str, str]], record_reads: bool = True,
+                 verified_shards: Optional[dict[str, dict[str, Artifact]]] = None):
         self.context = context
         self.raw_loaded = loaded  # unrecorded: only for what the cache key already covers (identities)
         self._view = ManifestView(loaded.manifest)
@@ -79,6 +85,7 @@ class Step:
         self.asset = asset
         self.partition = partition
         self._inputs = inputs
+        self._shards = verified_shards if verified_shards is not None else {}  # shared by one step's Steps
 
     @property
     def device(self) -> str:
@@ -104,10 +111,19 @@ class Step:
         return self._inputs[asset]
 
     def shards(self, asset: str) -> dict[str, Artifact]:
-        """Every shard's artifact of a shard-partitioned asset, in pool order, as listed by its index."""
-        index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
-        return {row["shard"]: self.store.require_by_content(asset, row["content_hash"], row["shard"])
-                for row in index["shards"]}
+        """Every shard's artifact of a shard-partitioned asset, in pool order, as listed by its index (each
+        checked against its content hash, once per step)."""
+        if asset not in self._shards:
+            index = json.loads(self.input(f"{asset}_index").file(INDEX_FILE).read_text())
+            self._shards[asset] = {row["shard"]: self.store.require_verified(asset, row["content_hash"], row["shard"])
+                                   for row in index["shards"]}
+        return self._shards[asset]
+
+    def verify_pool_inputs(self) -> None:
+        """Check every shard behind the step's shard-index inputs now, so a corrupt one fails before compute."""
+        for name in self._inputs:
+            if self.graph[name].compute is write_shard_index:
+                self.shards(name.removesuffix("_index"))
 
     def shard_rows(self, asset: str) -> dict[str, int]:
         """Documents per shard, from the index alone (no shard is opened)."""
@@ -167,33 +183,60 @@ def _artifacts(store: ArtifactStore, graph: AssetGraph, versions: dict) -> dict[
     for asset, by_partition in versions.items():
         if graph[asset].is_source:
             continue
-        out[asset] = {pk or None: store.require_by_content(asset, v, pk or None) for pk, v in by_partition.items()}
+        out[asset] = {pk or None: store.require_verified(asset, v, pk or None) for pk, v in by_partition.items()}
     return out
 
 
-def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.MaterializeResult:
-    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions."""
+def step_manifest(gm: GmatesResource, asset: str, code_version: Optional[str]) -> tuple[LoadedManifest, AssetGraph]:
+    """The manifest a step builds from: exactly the one its Dagster code version was computed from. Loaded once
+    per step (an edit during the step cannot reach it); an edit since the Definitions were loaded is refused,
+    since Dagster would record the bytes under a code version (and the store under a key) describing others."""
+    from .factory import graph_for
+
+    loaded = gm.manifest(f"{asset} (code version {code_version})")
+    graph = graph_for(loaded)
+    if code_version is not None and graph.code_version(asset) != code_version:  # a resource without fingerprint
+        raise ManifestChanged(
+            f"{asset}: manifest {gm.manifest_path} changed on disk since these definitions were loaded (code "
+            f"version {code_version}, now {graph.code_version(asset)}); reload definitions (UI: Reload) or "
+            f"re-run `gmates sync`")
+    return loaded, graph
+
+
+def run_step(context, gm: GmatesResource, asset: str, code_version: Optional[str] = None) -> dg.MaterializeResult:
+    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions.
+    `code_version`: the asset's code version in the Definitions (what Dagster records with the result)."""
+    loaded, graph = step_manifest(gm, asset, code_version)
     decl = graph[asset]
-    store, loaded = gm.store(), gm.manifest()
+    store = gm.store()
+    check_run_manifest(context.run.tags, loaded)  # a sync's run must not build another manifest
     partition = context.partition_key if context.has_partition_key else None
     versions = input_versions(context.instance, graph, asset, partition)
     key = input_key(context.instance, store, graph, loaded, asset, partition, versions)
     # Kept in the artifact's record (bookkeeping, outside the content hash) so a reuse shows the same.
     record: dict[str, Any] = {"code_version": graph.code_version(asset), "inputs": versions}
     computed: dict[str, Any] = {}
+    shards: dict[str, dict[str, Artifact]] = {}
+
+    @functools.cache
+    def inputs() -> dict[str, dict[Optional[str], Artifact]]:  # resolved and verified once per step
+        return _artifacts(store, graph, versions)
 
     def fill(work_dir: Path) -> None:
-        step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions), versions)
+        step = Step(context, loaded, store, graph, asset, partition, inputs(), versions, verified_shards=shards)
+        step.verify_pool_inputs()  # a corrupt input fails the step here, before any compute
         started = time.monotonic()
         computed.update(decl.compute(step, work_dir))
         _require_declared(decl, step.manifest_reads)
+        if decl.finite:  # never commit NaN weights, labels or scores
+            require_finite(work_dir, f"{asset}[{partition}]" if partition else asset, decl.finite)
         computed["compute_seconds"] = round(time.monotonic() - started, 3)
         computed["manifest_fields_read"] = sorted(step.manifest_reads)
         record["metadata"] = json.loads(json.dumps(computed, default=str))
 
     if decl.precheck:  # validation that fails before expensive work (it cannot change what is built)
-        decl.precheck(Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
-                           versions, record_reads=False))
+        decl.precheck(Step(context, loaded, store, graph, asset, partition, inputs(), versions, record_reads=False,
+                           verified_shards=shards))
     # Under the artifact's build lock: a concurrent sync building the same key is waited for, then reused.
     artifact, reused = store.get_or_build(asset, key, fill, partition, record, decl.resumable, log=context.log.info)
     if reused:
@@ -201,8 +244,8 @@ def run_step(context, gm: GmatesResource, graph: AssetGraph, asset: str) -> dg.M
     metadata = dict(artifact.record.get("metadata", {})) if reused else computed
     checks = None
     if decl.check_fn:
-        check_step = Step(context, loaded, store, graph, asset, partition, _artifacts(store, graph, versions),
-                          versions, record_reads=False)
+        check_step = Step(context, loaded, store, graph, asset, partition, inputs(), versions, record_reads=False,
+                          verified_shards=shards)
         checks = decl.check_fn(check_step, artifact)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(artifact.content_hash),

@@ -21,10 +21,11 @@ from dagster._core.definitions.data_version import (  # private
 from dagster._core.loader import LoadingContextForTest  # private
 
 from ..core.sources import ReadStats
-from ..core.store import Artifact, ArtifactStore
+from ..core.store import Artifact, ArtifactStore, UnreadableRecord
 from .factory import graph_for
 from .growth import growth_cause
 from .launch import RUN_CONFIG
+from .orphans import fail_orphaned_runs, process_tags
 
 FRESH, STALE, MISSING = "fresh", "stale", "missing"
 
@@ -46,6 +47,8 @@ class PartitionStatus:
 class SyncReport:
     waves: list[list[tuple[str, Optional[str]]]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    failures: list = field(default_factory=list)  # ((partition, assets), error) of runs that failed
+    fresh: list[PartitionStatus] = field(default_factory=list)  # the synced scope at the end: all fresh
 
     @property
     def executed(self) -> list[tuple[str, Optional[str]]]:
@@ -110,13 +113,20 @@ def _fan_in_cause(defs: dg.Definitions, instance, name: str, partition: Optional
 
 
 def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
-                   assets: Optional[Iterable[str]] = None, observe: bool = False) -> list[PartitionStatus]:
+                   assets: Optional[Iterable[str]] = None, observe: bool = False,
+                   current_sources: bool = False) -> list[PartitionStatus]:
     """Status of every materializable asset partition, in topological order.
 
-    `observe`: hash the external sources first, so edited files show up as stale causes.
+    `observe`: hash the external sources first and record the observation (a run), so edited files show up
+    as stale causes. `current_sources`: the same verdict without writing anything: the sources' current
+    hashes are compared with the last observed ones in memory (source_drift.py).
     """
+    from .partial_status import with_partial
+    from .source_drift import drifted
+
     if observe:
         observe_sources(defs, instance)
+    drift = drifted(defs, instance) if current_sources and not observe else {}
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     store = gmates_store(defs)
@@ -141,12 +151,15 @@ def asset_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
                 out.append(PartitionStatus(name, pk, STALE, (grown,), notes))
             elif status == StaleStatus.STALE:
                 causes = tuple(_describe_cause(c) for c in resolver.get_stale_causes(key, pk))
-                out.append(PartitionStatus(name, pk, STALE, causes, notes))
+                drift_cause = drift.get((name, pk or ""))
+                out.append(PartitionStatus(name, pk, STALE, causes + ((drift_cause,) if drift_cause else ()), notes))
+            elif (cause := drift.get((name, pk or ""))) is not None:
+                out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             elif (cause := _fan_in_cause(defs, instance, name, pk, resolver)) is not None:
                 out.append(PartitionStatus(name, pk, STALE, (cause,), notes))
             else:
                 out.append(PartitionStatus(name, pk, FRESH, (), notes))
-    return out
+    return [s if s.status == FRESH else with_partial(defs, instance, s, _cached_version(resolver)) for s in out]
 
 
 def gmates_store(defs: dg.Definitions) -> Optional[ArtifactStore]:
@@ -187,7 +200,11 @@ def verify_artifacts(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
         for pk in _partition_keys(graph.get(key), instance):
             if resolver.get_status(key, pk) == StaleStatus.MISSING:
                 continue  # never built: nothing to verify
-            stored = _stored_artifact(store, resolver, key, pk)
+            try:
+                stored = _stored_artifact(store, resolver, key, pk)
+            except UnreadableRecord as err:  # `gmates verify --repair` quarantines it
+                checks.append(ArtifactCheck(key.to_user_string(), pk, str(err)))
+                continue
             problem = "missing from the store" if stored is None else None
             if stored is not None and (actual := store.stored_hash(stored)) != stored.content_hash:
                 problem = f"files hash to {actual[:16]}…, the record says {stored.content_hash[:16]}…"
@@ -195,15 +212,30 @@ def verify_artifacts(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
     return checks
 
 
-def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance) -> Optional[str]:
+def observe_sources(defs: dg.Definitions, instance: dg.DagsterInstance,
+                    failures: Optional[list] = None) -> Optional[str]:
+    """Observe every source in one run; with `failures`, a source that fails (e.g. a bad eval task file) is added
+    there as ((None, [asset]), error) and the others are still observed (without it, the failure raises)."""
     graph = defs.resolve_asset_graph()
     keys = sorted(graph.observable_asset_keys, key=lambda k: k.to_user_string())
     if not keys:
         return None
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=True,
-                                    run_config=RUN_CONFIG)
-    return result.run_id
+    observe = lambda selection: job.execute_in_process(  # noqa: E731
+        instance=instance, asset_selection=selection, raise_on_error=True, run_config=RUN_CONFIG,
+        tags=process_tags()).run_id
+    try:
+        return observe(keys)
+    except Exception:
+        if failures is None:
+            raise
+    run_id = None
+    for key in keys:  # which sources failed: each alone (only on this failure path)
+        try:
+            run_id = observe([key])
+        except Exception as err:
+            failures.append(((None, [key.to_user_string()]), err))
+    return run_id
 
 
 def _upstream_names(graph, name: str) -> set[str]:
@@ -218,6 +250,39 @@ def _ancestors(graph, names: set[str]) -> set[str]:
                 seen.add(parent)
                 todo.append(parent)
     return seen
+
+
+def _descendants(graph, names: set[str]) -> set[str]:
+    seen, todo = set(), list(names)
+    while todo:
+        for child in graph.get(dg.AssetKey(todo.pop())).child_keys:
+            if child.to_user_string() not in seen:
+                seen.add(child.to_user_string())
+                todo.append(child.to_user_string())
+    return seen
+
+
+class SyncFailed(RuntimeError):
+    """Several runs failed; everything that does not depend on them was built."""
+
+
+def _cause(err: BaseException) -> BaseException:
+    while getattr(err, "user_exception", None) is not None:  # the user's error inside Dagster's wrappers
+        err = err.user_exception
+    return err
+
+
+def _failure_text(failure) -> str:
+    (partition, assets), err = failure
+    return f"{', '.join(f'{a}[{partition}]' if partition else a for a in assets)}: {_cause(err)}"
+
+
+def _failed(failures: list) -> BaseException:
+    """What a sync with failures raises: the error itself when there is one, else all of them named."""
+    if len(failures) == 1:
+        return failures[0][1]
+    return SyncFailed(f"{len(failures)} runs failed (everything that does not depend on them was built):\n  "
+                      + "\n  ".join(_failure_text(f) for f in failures))
 
 
 def _identity_ancestors(graph, name: str) -> set[str]:
@@ -268,6 +333,23 @@ def _run_groups(ready: Sequence[PartitionStatus]) -> list[tuple[Optional[str], l
     return sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
 
 
+def _require_progress(report: SyncReport, pending: Sequence[PartitionStatus]) -> None:
+    """Stop when none of the last wave's partitions became fresh: its runs succeeded without building what
+    this sync asked for (e.g. a daemon whose code location loaded another manifest), so another wave would
+    only repeat them."""
+    if not report.waves:
+        return
+    still = {(p.asset, p.partition) for p in pending}
+    last = report.waves[-1]
+    if all(item in still for item in last):
+        names = ", ".join(f"{a}[{pk}]" if pk else a for a, pk in last[:8]) + (" ..." if len(last) > 8 else "")
+        raise RuntimeError(
+            f"wave {len(report.waves)} made no progress: its runs ({', '.join(report.runs[-len(last):][:4])}"
+            f"{' ...' if len(last) > 4 else ''}) succeeded, but {names} are still not fresh. The runs built "
+            f"something else; with launcher: instance, check that the daemon and run workers load the same "
+            f"manifest ($GMATES_MANIFEST) and store ($GMATES_HOME) as this sync (docs/deployment.md).")
+
+
 def sync(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -293,16 +375,31 @@ def sync(
         scope = names | _ancestors(graph, names)
     runs = runs or InProcessRuns(defs, instance)
     report = SyncReport()
-    run_id = observe_sources(defs, instance)
+    fail_orphaned_runs(instance, log)  # runs a killed sync left STARTED
+    # A failure (a source that cannot be observed, a failed run) is named at once; what depends on it is left
+    # out, everything else is still built, and the sync then raises it.
+    failures: list = []
+    run_id = observe_sources(defs, instance, failures)
     if run_id:
         report.runs.append(run_id)
     for _ in range(max_waves):
-        pending = [s for s in asset_statuses(defs, instance, scope) if s.status != FRESH]
+        for failure in failures[len(report.failures):]:
+            log(f"failed: {_failure_text(failure)}")
+        report.failures = list(failures)
+        failed = {asset for (_, assets), _ in failures for asset in assets}
+        blocked = failed | _descendants(graph, failed)
+        statuses = asset_statuses(defs, instance, scope)
+        pending = [s for s in statuses if s.status != FRESH and s.asset not in blocked]
         if not pending:
+            needed = [f for f in failures if scope is None or set(f[0][1]) & scope]  # not a source --select skips
+            if needed:
+                raise _failed(needed)
+            report.fresh = statuses
             return report
+        _require_progress(report, pending)
         wave = _ready(pending, graph)
         log(f"wave {len(report.waves) + 1}: " + ", ".join(f"{p.asset}[{p.partition}]" if p.partition else p.asset
                                                           for p in wave))
-        report.runs.extend(runs.run_all(_run_groups(wave), log))
+        report.runs.extend(runs.run_all(_run_groups(wave), log, failures))
         report.waves.append([(p.asset, p.partition) for p in wave])
     raise RuntimeError(f"sync did not converge after {max_waves} waves; still pending: {pending}")

@@ -184,9 +184,11 @@ def _probe_oracle(step, out: Path, rollouts: np.ndarray, rollout_ids: np.ndarray
 
 
 def check_pool_settings(step) -> None:
-    """The pool is large enough for clustering.k and oracle.pool_size (known once every shard is read)."""
+    """The pool is large enough for clustering.k, oracle.pool_size and a non-empty selection (known once every
+    shard is read): a fresh build fails here, before warm-up, not after hours of influence work."""
     rows = sum(step.shard_rows("tokenized_pool").values())
-    validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size)
+    validation.check_pool_size(rows, step.manifest.clustering.k, step.manifest.oracle.pool_size,
+                               step.manifest.selection.ratio)
 
 
 def check_before_probing(step) -> None:
@@ -394,9 +396,15 @@ def _bootstraps(manifest) -> bool:
     return bool(manifest.bootstrap.enabled) and _probes(manifest)
 
 
+def _finetunes(manifest) -> bool:
+    return manifest.relational.mode == "finetune"  # loads the encoder's weights and tokenizer itself
+
+
 _TORCH = frozenset({"pytorch", "safetensors"})
+_ORACLE_LR = "oracle.lr (probe.optim.lr when oracle.lr is 'checkpoint')"
 _ORACLE_INPUTS = (Input("probe_checkpoint"), Input("probe_pool"), Input("lm_tokenizer"), Input("reference_set"))
-_MODEL_INPUTS = (Input("probe_pool"),)  # the probe pool carries its items' features: no whole-pool input
+# The probe pool carries its items' features: no whole-pool input (finetune mode also loads the encoder itself).
+_MODEL_INPUTS = (Input("probe_pool"), Input("encoder_model", when=_finetunes))
 
 
 def _frozen_key(asset: str):
@@ -413,6 +421,7 @@ DECLS = [
     AssetDecl("probe_checkpoint", GROUP,
               "Model + AdamW state after warm-up on random pool data (stage 1), or a user checkpoint.",
               compute=build_probe_checkpoint, resumable=True, sections=("probe", "sampling"), kinds=_TORCH,
+              finite="probe.optim.lr",
               precheck=check_before_probing, version="2", key_versions=_frozen_key("probe_checkpoint"),
               inputs=(Input("tokenized_pool_index"), Input("documents_index"), Input("lm_tokenizer"),
                       Input("user_probe_checkpoint", when=_has_user_checkpoint))),
@@ -424,35 +433,39 @@ DECLS = [
               version="2", key_versions=_frozen_key("probe_pool"), enabled=_probes),
     AssetDecl("oracle_random", GROUP,
               "Oracle group influences of random rollouts: restore, one step per element, L_ref.",
-              compute=build_oracle_random, partitioning=SEEDS, resumable=True, inputs=_ORACLE_INPUTS, enabled=_probes,
+              compute=build_oracle_random, finite=_ORACLE_LR, partitioning=SEEDS, resumable=True,
+              inputs=_ORACLE_INPUTS, enabled=_probes,
               sections=("oracle.rollouts", "oracle.rollout_length") + PROBING_SECTIONS,
               kinds=frozenset({"pytorch", "parquet"})),
     AssetDecl("relational_model_init", GROUP,
               "DIM-init: the relational influence model trained on the random rollouts (§3.2).",
               compute=build_relational_model_init, inputs=(Input("oracle_random", "all"),) + _MODEL_INPUTS,
-              enabled=_probes,
+              enabled=_probes, finite="relational.lr",
               sections=("relational", "encoder"), kinds=_TORCH),
     AssetDecl("bootstrap_rollouts", GROUP,
               "Beam-searched rollouts toward both ends of predicted group influence (§3.3).",
-              compute=build_bootstrap_rollouts, enabled=_bootstraps,
+              compute=build_bootstrap_rollouts, finite="relational.lr", enabled=_bootstraps,
               inputs=(Input("relational_model_init"),) + _MODEL_INPUTS,
               sections=("bootstrap", "oracle.rollout_length", "relational.mode", "encoder"),
               kinds=frozenset({"parquet"})),
     AssetDecl("oracle_bootstrap", GROUP,
               "Oracle group influences of the bootstrap rollouts, split across the oracle seeds.",
               compute=build_oracle_bootstrap, partitioning=SEEDS, resumable=True, enabled=_bootstraps,
+              finite=_ORACLE_LR,
               inputs=(Input("bootstrap_rollouts"),) + _ORACLE_INPUTS,
               sections=("oracle.seeds", "oracle.rollout_length") + PROBING_SECTIONS,
               kinds=frozenset({"pytorch", "parquet"})),
     AssetDecl("relational_model", GROUP,
               "DIM-final (random + bootstrap rollouts) and the individual-only MATES model.",
-              compute=build_relational_model, version="2",
+              compute=build_relational_model, version="2", finite="relational.lr",
               inputs=(Input("oracle_random", "all", when=_probes), Input("oracle_bootstrap", "all", when=_bootstraps),
-                      Input("probe_pool", when=_probes), Input("frozen_relational_model", when=_uses_frozen_model)),
+                      Input("probe_pool", when=_probes), Input("frozen_relational_model", when=_uses_frozen_model),
+                      Input("encoder_model", when=_finetunes)),
               sections=("relational", "bootstrap.enabled", "encoder"), kinds=_TORCH),
     AssetDecl("influence_scores", GROUP, "Per-document h and s from DIM-final (and s of the individual model): zarr.",
-              compute=build_influence_scores, partitioning=SHARDS,
-              inputs=(Input("relational_model"), Input("embeddings", "same"), Input("documents", "same")),
+              compute=build_influence_scores, finite="relational.lr", partitioning=SHARDS,
+              inputs=(Input("relational_model"), Input("embeddings", "same"), Input("documents", "same"),
+                      Input("encoder_model", when=_finetunes)),
               sections=("relational.mode", "encoder"), kinds=frozenset({"zarr", "pytorch"})),
     shard_index("influence_scores", GROUP),
 ]

@@ -1,13 +1,12 @@
 """Pool stage: source files -> documents -> LM tokens and sentence-encoder embeddings, per shard."""
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ...core import sampling, sources, tokenize
-from ...core.hashing import hash_dir, stable_hash
+from ...core.hashing import cached_sha256_file, hash_dir, stable_hash
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
 from ...lazy import lazy_module
@@ -22,39 +21,35 @@ encode = lazy_module("gmates_assets.core.encode")
 GROUP = "pool"
 
 
-@lru_cache(maxsize=16)
-def _dir_hash(path: str, mtime_ns: int) -> str:
-    return hash_dir(path)
-
-
-def local_dir_identity(path: str) -> str:
-    p = Path(path)
-    return _dir_hash(str(p.resolve()), p.stat().st_mtime_ns)
-
-
 def encoder_location(loaded) -> str:
     """The encoder to load: the bundled MiniLM folder, a local folder (relative to the manifest) or a hub name."""
     model = loaded.manifest.encoder.model
     return str(encode.default_encoder_dir()) if model == BUILTIN_ENCODER else loaded.model_location(model)
 
 
-def encoder_identity(loaded, _instance=None, _graph=None) -> dict:
-    """What embeddings depend on besides text and settings: the encoder's weights."""
+def model_version(location: str, name: str, revision: str | None) -> str:
+    """The data version of a model or tokenizer: a local folder's content hash (its files' bytes, re-hashed
+    only when their stat changes), or for a hub name its pinned revision (`main` when none is pinned)."""
+    if Path(location).is_dir():
+        return hash_dir(location, file_digest=cached_sha256_file)
+    return f"{name}@{revision or 'main'}"
+
+
+def observe_encoder(loaded) -> str:
     section = loaded.manifest.encoder
-    location = encoder_location(loaded)
-    if Path(location).is_dir():
-        return {"encoder": local_dir_identity(location)}
-    return {"encoder": f"{section.model}@{section.revision or 'main'}"}
+    return model_version(encoder_location(loaded), section.model, section.revision)
 
 
-def tokenizer_identity(loaded, _instance=None, _graph=None) -> dict:
+def observe_tokenizer(loaded) -> str:
     section = loaded.manifest.tokenizer
-    if section.kind != "pretrained":
-        return {"tokenizer": "trained"}
-    location = loaded.model_location(section.name)
-    if Path(location).is_dir():
-        return {"tokenizer": local_dir_identity(location)}
-    return {"tokenizer": f"{section.name}@{section.revision or 'main'}"}
+    return model_version(loaded.model_location(section.name), section.name, section.revision)
+
+
+def _require_observed(step, source: str, version: str, setting: str) -> None:
+    """A model folder edited between observation and this step would be loaded under the old version's key."""
+    if version != step.versions[source][""]:  # an unpartitioned source
+        raise RuntimeError(f"{setting}: the model folder changed since it was observed; run `gmates sync` again "
+                           f"(it re-observes the sources first)")
 
 
 def _sample_rows(documents: list, limit: int = 3) -> dict:
@@ -96,6 +91,7 @@ def build_lm_tokenizer(step, out: Path) -> dict:
         with loading_model("tokenizer.name", section.name):
             tok = tokenize.load_lm_tokenizer(step.loaded.model_location(section.name), section.revision,
                                              section.trust_remote_code)
+        _require_observed(step, "tokenizer_model", observe_tokenizer(step.raw_loaded), "tokenizer.name")
         tok.save_pretrained(str(out))
         return {"kind": "pretrained", "name": section.name, "vocab_size": len(tok)}
     texts = _training_texts(step, section.train_docs)
@@ -123,6 +119,7 @@ def build_embeddings(step, out: Path) -> dict:
     docs = sources.read_documents_parquet(step.input("documents").file("documents.parquet"))
     model, tok = encode.load_encoder(encoder_location(step.loaded), section.revision, section.trust_remote_code,
                                      device=step.device)
+    _require_observed(step, "encoder_model", observe_encoder(step.raw_loaded), "encoder.model")
     encode.embed_documents(
         model, tok, [d.text for d in docs], max_length=section.max_length, chunk_size=section.chunk_size,
         pooling=section.pooling, batch_size=section.batch_size, out_dir=out,
@@ -148,6 +145,10 @@ def _trains_on_pool(manifest) -> bool:
     return manifest.tokenizer.kind == "train_bpe"  # a pretrained tokenizer does not read the pool
 
 
+def _pretrained_tokenizer(manifest) -> bool:
+    return manifest.tokenizer.kind == "pretrained"
+
+
 # ------------------------------------------------------------------------------------------ declarations
 DECLS = [
     AssetDecl("pool_source", GROUP, "The raw pool files of each shard, versioned by content hash (sha256).",
@@ -156,17 +157,25 @@ DECLS = [
               compute=build_documents, partitioning=SHARDS, inputs=(Input("pool_source", "same"),),
               sections=("sources.on_bad_record", "demo"), kinds=frozenset({"parquet"}), version="2"),
     shard_index("documents", GROUP),
+    AssetDecl("tokenizer_model", GROUP, "A pretrained LM tokenizer: a local folder versioned by content hash, or "
+              "a hub name by its pinned revision.", observe=observe_tokenizer, enabled=_pretrained_tokenizer,
+              sections=("tokenizer.name", "tokenizer.revision")),
     AssetDecl("lm_tokenizer", GROUP, "The LM tokenizer: a byte-level BPE trained on the pool, or any HF tokenizer.",
-              compute=build_lm_tokenizer, inputs=(Input("documents_index", when=_trains_on_pool),),
-              sections=("tokenizer", "sampling"), identity=tokenizer_identity, kinds=frozenset({"huggingface"})),
+              compute=build_lm_tokenizer,
+              inputs=(Input("documents_index", when=_trains_on_pool),
+                      Input("tokenizer_model", when=_pretrained_tokenizer)),
+              sections=("tokenizer", "sampling"), kinds=frozenset({"huggingface"})),
     AssetDecl("tokenized_pool", GROUP, "LM token ids of every document of the shard: ragged zarr (values + offsets).",
               compute=build_tokenized_pool, partitioning=SHARDS,
               inputs=(Input("documents", "same"), Input("lm_tokenizer")), sections=("tokenizer",),
               kinds=frozenset({"zarr"})),
     shard_index("tokenized_pool", GROUP),
+    AssetDecl("encoder_model", GROUP, "The sentence encoder's weights and tokenizer: a local folder (the bundled "
+              "MiniLM too) versioned by content hash, or a hub name by its pinned revision.",
+              observe=observe_encoder, sections=("encoder.model", "encoder.revision")),
     AssetDecl("embeddings", GROUP, "Sentence-encoder chunk vectors and pooled h per document (method §3.2): zarr.",
-              compute=build_embeddings, partitioning=SHARDS, inputs=(Input("documents", "same"),),
-              sections=("encoder",), identity=encoder_identity, resumable=True,
+              compute=build_embeddings, partitioning=SHARDS,
+              inputs=(Input("documents", "same"), Input("encoder_model")), sections=("encoder",), resumable=True,
               kinds=frozenset({"zarr", "pytorch"})),
     shard_index("embeddings", GROUP),
 ]

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from ...core import methods, sampling
+from ...core import methods, sampling, validation
 from ...core import selection as sel
 from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_rows
@@ -90,11 +90,22 @@ def build_cluster_assignments(step, out: Path) -> dict:
             "cluster_sizes": png_md(plots.histograms({"cluster size": sizes}, "cluster-size histogram", bins=20))}
 
 
+def check_selection_not_empty(step) -> None:
+    """The selection's budgets select at least one document (before any selection work)."""
+    members, section = _stored_members(step), step.manifest.selection
+    validation.check_selection_size(sum(len(m) for m in members), section.ratio)
+    validation.check_cluster_budgets(methods.budgets(members, _selection_config(section)), section.ratio,
+                                     max(len(m) for m in members))
+
+
 def build_selected_subset(step, out: Path) -> dict:
     method = step.partition
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out) as scratch:
         pool = _pool_scores(step, Path(scratch))
         result = methods.select(method, pool, _selection_config(step.manifest.selection), step.progress("select"))
+    if len(result) == 0:  # e.g. semantic clusters whose floor budgets are all 0: never commit an empty selection
+        raise validation.ValidationError(f"selected_subset[{method}]: the selection is empty with selection.ratio "
+                                         f"({step.manifest.selection.ratio}); raise selection.ratio")
     result.table(documents_column(step, "doc_id")[result.indices]).write_parquet(out / "selected.parquet")
     return _selection_metadata(result, pool, method)
 
@@ -146,6 +157,7 @@ DECLS = [
               compute=build_selected_subset, partitioning=METHODS,
               inputs=(Input("cluster_assignments"), Input("relational_model")) + _POOL,
               sections=("selection", "clustering"), kinds=frozenset({"parquet"}), check_fn=check_selection,
+              precheck=check_selection_not_empty,
               checks=(Check("no_duplicate_ids", "every selected doc_id appears once"),
                       Check("selection_size_exact", "the selection has exactly the budgeted number of documents"),
                       Check("ids_exist_in_documents", "every selected doc_id is a document of the pool"))),

@@ -11,6 +11,7 @@ import polars as pl
 
 from ...core.hashing import stable_hash
 from ...core.manifest import replicate_identity
+from ...core.task_files import validate_task_file
 from ...core.tokenize import load_lm_tokenizer, special_ids
 from ...lazy import lazy_module
 from ..artifacts import documents_column, pool_tokens
@@ -34,6 +35,9 @@ def observe_eval_inputs(loaded) -> str:
 
     tasks, core = eval_suite.all_tasks(loaded.manifest.eval, loaded.resolve)
     files = {task.name: sha256_file(loaded.resolve(task.path)) if task.path else "demo" for task in tasks}
+    for task in tasks:  # a bad item fails here, before any compute, not after pretraining
+        if task.path:
+            validate_task_file(loaded.resolve(task.path), files[task.name], task.kind, task.has_categories)
     return stable_hash({"tasks": files, "settings": [t.model_dump(exclude={"path"}) for t in tasks],
                         "core": core.label if core else None,
                         "heldout_text": textset_identity(loaded, "heldout_text"),
@@ -118,7 +122,7 @@ def _evaluate(step, out: Path) -> dict:
 
     section = step.manifest.eval
     model_dir = step.input("pretrained_checkpoint").path / MODEL_DIR
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
     tok = load_lm_tokenizer(str(model_dir))
     specs, core = _task_specs(step, out)
     if section.backend == "lm_eval":
@@ -179,12 +183,13 @@ DECLS = [
     AssetDecl("pretrained_checkpoint", GROUP,
               "The target LM trained on this method's selection (same token budget and seed).",
               compute=_pretrain, partitioning=METHODS, resumable=True, sections=("pretrain",),
+              finite="pretrain.optim.lr",
               inputs=(Input("selected_subset", "same"), Input("tokenized_pool_index"), Input("documents_index"),
                       Input("probe_checkpoint"), Input("lm_tokenizer")),
               kinds=frozenset({"pytorch", "huggingface"})),
     AssetDecl("eval_scores", GROUP,
               "Log-likelihood task accuracies, centered accuracy, core score and held-out perplexity.",
-              compute=_evaluate, partitioning=METHODS, version="2", identity=eval_identity,
+              compute=_evaluate, finite="pretrain.optim.lr", partitioning=METHODS, version="2", identity=eval_identity,
               inputs=(Input("pretrained_checkpoint", "same"), Input("eval_tasks")),
               sections=("eval", "demo", "sources.heldout_reference", "pretrain.seq_len"), kinds=frozenset({"json"})),
     AssetDecl("method_comparison", GROUP,

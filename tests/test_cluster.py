@@ -1,0 +1,512 @@
+"""Cluster mode as documented in docs/deployment.md: the example instance config, the executor, runs that
+build the manifest their sync named, the sensor that must not race a sync, failed-run errors, `status --plan`."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+DEPLOY_ENV = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "secret",
+              "GMATES_IMAGE": "registry.example/gmates:1", "GMATES_LOG_BUCKET": "logs"}
+
+
+# ------------------------------------------------------------------------------ item 3: deploy/dagster.yaml
+def test_deploy_dagster_yaml_passes_dagster_config_validation_with_the_cluster_integrations(monkeypatch):
+    for module in ("dagster_postgres", "dagster_k8s", "dagster_aws", "dagster_celery"):
+        pytest.importorskip(module, reason="the `cluster` extra is not installed (pip install -e '.[cluster]')")
+    import sqlalchemy
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster_postgres.utils import pg_url_from_config
+
+    for name, value in DEPLOY_ENV.items():
+        monkeypatch.setenv(name, value)
+    config, _ = dagster_instance_config(str(DEPLOY), "dagster.yaml")  # the instance schema
+    for section in ("run_coordinator", "run_launcher", "compute_logs"):  # each class's own schema
+        data = config[section]
+        klass = getattr(importlib.import_module(data["module"]), data["class"])
+        result = process_config(klass.config_type(), data.get("config") or {})
+        assert result.success, f"deploy/dagster.yaml {section} ({data['class']}): {result.errors}"
+    from dagster_postgres import DagsterPostgresStorage
+
+    result = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
+    assert result.success, result.errors
+    # the URL Dagster builds must name a driver the integration installs (psycopg2), not SQLAlchemy's default
+    sqlalchemy.create_engine(pg_url_from_config(result.value))  # imports the DBAPI; connects to nothing
+
+
+# ------------------------------------------------------------------------------ item 4 and issue 19: the executor
+def _manifest_with(tmp_path, **execution) -> Path:
+    from .pipeline import TESTS_MANIFEST
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = {**data.get("execution", {}), **execution}
+    path = tmp_path / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_execution_executor_config_configures_the_celery_executor_with_redis(tmp_path):
+    pytest.importorskip("dagster_celery", reason="the `cluster` extra is not installed")
+    from gmates_assets.defs import build_definitions
+
+    redis = {"broker": "redis://127.0.0.1:6379/0", "backend": "redis://127.0.0.1:6379/1"}
+    defs = build_definitions(_manifest_with(tmp_path, launcher="instance", executor="dagster_celery:celery_executor",
+                                            executor_config=redis))
+    executor = defs.resolve_implicit_global_asset_job_def().executor_def
+    assert executor.name == "celery"
+    resolved = executor.apply_config_mapping({})  # what every run of the job gets (sync's, the UI's, the sensor's)
+    assert resolved.success and resolved.value["config"]["broker"] == redis["broker"]
+    assert resolved.value["config"]["backend"] == redis["backend"]
+
+
+def test_executor_config_merges_with_multiprocess_max_concurrent(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    defs = build_definitions(_manifest_with(tmp_path, executor="multiprocess", max_concurrent=3,
+                                            executor_config={"retries": {"disabled": {}}}))
+    resolved = defs.resolve_implicit_global_asset_job_def().executor_def.apply_config_mapping({})
+    assert resolved.success
+    assert resolved.value["config"]["max_concurrent"] == 3 and "disabled" in resolved.value["config"]["retries"]
+
+
+def test_executor_config_that_the_executor_rejects_fails_when_the_definitions_load(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor_config.*max_concurent"):
+        build_definitions(_manifest_with(tmp_path, executor="multiprocess", executor_config={"max_concurent": 2}))
+
+
+@pytest.mark.parametrize("spec", ["os:system", "json:dumps", "gmates_assets.defs:build_definitions"])
+def test_execution_executor_accepts_only_a_dagster_executor_definition(tmp_path, spec):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor.*not a Dagster executor"):
+        build_definitions(_manifest_with(tmp_path, executor=spec))
+
+
+def test_execution_executor_names_a_module_that_is_not_installed(tmp_path):
+    from gmates_assets.defs import build_definitions
+
+    with pytest.raises(ValueError, match=r"execution\.executor.*no_such_module.*not installed"):
+        build_definitions(_manifest_with(tmp_path, executor="no_such_module:executor"))
+
+
+# ------------------------------------------------------------------------------ item 5: a failed run's error
+def test_a_failed_run_names_its_failing_step_and_the_last_line_of_its_error(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs.launch import InstanceRuns, RunFailed
+
+    @dg.asset
+    def upstream() -> int:
+        return 1
+
+    @dg.asset(deps=[upstream])
+    def broken_shard() -> None:
+        raise ValueError("shard s3.jsonl line 7: 'text' is not a string\n(check the file's field names)")
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job = dg.Definitions(assets=[upstream, broken_shard]).resolve_implicit_global_asset_job_def()
+        run_id = job.execute_in_process(instance=instance, raise_on_error=False).run_id
+        runs = InstanceRuns(instance, "m.yaml", str(tmp_path / "store"), max_concurrent=1)
+        with pytest.raises(RunFailed) as failed:
+            runs.check_finished(instance.get_run_by_id(run_id), "s3", ["broken_shard"])
+    message = str(failed.value)
+    assert run_id in message and "broken_shard[s3]" in message
+    # the exception line of the traceback, on one line
+    assert ("step broken_shard failed: ValueError: shard s3.jsonl line 7: 'text' is not a string "
+            "(check the file's field names)") in message
+    assert "dagster run logs" not in message  # no such command
+    assert "gmates ui" in message
+
+
+# ------------------------------------------------------------------------------ item 1: the sync's manifest
+def _other_manifest(build, tmp_path) -> Path:
+    data = yaml.safe_load(build.manifest.read_text())
+    data["name"] = data["name"] + "-other"
+    data["encoder"] = {**data.get("encoder", {}), "batch_size": 7}
+    other = tmp_path / "other" / "pool.yaml"
+    other.parent.mkdir()
+    other.write_text(yaml.safe_dump(data))
+    return other
+
+
+def test_a_run_submitted_for_another_manifest_fails_at_its_first_step_and_names_both(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs.launch import failure_summary
+    from gmates_assets.defs.run_manifest import manifest_tags
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())  # what the daemon's code location loaded
+    other = _other_manifest(build, tmp_path)  # what `gmates sync --manifest` named
+    with build.instance() as instance:
+        job = build.defs().resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("lm_tokenizer")],
+                                        tags=manifest_tags(str(other), other.read_text()), raise_on_error=False)
+        assert not result.success
+        summary = failure_summary(instance, result.run_id)
+        assert instance.get_latest_materialization_event(dg.AssetKey("lm_tokenizer")) is None  # nothing built
+    assert "step lm_tokenizer failed: ManifestMismatch" in summary
+    assert str(other) in summary and str(build.manifest) in summary and "GMATES_MANIFEST" in summary
+    assert not (build.store / "lm_tokenizer").exists()
+
+
+@pytest.mark.slow
+def test_runs_that_sync_creates_carry_its_manifest_and_a_run_of_the_same_manifest_passes_the_check(tmp_path,
+                                                                                                   monkeypatch):
+    from gmates_assets.core.manifest import load_manifest
+    from gmates_assets.defs.launch import InstanceRuns
+    from gmates_assets.defs.run_manifest import ManifestMismatch, check_run_manifest
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())
+    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))
+    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    with build.instance() as instance, InstanceRuns(instance, str(build.manifest), str(build.store), 1) as runs:
+        run = runs._create_run(None, ["lm_tokenizer"])
+    check_run_manifest(run.tags, load_manifest(build.manifest))  # the manifest it names: passes
+    with pytest.raises(ManifestMismatch, match="nothing was built"):
+        check_run_manifest(run.tags, load_manifest(_other_manifest(build, tmp_path)))
+
+
+class _RunsThatBuildNothing:
+    """A launcher whose runs succeed without building this manifest (what a daemon on another manifest did)."""
+
+    def __init__(self):
+        self.waves = 0
+
+    def run_all(self, groups, log, failures=None):
+        self.waves += 1
+        return [f"run-{self.waves}-{i}" for i, _ in enumerate(groups)]
+
+
+def test_sync_stops_with_an_error_when_a_wave_makes_no_progress(tmp_path):
+    from gmates_assets.defs.sync import sync
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    build = Build.create(tmp_path / "b", TESTS_MANIFEST.read_text())
+    runs = _RunsThatBuildNothing()
+    with build.instance() as instance:
+        with pytest.raises(RuntimeError, match=r"wave 1 made no progress.*documents\[shard-000\]"):
+            sync(build.defs(), instance, select=["lm_tokenizer"], runs=runs)
+    assert runs.waves == 1
+
+
+# ------------------------------------------------------------------------------ item 2: sensor vs sync
+def test_the_automation_sensor_is_off_by_default_when_sync_submits_runs_through_the_instance(tmp_path):
+    import dagster as dg
+
+    from gmates_assets.defs import build_definitions
+
+    def sensor_default(**execution):
+        manifest = _manifest_with(tmp_path / execution.get("launcher", "default"), **execution)
+        return build_definitions(manifest).get_sensor_def("gmates_automation").default_status
+
+    (tmp_path / "instance").mkdir()
+    (tmp_path / "default").mkdir()
+    assert sensor_default(launcher="instance") == dg.DefaultSensorStatus.STOPPED  # the daemon only dequeues
+    assert sensor_default() == dg.DefaultSensorStatus.RUNNING  # `gmates ui`: the sensor rebuilds after a reload
+
+
+@pytest.mark.slow
+def test_an_instance_sync_refuses_to_start_runs_while_the_automation_sensor_is_on(tmp_path, monkeypatch):
+    import time
+
+    from dagster._core.scheduler.instigation import InstigatorStatus, TickData, TickStatus
+
+    from gmates_assets.defs.launch import InstanceRuns, SensorRace
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = {"launcher": "instance", "max_concurrent": 1}  # the sensor is off by default
+    build = Build.create(tmp_path / "b", yaml.safe_dump(data))
+    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))
+    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    with build.instance() as instance, InstanceRuns(instance, str(build.manifest), str(build.store), 1) as runs:
+        sensor = runs.repository.get_sensor("gmates_automation")
+        instance.start_sensor(sensor)  # someone turned it on in the UI: the daemon would race the sync
+        with pytest.raises(SensorRace, match=r"gmates_automation.*(UI|dagster sensor stop)"):
+            runs.run_all([(None, ["lm_tokenizer"])], log=print)
+        assert instance.get_runs() == []  # refused before creating a run
+        instance.stop_sensor(sensor.get_remote_origin_id(), sensor.selector_id, sensor)
+        runs.check_no_sensor_race()  # stopped: the sync may go on
+        # on by default (declared in code) and ticking: also a race
+        state = instance.get_instigator_state(sensor.get_remote_origin_id(), sensor.selector_id)
+        instance.update_instigator_state(state.with_status(InstigatorStatus.DECLARED_IN_CODE))
+        instance.create_tick(TickData(instigator_origin_id=sensor.get_remote_origin_id(), instigator_name=sensor.name,
+                                      instigator_type=state.instigator_type, status=TickStatus.SKIPPED,
+                                      timestamp=time.time(), selector_id=sensor.selector_id))
+        with pytest.raises(SensorRace, match="ticked"):
+            runs.check_no_sensor_race()
+
+
+# ------------------------------------------------------------------------------ item 7: status --plan
+def _jsonl_build(tmp_path):
+    import json
+
+    from .pipeline import TESTS_MANIFEST, Build
+
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["sources"] = {"shards": [{"name": f"s{i}", "format": "jsonl", "paths": [f"s{i}.jsonl"]} for i in range(2)],
+                       "reference": {"format": "demo"}, "heldout_reference": {"format": "demo"}}
+    build = Build.create(tmp_path / "b", yaml.safe_dump(data))
+    for i in range(2):
+        (build.root / f"s{i}.jsonl").write_text("".join(json.dumps({"text": f"doc {j} of shard {i}"}) + "\n"
+                                                        for j in range(4)))
+    return build
+
+
+@pytest.mark.slow
+def test_status_plan_lists_what_a_sync_would_rebuild_at_most_after_a_one_document_edit(tmp_path, build_env, capsys):
+    import json
+
+    from gmates_assets.cli import main
+
+    from .pipeline import assets_of
+
+    build = _jsonl_build(tmp_path)
+    built = {"documents", "embeddings", "documents_index", "embeddings_index"}
+    assert assets_of(build.sync(select=["embeddings_index", "documents_index"]).executed) == built
+    lines = (build.root / "s1.jsonl").read_text().splitlines()
+    (build.root / "s1.jsonl").write_text("\n".join([json.dumps({"text": "an edited document"})] + lines[1:]) + "\n")
+    build_env(build)
+    assert main(["status", "--manifest", str(build.manifest), "--json"]) == 0
+    now = {(s["asset"], s["partition"]) for s in json.loads(capsys.readouterr().out)
+           if s["status"] != "fresh" and s["asset"] in built}
+    assert now == {("documents", "s1")}  # what status alone says: one stale partition
+
+    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan", "--json"]) == 0
+    plan = {(s["asset"], s["partition"]): s for s in json.loads(capsys.readouterr().out)}
+    assert plan[("documents", "s1")]["status"] == "stale"
+    for item in [("embeddings", "s1"), ("documents_index", None), ("embeddings_index", None)]:
+        assert plan[item]["status"] == "downstream" and "documents[s1]" in plan[item]["causes"][0], item
+    assert ("documents", "s0") not in plan and ("embeddings", "s0") not in plan
+    assert plan[("dataset_release", None)]["status"] == "missing"  # never built: a sync builds it too
+    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan"]) == 0
+    text = capsys.readouterr().out
+    assert f"a sync rebuilds at most {len(plan)} " in text and "1 stale and " in text
+
+    rebuilt = build.sync(select=["embeddings_index", "documents_index"]).executed  # the plan is an upper bound of the sync
+    assert set(rebuilt) <= set(plan) and ("documents", "s1") in rebuilt
+
+
+# ------------------------------------------------------------------------------ real components: Postgres + daemon
+def _postgres_binaries() -> Optional[tuple[str, str]]:
+    import glob
+    import shutil
+
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        initdb, pg_ctl = shutil.which("initdb", path=folder), shutil.which("pg_ctl", path=folder)
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_server():
+    """A throwaway Postgres on 127.0.0.1 (user `dagster`, trust auth, database `dagster`); skips without one."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("no Postgres server binaries (initdb, pg_ctl) on this machine")
+    pytest.importorskip("dagster_postgres", reason="the `cluster` extra is not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the `postgres` system user
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser")
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root = Path(tempfile.mkdtemp(prefix="gmates-pg-"))
+    root.chmod(0o777)
+    port = _free_port()
+    initdb, pg_ctl = binaries
+    run = dict(check=True, capture_output=True, cwd=root)
+    subprocess.run([*as_user, initdb, "-D", str(root / "data"), "-A", "trust", "-U", "dagster"], **run)
+    subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], **run)
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE dagster")
+        connection.close()
+        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster"}
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True,
+                       cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A throwaway redis-server on 127.0.0.1 for the Celery broker and backend; None without the binary."""
+    import shutil
+    import subprocess
+    import time
+
+    binary = shutil.which("redis-server")
+    if binary is None or importlib.util.find_spec("dagster_celery") is None:
+        yield None
+        return
+    port = _free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.2)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def _stop_group(process) -> None:
+    """Stop a process this test started in its own session, then whatever of its group outlived it (the code
+    servers it spawned)."""
+    import signal
+    import subprocess
+
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children left in the group after the leader exited
+    except ProcessLookupError:
+        pass
+
+
+def _cluster_home(tmp_path: Path, pg: dict) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    config = {"telemetry": {"enabled": False},
+              "storage": {"postgres": {"postgres_db": {**pg, "password": "", "scheme": "postgresql+psycopg2"}}},
+              "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
+                                  "config": {"max_concurrent_runs": 2}}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+@pytest.mark.slow
+def test_real_postgres_daemon_and_celery_sync_builds_its_manifest_and_stops_on_another(tmp_path, postgres_server,
+                                                                                       redis_url):
+    """The documented path with real components: Postgres storage, `dagster-daemon` dequeuing the sync's runs
+    (default launcher), steps on a Celery worker through Redis (when redis-server is installed), no sensor runs
+    racing them; a sync for a manifest the daemon did not load fails fast."""
+    import subprocess
+    import time
+
+    import dagster as dg
+
+    build = _jsonl_build(tmp_path)
+    data = yaml.safe_load(build.manifest.read_text())
+    data["execution"] = {"launcher": "instance", "max_concurrent": 2}
+    celery = {"broker": f"{redis_url}/0", "backend": f"{redis_url}/1"} if redis_url else None
+    if celery:
+        data["execution"].update(executor="dagster_celery:celery_executor", executor_config=celery)
+        (tmp_path / "celery.yaml").write_text(yaml.safe_dump({"execution": {"config": celery}}))
+    build.manifest.write_text(yaml.safe_dump(data))
+    other = yaml.safe_load(build.manifest.read_text())  # another pool under the same shard names
+    other["sources"]["shards"] = [{"name": f"s{i}", "format": "jsonl", "paths": [f"t{i}.jsonl"]} for i in range(2)]
+    for i in range(2):
+        (build.root / f"t{i}.jsonl").write_text(f'{{"text": "another document {i}"}}\n')
+    (build.root / "other.yaml").write_text(yaml.safe_dump(other))
+    home = _cluster_home(tmp_path, postgres_server)
+    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
+        "module_name": "gmates_assets.code_location", "location_name": "gmates", "working_directory": str(REPO)}}]}))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "GMATES_HOME": str(build.store), "PYTHONPATH": str(REPO),
+           "GMATES_MANIFEST": str(build.manifest), "GMATES_AUTOMATION_INTERVAL_S": "2", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # `celery` for the workers
+    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                               str(tmp_path / "workspace.yaml")], env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    workers = None
+    if celery:
+        workers = subprocess.Popen([str(Path(sys.executable).parent / "dagster-celery"), "worker", "start",
+                                    "-A", "dagster_celery.app", "-y", str(tmp_path / "celery.yaml")], env=env, cwd=tmp_path, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "celery.log", "w"))
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.monotonic() + 90
+            while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
+                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(1)
+
+            def gmates_sync(manifest: Path) -> subprocess.CompletedProcess:
+                command = [sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest), "--select",
+                           "documents"]
+                with subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True) as sync:
+                    try:
+                        out, err = sync.communicate(timeout=150)
+                    except subprocess.TimeoutExpired:
+                        _stop_group(sync)  # with its code server
+                        raise
+                return subprocess.CompletedProcess(command, sync.returncode, out, err)
+
+            done = gmates_sync(build.manifest)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+            time.sleep(5)  # two sensor intervals: a sensor that were on would have requested the missing assets
+            runs = instance.get_runs()
+            launched = [r for r in runs if r.tags.get("gmates/launched_by") == "gmates sync"]
+            assert {r.tags.get("dagster/partition") for r in launched} == {"s0", "s1"}
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in launched)
+            assert not [r for r in runs if r.tags.get("dagster/sensor_name")]  # no sensor runs raced the sync
+            if celery:  # the steps ran as Celery tasks (the run worker only submitted them)
+                messages = [e.message or "" for r in launched for e in instance.all_logs(r.run_id)]
+                assert any("celery" in m.lower() for m in messages), messages[:20]
+
+            started = time.monotonic()
+            done = gmates_sync(build.root / "other.yaml")
+            assert done.returncode == 2 and "ManifestMismatch" in done.stderr and "other.yaml" in done.stderr
+            assert time.monotonic() - started < 120  # one failed wave, not wave after wave
+    finally:
+        for process in (daemon, workers):
+            if process is not None:
+                _stop_group(process)
