@@ -40,7 +40,7 @@ $(SERVICES):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server
 
 test: $(STAMP) $(CHROMIUM) $(SERVICES)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 ui: $(STAMP)
 	$(BIN)/gmates ui --manifest $(DEMO)

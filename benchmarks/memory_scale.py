@@ -138,7 +138,13 @@ def generate(root: Path, n_docs: int, docs_per_shard: int, dim: int, docs_per_cl
                 group.create_array(name, shape=array.shape, dtype=array.dtype,
                                    chunks=(min(4096, array.shape[0]),) + array.shape[1:])[...] = array
         bench.commit(bench.step("influence_scores", shard), write_scores, rows=size)
-    for asset in ("documents", "tokenized_pool", "influence_scores"):
+
+        def write_embeddings(step, out, size=size):  # real shapes; never-written chunks take no disk
+            from gmates_assets.core.encode import EMBED_BLOCK_DOCS, EMBEDDINGS_NAME, _create_group
+
+            _create_group(out / EMBEDDINGS_NAME, size, 2, dim, EMBED_BLOCK_DOCS, {"dim": dim, "n_chunks": 2})
+        bench.commit(bench.step("embeddings", shard), write_embeddings, rows=size)
+    for asset in ("documents", "tokenized_pool", "influence_scores", "embeddings"):
         bench.commit(bench.step(f"{asset}_index", None), write_shard_index)
 
 

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from .core.manifest import DEFAULT_MANIFEST
+from .interrupts import InterruptWatch
 
 
 def ensure_dagster_home() -> Path:
@@ -56,10 +57,11 @@ def _runs(defs, instance, manifest: str):
     if execution.launcher == "instance":
         return InstanceRuns(instance, str(Path(manifest).resolve()), str(gm.store().root), execution.max_concurrent,
                             execution.gpus)
-    return InProcessRuns(defs, instance)
+    return InProcessRuns(defs, instance, after_run=_interrupts.check)
 
 
 _activity: list[str] = []  # what the command is doing now, for the line an interrupt prints
+_interrupts = InterruptWatch()  # entered by main(): an interrupt stops a sync even if a callback swallowed it
 
 
 def _log_progress(message: str) -> None:
@@ -307,7 +309,8 @@ def main(argv=None) -> int:
     else:
         warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     try:
-        return args.func(args)
+        with _interrupts:
+            return args.func(args)
     except (KeyboardInterrupt, _execution_interrupted()) as exc:  # BaseExceptions: Ctrl-C, or SIGTERM in a run
         if verbose:
             traceback.print_exception(exc)

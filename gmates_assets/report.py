@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -32,17 +33,83 @@ class Run:
         return (self.artifact.path / RECORD_FILE).stat().st_mtime
 
 
-def find_runs(store: ArtifactStore, manifest: Manifest) -> dict[str, list[Run]]:
-    """method -> runs of this manifest's configuration, one per seed setting (the newest), in seed order."""
+class BuiltBy:
+    """Whether an artifact was built entirely by one configuration: its code version is that configuration's
+    and so, recursively, is that of some stored artifact with each input's content hash. An eval_scores built
+    from another manifest's checkpoint (a sensor whose Definitions saw another sync's materializations) records
+    this manifest's configuration in its provenance, but its checkpoint's lineage gives it away. Observed
+    sources (assets without a code version here) are data, not configuration, and are not followed."""
+
+    def __init__(self, store: ArtifactStore, code_versions: Mapping[str, str]):
+        self.store, self.code_versions = store, dict(code_versions)
+        self._memo: dict[tuple[str, str], bool] = {}
+        self._by_content: dict[str, dict[str, list[Artifact]]] = {}
+
+    def __call__(self, artifact: Artifact) -> bool:
+        key = (artifact.asset, artifact.input_key)
+        if key not in self._memo:
+            self._memo[key] = False  # a cycle (impossible in a DAG) never counts as a match
+            self._memo[key] = self._check(artifact)
+        return self._memo[key]
+
+    def _check(self, artifact: Artifact) -> bool:
+        if artifact.record.get("code_version") != self.code_versions.get(artifact.asset):
+            return False
+        for asset, by_partition in (artifact.record.get("inputs") or {}).items():
+            if asset not in self.code_versions:
+                continue
+            for version in by_partition.values():
+                if not any(self(found) for found in self._with_content(asset, version)):
+                    return False
+        return True
+
+    def _with_content(self, asset: str, content_hash: str) -> list[Artifact]:
+        if asset not in self._by_content:
+            grouped: dict[str, list[Artifact]] = {}
+            for found in self.store.artifacts(asset):
+                grouped.setdefault(found.content_hash, []).append(found)
+            self._by_content[asset] = grouped
+        return self._by_content[asset].get(content_hash, [])
+
+
+def manifest_code_versions(manifest: Manifest) -> dict[str, str]:
+    """asset -> code version, for every built (not observed) asset of a manifest."""
+    from .defs.assets import DECLARATIONS
+    from .defs.graph import AssetGraph
+
+    graph = AssetGraph(manifest, DECLARATIONS)
+    return {name: graph.code_version(name) for name, decl in graph.decls.items() if not decl.is_source}
+
+
+def with_seeds(manifest: Manifest, seeds: Mapping[str, Any]) -> Manifest:
+    """The manifest of one replicate: its seed settings (`replicate_identity(...)["seeds"]`) put back."""
+    for dotted, value in seeds.items():
+        section, name = dotted.split(".")
+        manifest = manifest.model_copy(update={section: getattr(manifest, section).model_copy(update={name: value})})
+    return manifest
+
+
+def find_runs(store: ArtifactStore, manifest: Manifest, check_lineage: bool = False) -> dict[str, list[Run]]:
+    """method -> runs of this manifest's configuration, one per seed setting (the newest), in seed order.
+    `check_lineage`: leave out scores whose lineage is not entirely this configuration's at their seeds
+    (BuiltBy); their provenance alone cannot tell."""
     configuration = replicate_identity(manifest)["configuration"]
     newest: dict[tuple[str, str], Run] = {}
+    built_by: dict[str, BuiltBy] = {}  # per seed setting
     for artifact in store.artifacts("eval_scores"):
         path = artifact.file(SCORES_FILE)
         scores = json.loads(path.read_text()) if path.is_file() else {}
         provenance = scores.get("provenance") or {}
         if provenance.get("configuration") != configuration:
             continue
-        key = (provenance["method"], json.dumps(provenance["seeds"], sort_keys=True))
+        seeds = json.dumps(provenance["seeds"], sort_keys=True)
+        if check_lineage:
+            if seeds not in built_by:
+                replicate = with_seeds(manifest, provenance["seeds"])
+                built_by[seeds] = BuiltBy(store, manifest_code_versions(replicate))
+            if not built_by[seeds](artifact):
+                continue
+        key = (provenance["method"], seeds)
         run = Run(artifact, scores)
         if key not in newest or run.built_at > newest[key].built_at:
             newest[key] = run
@@ -99,8 +166,9 @@ def comparison_plots(store: ArtifactStore, runs: dict[str, list[Run]]) -> list[P
     return plots
 
 
-def build_report(store: ArtifactStore, manifest: Manifest) -> dict[str, Any]:
-    runs = find_runs(store, manifest)
+def build_report(store: ArtifactStore, manifest: Manifest, check_lineage: bool = True) -> dict[str, Any]:
+    """The comparison of the manifest's builds; only scores built entirely by its configuration (find_runs)."""
+    runs = find_runs(store, manifest, check_lineage)
     summary = summarize(runs)
     first = next((r.scores for method_runs in runs.values() for r in method_runs), {})
     return {"manifest": manifest.name, "core_version": first.get("core_version"), "methods": summary,

@@ -289,7 +289,7 @@ def test_status_plan_lists_what_a_sync_would_rebuild_at_most_after_a_one_documen
            if s["status"] != "fresh" and s["asset"] in built}
     assert now == {("documents", "s1")}  # what status alone says: one stale partition
 
-    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan", "--json"]) == 0
+    assert main(["status", "--manifest", str(build.manifest), "--plan", "--json"]) == 0
     plan = {(s["asset"], s["partition"]): s for s in json.loads(capsys.readouterr().out)}
     assert plan[("documents", "s1")]["status"] == "stale"
     for item in [("embeddings", "s1"), ("documents_index", None), ("embeddings_index", None)]:

@@ -10,7 +10,7 @@ import pytest
 from gmates_assets.cli import main
 from gmates_assets.core.manifest import load_manifest, replicate_identity
 from gmates_assets.core.store import ArtifactStore
-from gmates_assets.report import build_report, format_report
+from gmates_assets.report import build_report, format_report, manifest_code_versions
 
 TESTS_MANIFEST = Path(__file__).resolve().parents[1] / "data_manifests" / "tests.yaml"
 
@@ -35,6 +35,11 @@ def _put(store: ArtifactStore, asset: str, key: str, files: dict[str, bytes], pa
     return store.get(asset, key)
 
 
+def _built_by(manifest) -> dict:
+    """The record of scores built by this replicate's configuration (a top-level step: no input artifacts)."""
+    return {"code_version": manifest_code_versions(manifest)["eval_scores"], "inputs": {}}
+
+
 @pytest.fixture
 def store(tmp_path):
     manifest = load_manifest(TESTS_MANIFEST).manifest
@@ -48,11 +53,11 @@ def store(tmp_path):
     for (method, seed), (core, ppl) in figures.items():
         art = _put(store, "eval_scores", f"{method}-{seed}",
                    {"scores.json": json.dumps(_scores(_with_seed(manifest, seed), method, core, ppl)).encode()},
-                   method)
+                   method, record=_built_by(_with_seed(manifest, seed)))
         hashes.setdefault(seed, {})[method] = art.content_hash
     # an older build of the same seed setting (e.g. before a code change): the newest one counts
     _put(store, "eval_scores", "random-0-old", {"scores.json": json.dumps(
-        _scores(_with_seed(manifest, 0), "random", 0.5, 99.0)).encode()}, "random")
+        _scores(_with_seed(manifest, 0), "random", 0.5, 99.0)).encode()}, "random", record=_built_by(manifest))
     os.utime(store.get("eval_scores", "random-0-old").path / "_artifact.json", (1, 1))
     # another configuration (more pretraining steps) must not be mixed in
     _put(store, "eval_scores", "other", {"scores.json": json.dumps(

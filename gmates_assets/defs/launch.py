@@ -68,9 +68,11 @@ def _describe(partition: Optional[str], assets: Sequence[str]) -> str:
 class InProcessRuns:
     """One run after another in this process."""
 
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance):
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance,
+                 after_run: Callable[[], None] = lambda: None):
         self.job = defs.resolve_implicit_global_asset_job_def()
         self.instance = instance
+        self.after_run = after_run  # e.g. InterruptWatch.check: stop after a run that an interrupt reached
 
     def __enter__(self) -> InProcessRuns:
         return self
@@ -92,8 +94,10 @@ class InProcessRuns:
                 if failures is None:
                     raise
                 failures.append(((partition, assets), err))
+                self.after_run()
                 continue
             run_ids.append(result.run_id)
+            self.after_run()
         return run_ids
 
 
