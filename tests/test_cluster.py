@@ -296,7 +296,7 @@ def test_status_plan_lists_what_a_sync_would_rebuild_at_most_after_a_one_documen
         assert plan[item]["status"] == "downstream" and "documents[s1]" in plan[item]["causes"][0], item
     assert ("documents", "s0") not in plan and ("embeddings", "s0") not in plan
     assert plan[("dataset_release", None)]["status"] == "missing"  # never built: a sync builds it too
-    assert main(["status", "--manifest", str(build.manifest), "--no-observe", "--plan"]) == 0
+    assert main(["status", "--manifest", str(build.manifest), "--plan"]) == 0
     text = capsys.readouterr().out
     assert f"a sync rebuilds at most {len(plan)} " in text and "1 stale and " in text
 
