@@ -54,20 +54,21 @@ def program() -> str:
     return sys.argv[0] if Path(sys.argv[0]).name == "gmates" else "gmates"
 
 
-def release_lines(defs: dg.Definitions, instance: dg.DagsterInstance, command: str) -> list[str]:
-    """Where the latest dataset_release is, and one line each to export and to load it."""
-    event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
-    store = gmates_store(defs)
-    if event is None or store is None:
+def release_lines(defs: dg.Definitions, instance: dg.DagsterInstance, command: str, manifest_path: str) -> list[str]:
+    """Where this manifest's dataset_release is (never whatever was built last on the home), and one line each to
+    export and to load it."""
+    from .defs.current import NotCurrent, current_artifact
+
+    try:
+        artifact = current_artifact(defs, instance, "dataset_release", manifest_path, observe=False)
+    except NotCurrent:
         return []
-    metadata = event.asset_materialization.metadata
-    artifact = store.require_by_content("dataset_release", metadata["content_hash"].value)
-    rows = metadata["dagster/row_count"].value if "dagster/row_count" in metadata else None
-    shards = metadata["shards"].value if "shards" in metadata else None
+    metadata = artifact.record.get("metadata", {})
+    rows, shards = metadata.get("dagster/row_count"), metadata.get("shards")
     what = f"{rows:,} documents" if rows is not None else "documents"
     what += f" in {shards} parquet shard{'' if shards == 1 else 's'}" if shards is not None else " as parquet"
     return [f"release: {display_path(artifact.location)}/release  ({what}, manifest.json, dataset card)",
-            f"export:  {command} release export out/   (a verified copy of the release)",
+            f"export:  {command} release export out/ --manifest {manifest_path}   (a verified copy of the release)",
             'load:    datasets.load_dataset("parquet", data_dir="out/data")  or  '
             'polars.read_parquet("out/data/*.parquet")']
 
@@ -86,7 +87,7 @@ def closing_notes(defs: dg.Definitions, instance: dg.DagsterInstance, manifest_p
         report = build_report(gmates_store(defs), load_manifest(manifest_path).manifest)
         lines += [format_report(report), ""]
     if "dataset_release" in assets:
-        lines += release_lines(defs, instance, command)
+        lines += release_lines(defs, instance, command, manifest_path)
     if not lines:
         return None
     return "\n".join([*lines, f"UI:      {command} ui --manifest {manifest_path}   then open {UI_URL}",

@@ -56,7 +56,7 @@ def _expected_tail(build) -> list[str]:
     report = format_report(build_report(ArtifactStore(build.store), load_manifest(build.manifest).manifest))
     return ["", *report.splitlines(), "",
             "<release line>",
-            "export:  gmates release export out/   (a verified copy of the release)",
+            f"export:  gmates release export out/ --manifest {build.manifest}   (a verified copy of the release)",
             'load:    datasets.load_dataset("parquet", data_dir="out/data")  or  '
             'polars.read_parquet("out/data/*.parquet")',
             f"UI:      gmates ui --manifest {build.manifest}   then open http://127.0.0.1:3000",

@@ -19,14 +19,17 @@ class NotCurrent(RuntimeError):
     pass
 
 
-def current_artifact(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, manifest: str) -> Artifact:
+def current_artifact(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, manifest: str,
+                     observe: bool = True) -> Artifact:
     """The stored, verified artifact of `asset` built from exactly what `manifest` builds now; NotCurrent (with
-    what is not fresh) when it is stale or was never built."""
+    what is not fresh) when it is stale or was never built. `observe=False`: the sources' current hashes are
+    compared in memory (read-only, as `gmates status`), e.g. right after a sync that observed them."""
     gm = defs.resources["gmates"]
     loaded, store = gm.manifest(), gm.store()
     graph = graph_for(loaded)
     needed = graph.ancestors(asset) | {asset}
-    behind = [s for s in asset_statuses(defs, instance, needed, observe=True) if s.status != FRESH]
+    behind = [s for s in asset_statuses(defs, instance, needed, observe=observe, current_sources=not observe)
+              if s.status != FRESH]
     upstream = [s for s in behind if s.asset != asset]
     artifact = None
     if not upstream:
