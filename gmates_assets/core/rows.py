@@ -27,12 +27,17 @@ class ShardLayout:
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.n = int(self.sizes.sum())
 
-    def locate(self, global_index: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """[(shard, positions in the request, rows within the shard)] for global indices in [0, n)."""
+    def shard_of(self, global_index: np.ndarray) -> np.ndarray:
+        """The shard number of each global index in [0, n)."""
         index = np.asarray(global_index, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= self.n):
             raise IndexError(f"document index out of range [0, {self.n})")
-        shard_of = np.searchsorted(self.starts, index, side="right") - 1
+        return np.searchsorted(self.starts, index, side="right") - 1
+
+    def locate(self, global_index: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """[(shard, positions in the request, rows within the shard)] for global indices in [0, n)."""
+        index = np.asarray(global_index, dtype=np.int64).reshape(-1)
+        shard_of = self.shard_of(index)
         # One stable sort groups the request by shard: O(n log n) however many shards the pool has.
         order = np.argsort(shard_of, kind="stable")
         shards, first = np.unique(shard_of[order], return_index=True)

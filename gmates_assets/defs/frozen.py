@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-import numpy as np
 import polars as pl
 
 from ..core.store import Artifact, ArtifactStore
@@ -66,10 +65,3 @@ def frozen_key_versions(loaded, instance, store: ArtifactStore, asset: str, vers
         if any(now_hashes.get(shard) != then_hashes.get(shard) for shard in used):
             return versions  # a frozen document's shard changed: build again (from the same ids)
     return {**versions, **{name: then[name] for name in indexes}}
-
-
-def shard_of_rows(shard_rows: dict[str, int], global_index: np.ndarray) -> list[str]:
-    """The shard name of each global document index (shards in pool order with their row counts)."""
-    names = list(shard_rows)
-    ends = np.cumsum([shard_rows[n] for n in names])
-    return [names[i] for i in np.searchsorted(ends, np.asarray(global_index), side="right")]

@@ -63,8 +63,7 @@ def rebuild_plan(defs: dg.Definitions, instance: dg.DagsterInstance,
             for child_partition in _child_partitions(graph, parent, partition, child, keys_of):
                 item = (child.to_user_string(), child_partition)
                 if item not in reached and item in known:
-                    reached[item] = (asset, partition) if reached[(asset, partition)] is None \
-                        else reached[(asset, partition)]
+                    reached[item] = reached[(asset, partition)] or (asset, partition)  # the not-fresh origin
                     todo.append(item)
     plan = []
     for status in statuses:

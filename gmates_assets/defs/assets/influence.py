@@ -13,11 +13,12 @@ from safetensors.numpy import load_file, save_file
 
 from ...core import sampling, validation
 from ...core.hashing import hash_dir
+from ...core.rows import ShardLayout
 from ...core.tokenize import load_lm_tokenizer, special_ids
 from ...lazy import lazy_module
 from ..artifacts import documents_column, gather_embeddings, pool_tokens, zarr_group
 from ..declare import SEEDS, SHARDS, AssetDecl, Input
-from ..frozen import frozen_key_versions, is_frozen, previous_docs, shard_of_rows, write_frozen_docs
+from ..frozen import frozen_key_versions, is_frozen, previous_docs, write_frozen_docs
 from ..graph import seed_from_key
 from ..runtime import png_md
 from ..wiring import reference_examples, textset_identity
@@ -118,8 +119,9 @@ def _pool_sample(step, positions: np.ndarray, size: int | None, purpose: str, se
 
 
 def _write_read_docs(step, out: Path, rows: np.ndarray) -> None:
-    write_frozen_docs(out, shard_of_rows(step.shard_rows("documents"), rows),
-                      documents_column(step, "doc_id")[rows].to_list())
+    shard_rows = step.shard_rows("documents")
+    names, layout = list(shard_rows), ShardLayout(list(shard_rows.values()))
+    write_frozen_docs(out, [names[s] for s in layout.shard_of(rows)], documents_column(step, "doc_id")[rows].to_list())
 
 
 def _shard_features(step) -> dict[str, np.ndarray]:
