@@ -75,8 +75,8 @@ budget() {  # seconds for one part; GPU_CHECK_BUDGET_<PART> overrides
   local name="GPU_CHECK_BUDGET_${1^^}"
   local default
   case "$1" in
-    embeddings) default=75 ;; oracle) default=110 ;; selection) default=75 ;; torchrun) default=60 ;;
-    end_to_end) default=120 ;; *) default=60 ;;
+    embeddings) default=75 ;; oracle) default=110 ;; selection) default=75 ;; torchrun) default=75 ;;
+    end_to_end) default=105 ;; *) default=60 ;;
   esac
   [ -n "$SMOKE" ] && default=120
   echo "${!name:-$default}"
