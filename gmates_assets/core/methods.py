@@ -72,6 +72,15 @@ class SelectionConfig:
     seed: int = 0  # random and MATES-Gumbel only
     global_greedy_max_docs: int = 20000
     workers: int = 1
+    device: Optional[str] = None  # the step's execution device (auto | cpu | cuda | cuda:N); never changes a pick
+
+
+def greedy_device(setting: Optional[str]) -> Optional[str]:
+    """The step's device setting as group_greedy_select takes it: auto -> None (CUDA when present, else numpy),
+    cpu -> numpy (the fast CPU path; its "cpu" is the torch loop), cuda[:N] -> that GPU."""
+    if setting is None or setting == "auto":
+        return None
+    return "numpy" if setting == "cpu" else setting
 
 
 def budgets(members: list[np.ndarray], config: SelectionConfig, total: Optional[int] = None) -> np.ndarray:
@@ -118,7 +127,8 @@ def select(name: str, pool: PoolScores, config: SelectionConfig, progress: Progr
 def _group_greedy(pool: PoolScores, members: list[np.ndarray], cluster_budgets: np.ndarray,
                   config: SelectionConfig, progress: ProgressFn) -> sel.SelectionResult:
     return sel.group_greedy_by_cluster(pool.h, pool.s, members, cluster_budgets, pool.tau, pool.alpha,
-                                       scratch_dir=pool.scratch_dir, workers=config.workers, progress=progress)
+                                       scratch_dir=pool.scratch_dir, workers=config.workers,
+                                       device=greedy_device(config.device), progress=progress)
 
 
 @method("group_mates")
@@ -140,7 +150,7 @@ def _no_relation(pool: PoolScores, config: SelectionConfig, n_select: int, progr
 @method("no_clustering")
 def _no_clustering(pool: PoolScores, config: SelectionConfig, n_select: int, progress: ProgressFn):
     return sel.global_greedy_select(pool.h, pool.s, n_select, pool.tau, pool.alpha,
-                                    max_docs=config.global_greedy_max_docs)
+                                    max_docs=config.global_greedy_max_docs, device=greedy_device(config.device))
 
 
 @method("mates")

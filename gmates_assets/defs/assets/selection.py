@@ -25,11 +25,11 @@ def _cluster_config(section) -> methods.ClusterConfig:
                                  section.subsample, section.member_order)
 
 
-def _selection_config(section) -> methods.SelectionConfig:
+def _selection_config(section, device: str | None = None) -> methods.SelectionConfig:
     return methods.SelectionConfig(
         ratio=section.ratio, budget_rounding=section.budget_rounding, mates_gumbel=section.mates_gumbel,
         mates_tau=section.mates_tau, seed=section.seed, global_greedy_max_docs=section.global_greedy_max_docs,
-        workers=section.workers)
+        workers=section.workers, device=device)
 
 
 def _stored_members(step) -> list[np.ndarray]:
@@ -102,7 +102,8 @@ def build_selected_subset(step, out: Path) -> dict:
     method = step.partition
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out) as scratch:
         pool = _pool_scores(step, Path(scratch))
-        result = methods.select(method, pool, _selection_config(step.manifest.selection), step.progress("select"))
+        config = _selection_config(step.manifest.selection, step.device)  # the run's GPU, or execution.device
+        result = methods.select(method, pool, config, step.progress("select"))
     if len(result) == 0:  # e.g. semantic clusters whose floor budgets are all 0: never commit an empty selection
         raise validation.ValidationError(f"selected_subset[{method}]: the selection is empty with selection.ratio "
                                          f"({step.manifest.selection.ratio}); raise selection.ratio")
