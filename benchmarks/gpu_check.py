@@ -61,6 +61,8 @@ sys.path.insert(0, str(ROOT))
 PARTS = ("embeddings", "oracle", "selection", "torchrun", "end_to_end")
 FIGURES_FORMAT = "gmates-gpu-figures-v1"
 E2E_DOCS = 100_000
+REFERENCE_BOX_S = {"smoke": 5.0, "full": 30.0}  # the reference loop's time box; extrapolated when cut
+TORCHRUN_STEPS = {"smoke": (2,), "full": (4, 40)}  # a short and a long job: their difference is the training rate
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -323,7 +325,7 @@ def part_selection(args, device: torch.device, work: Path) -> dict:
     from gmates_assets.core import selection as sel
 
     n, d, k = (3000, 16, 6) if args.smoke else (100_000, 768, 64)
-    reference_box_s = 5.0 if args.smoke else 30.0
+    reference_box_s = REFERENCE_BOX_S["smoke" if args.smoke else "full"]
     h, label, s = synthetic_pool(n, d, k, seed=1234)
     members = [np.flatnonzero(label == c) for c in range(k)]
     budgets = sel.cluster_budgets(np.array([m.size for m in members]), 0.5)
@@ -421,7 +423,8 @@ def part_torchrun(args, device: torch.device, work: Path) -> dict:
 
     tiny = args.smoke
     arch = probe_arch(tiny)
-    lengths, batch, precision = ((1, 3), 2, "fp32") if tiny else ((4, 40), 16, "bf16")
+    lengths = TORCHRUN_STEPS["smoke" if tiny else "full"]
+    batch, precision = (2, "fp32") if tiny else (16, "bf16")
     rng = np.random.default_rng(0)
     docs = (rng.integers(1, arch.vocab_size, size=int(n)) for n in rng.integers(50, 2000, size=40 if tiny else 600))
     packed = lm.pack_sequences_to_file(docs, arch.max_seq_len, 0, work / "rows.int32")
@@ -444,7 +447,7 @@ def part_torchrun(args, device: torch.device, work: Path) -> dict:
               "note": "worker_seconds include building the model and writing the final checkpoint"}
     short, _ = runs[lengths[0]]
     extra_s = worker_s - float(short["worker_seconds"])
-    if extra_s > 0:  # at smoke size the difference can drown in noise
+    if len(lengths) > 1 and extra_s > 0:
         rate = (meta["tokens_seen"] - short["tokens_seen"]) / extra_s
         result.update(training_tokens_per_s=rounded(rate), fixed_seconds=rounded(worker_s - meta["tokens_seen"] / rate))
     return result
@@ -460,6 +463,8 @@ def part_end_to_end(args, device: torch.device, work: Path) -> dict:
     if not script.is_file():
         return {"skipped": f"{script.relative_to(ROOT)} does not exist on this branch"}
     target = Path(args.out) / "end_to_end_gpu.json"
+    # the figures of the parts before this one, for end_to_end.py's GPU prediction (rewritten by --summarize)
+    figures = write_figures(Path(args.out), work.parent, card_name(device), str(device), args.smoke)
     command = [sys.executable, str(script), "--docs", str(args.e2e_docs), "--device", device.type, "--out",
                str(target)]
     start = time.perf_counter()
@@ -469,7 +474,7 @@ def part_end_to_end(args, device: torch.device, work: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"end_to_end.py exited {done.returncode}:\n{done.stderr[-3000:]}")
     return {"command": " ".join(command[1:]), "seconds": rounded(seconds), "output": target.name,
-            "written": target.is_file()}
+            "written": target.is_file(), "gpu_figures_beforehand": str(figures)}
 
 
 RUNNERS = {"embeddings": part_embeddings, "oracle": part_oracle, "selection": part_selection,
@@ -588,13 +593,18 @@ def headline(name: str, record: dict) -> str:
     return f"{r.get('seconds')} s, wrote {r.get('output')}: {r.get('written')}"
 
 
+def write_figures(out: Path, work: Path, card: str, device: str, smoke: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_figures.json").write_text(json.dumps(gpu_figures(load_parts(work), card, device, smoke), indent=1)
+                                          + "\n")
+    return out / "gpu_figures.json"
+
+
 def summarize(out: Path, work: Path, card: str, device: str, smoke: bool) -> str:
     parts = load_parts(work)
-    figures = gpu_figures(parts, card, device, smoke)
-    out.mkdir(parents=True, exist_ok=True)
+    write_figures(out, work, card, device, smoke)
     (out / "gpu_check.json").write_text(json.dumps({"card": card, "device": device, "smoke": smoke,
                                                     "versions": versions(), "parts": parts}, indent=1) + "\n")
-    (out / "gpu_figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     lines = [f"GPU checks on **{card}** ({device}{', SMOKE sizes: figures meaningless' if smoke else ''}), "
              f"{versions()}", "", "| part | status | seconds | figures |", "|---|---|---|---|"]
     for name, record in parts.items():
