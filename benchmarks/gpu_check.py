@@ -1,8 +1,8 @@
 """GPU checks (issue 21 item 3): the CUDA paths measured, one part at a time, each skipped cleanly if it fails.
 
     bash benchmarks/gpu_check.sh                      # on a GPU machine: every part under its time budget
-    python benchmarks/gpu_check.py --part oracle --out DIR [--device cuda]    # one part -> DIR/.../part json
-    python benchmarks/gpu_check.py --summarize --out DIR                      # gpu_check.{json,md}, gpu_figures.json
+    python benchmarks/gpu_check.py --part oracle --work W --out DIR [--device cuda]   # one part -> W/part_oracle.json
+    python benchmarks/gpu_check.py --summarize --work W --out DIR     # -> DIR/gpu_check.{json,md}, gpu_figures.json
     python benchmarks/gpu_check.py --smoke            # every part at tiny size on the CPU, in this process
 
 Parts (what each measures; "tool" is gmates' own code path, "bare" a plain loop doing the same work):
@@ -22,15 +22,17 @@ Parts (what each measures; "tool" is gmates' own code path, "bare" a plain loop 
 * torchrun: `pretrain.backend: torchrun` with 1 process: the worker gmates_assets.pipes.pretrain_worker
   under `python -m torch.distributed.run --standalone --nproc_per_node=1` (the command defs/torchrun.py
   builds), inside an emulated Dagster Pipes session (the protocol files, so dagster itself is not needed):
-  what the worker reports (device, tokens seen, worker seconds) -> tokens/s.
-* end_to_end: benchmarks/end_to_end.py --docs N --device D --out OUT/end_to_end_gpu.json, if that file exists.
+  what the worker reports (device, tokens seen, worker seconds) -> tokens/s; a short and a long job, whose
+  difference is the training rate without the fixed costs (model build, checkpoint write).
+* end_to_end: benchmarks/end_to_end.py --docs N --device D --out OUT/end_to_end_gpu.json, if that file exists
+  (OUT/gpu_figures.json, with the parts measured before it, is written first).
 
 gpu_figures.json (read by end_to_end.py to predict GPU time):
     {"format": "gmates-gpu-figures-v1", "card": "NVIDIA H100 80GB HBM3", "device": "cuda", "smoke": false,
      "assets": {"embeddings": {"docs_per_s": ..., "tokens_per_doc": ..., "precision": "bf16", ...},
                 "oracle_random": {"rollouts_per_s": ..., "rollout_length": T, "precision": "fp32", ...},
                 "selected_subset": {"docs_per_s": ..., ...},
-                "pretrained_checkpoint": {"tokens_per_s": ..., "precision": "bf16", ...}}}
+                "pretrained_checkpoint": {"tokens_per_s": ..., "fixed_seconds": ..., "precision": "bf16", ...}}}
 An asset whose part failed is absent; every rate is per second of wall time on that card.
 """
 from __future__ import annotations
@@ -428,14 +430,14 @@ def part_torchrun(args, device: torch.device, work: Path) -> dict:
     rng = np.random.default_rng(0)
     docs = (rng.integers(1, arch.vocab_size, size=int(n)) for n in rng.integers(50, 2000, size=40 if tiny else 600))
     packed = lm.pack_sequences_to_file(docs, arch.max_seq_len, 0, work / "rows.int32")
-    runs = {}
+    runs, deadline = {}, time.monotonic() + args.budget - 5  # the shell's timeout kills this process at the budget
     for steps in lengths:
         optim = lm.OptimConfig(lr=3e-3, min_lr=3e-5, warmup_steps=2, total_steps=steps)
         job = pretrain_job.PretrainJob.for_rows(packed, out_dir=str(work / f"out-{steps}"), arch=arch.to_dict(),
                                                 model_seed=0, optim=optim.to_dict(), steps=steps, batch_size=batch,
                                                 seed=0, checkpoint_every=steps, precision=precision,
                                                 device=str(device))
-        runs[steps] = run_worker(job, work, f"job-{steps}", timeout=max(30, args.budget / len(lengths) - 5))
+        runs[steps] = run_worker(job, work, f"job-{steps}", timeout=max(10.0, deadline - time.monotonic()))
     meta, wall = runs[lengths[-1]]
     worker_s = float(meta["worker_seconds"])
     result = {"probe": arch.to_dict(), "parameters": parameters_of(arch), "precision": precision,
@@ -574,8 +576,10 @@ def headline(name: str, record: dict) -> str:
     r = record["result"]
     if name == "embeddings":
         return "; ".join(f"{p}: tool {r[p]['tool_docs_per_s']} docs/s vs bare {r[p]['bare_docs_per_s']} docs/s "
-                         f"(max diff {r[p]['max_abs_diff_chunk_vectors']}, {r[p]['tokens_per_doc']} tokens/doc)"
-                         for p in ("bf16", "fp32"))
+                         f"(tokenizing {r[p]['tokenize_s']} s of it; max diff tool vs bare "
+                         f"{r[p]['max_abs_diff_chunk_vectors']}"
+                         + (f", bf16 vs fp32 {r[p]['max_abs_diff_vs_fp32_tool']}" if p == "bf16" else "")
+                         + f"; {r[p]['tokens_per_doc']} tokens/doc)" for p in ("bf16", "fp32"))
     if name == "oracle":
         return (f"{r['parameters']:,}-parameter probe, T={r['rollout_length']}: " +
                 "; ".join(f"{p} {r[p]['rollouts_per_s']} rollouts/s (steady {r[p]['steady_rollouts_per_s']})"
