@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import dagster as dg
@@ -125,25 +126,84 @@ LAUNCH = ("import sys; from pathlib import Path; from tests.pipeline import Buil
           "from tests.test_sync_job import _launch; print(*_launch(Build(Path(sys.argv[1]))))")
 
 
-def test_two_launches_at_once_build_every_stale_partition_once(job_build):
-    """Each launch in its own process, as two runs launched from the UI execute (run workers)."""
+def _launch_process(build) -> subprocess.Popen:
+    """A launch in its own process, as a run launched from the UI executes (a run worker)."""
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, str(build.root)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _eval_scores_key(build, partition: str) -> str:
+    """The store key eval_scores[partition] builds under after the edit (sources observed, as the job does)."""
+    from gmates_assets.defs.factory import graph_for
+    from gmates_assets.defs.runtime import input_key, input_versions
+    from gmates_assets.defs.sync import observe_sources
+
+    defs = build.defs()
+    gm = defs.resources["gmates"]
+    loaded = gm.manifest()
+    with build.instance() as instance:
+        observe_sources(defs, instance)
+        graph = graph_for(loaded)
+        versions = input_versions(instance, graph, "eval_scores", partition)
+        return input_key(instance, gm.store(), graph, loaded, "eval_scores", partition, versions)
+
+
+def _wait_until(condition, what: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.25)
+
+
+def _sync_job_runs(build) -> list:
+    with build.instance() as instance:
+        return sorted(instance.get_run_records(dg.RunsFilter(tags={SYNC_JOB_TAG: "1"})),
+                      key=lambda r: r.create_timestamp)
+
+
+def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_build):
+    """The first launch is held inside its wave (the test holds one artifact's build lock) while the second
+    starts: without the wait for the first, the second would build the wave's partitions again."""
+    from gmates_assets.core.store import ArtifactStore
+
     build = job_build()
     _edit_random_baseline(build)
-    launches = [subprocess.Popen([sys.executable, "-c", LAUNCH, str(build.root)], cwd=ROOT, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(2)]
-    outcomes = [launch.communicate(timeout=600)[0].split()[-2:] for launch in launches]
+    key = _eval_scores_key(build, "mates")
+
+    def in_flight_child(job_run) -> bool:
+        with build.instance() as instance:
+            return any(r.status == dg.DagsterRunStatus.STARTED for r in _children(instance, job_run.run_id))
+
+    def started_or_waiting(job_run) -> bool:
+        with build.instance() as instance:
+            return bool(_children(instance, job_run.run_id)) or any(
+                "launched earlier" in m for m in _messages(instance, job_run.run_id))
+
+    with ArtifactStore(build.store).locked("eval_scores", key):
+        first = _launch_process(build)
+        _wait_until(lambda: _sync_job_runs(build) and in_flight_child(_sync_job_runs(build)[0].dagster_run),
+                    "the first launch to build eval_scores[mates]")
+        second = _launch_process(build)
+        _wait_until(lambda: len(_sync_job_runs(build)) == 2 and started_or_waiting(_sync_job_runs(build)[1].dagster_run),
+                    "the second launch to start building or waiting")
+    outcomes = [launch.communicate(timeout=600)[0].split()[-2:] for launch in (first, second)]
 
     with build.instance() as instance:
         assert [ok for _, ok in outcomes] == ["True", "True"], [failure_summary(instance, r) for r, _ in outcomes]
         built = Counter(item for run_id, _ in outcomes for item in _items(_children(instance, run_id)))
         since = min(_started(instance, r) for r, _ in outcomes)
         materialized = Counter(_materializations(instance, ["eval_scores", "method_comparison"], since))
-        waited = [r for r, _ in outcomes if any("gmates_sync, launched earlier" in m for m in _messages(instance, r))]
+        waited = any("(gmates_sync, launched earlier)" in m for m in _messages(instance, outcomes[1][0]))
     stale = {("eval_scores", m) for m in ("group_mates", "mates", "random")} | {("method_comparison", None)}
-    assert built == Counter(stale), built  # one run per stale partition, not one per launch
-    assert materialized == Counter(stale), materialized
-    assert len(waited) == 1  # the later launch waited for the first, then found everything fresh
+    assert materialized == Counter(stale), materialized  # once each, not once per launch
+    assert built == Counter(stale), built
+    assert waited and _children_of(build, outcomes[1][0]) == []  # it waited, then found everything fresh
     assert build.not_fresh() == set()
+
+
+def _children_of(build, run_id: str) -> list:
+    with build.instance() as instance:
+        return _children(instance, run_id)
 
 
 def _started(instance, run_id: str) -> float:

@@ -150,7 +150,7 @@ def sync_stale_partitions(context, gmates: GmatesResource):
     })
 
 
-def sync_job() -> dg.JobDefinition:
+def gmates_sync_job() -> dg.JobDefinition:
     @dg.job(name=JOB_NAME, tags={SYNC_JOB_TAG: "1"}, executor_def=dg.in_process_executor,
             description="Rebuild everything stale, like `gmates sync`: each wave's runs show in the run list "
                         "with their partitions (tag gmates/parent_sync = this run's id); ends when every asset "
