@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -132,6 +133,18 @@ def _launch_process(build) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
+def _launch_thread(build) -> threading.Thread:
+    """A launch on a thread of this process (one at a time: Dagster's in-process logging is not thread-safe)."""
+    def launch() -> None:
+        run_id, success = _launch(build)
+        thread.outcome = [run_id, str(success)]
+
+    thread = threading.Thread(target=launch, daemon=True)
+    thread.outcome = ["?", "did not finish"]
+    thread.start()
+    return thread
+
+
 def _eval_scores_key(build, partition: str) -> str:
     """The store key eval_scores[partition] builds under after the edit (sources observed, as the job does)."""
     from gmates_assets.defs.factory import graph_for
@@ -162,8 +175,9 @@ def _sync_job_runs(build) -> list:
 
 
 def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_build):
-    """The first launch is held inside its wave (the test holds one artifact's build lock) while the second
-    starts: without the wait for the first, the second would build the wave's partitions again."""
+    """The first launch (here) is held inside its wave (the test holds one artifact's build lock) while the second
+    starts in another process: without the wait for the first, the second would build the wave's partitions
+    again (checked: eval_scores[mates], eval_scores[random] and method_comparison materialized twice)."""
     from gmates_assets.core.store import ArtifactStore
 
     build = job_build()
@@ -180,13 +194,14 @@ def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_bu
                 "launched earlier" in m for m in _messages(instance, job_run.run_id))
 
     with ArtifactStore(build.store).locked("eval_scores", key):
-        first = _launch_process(build)
+        first = _launch_thread(build)
         _wait_until(lambda: _sync_job_runs(build) and in_flight_child(_sync_job_runs(build)[0].dagster_run),
                     "the first launch to build eval_scores[mates]")
         second = _launch_process(build)
         _wait_until(lambda: len(_sync_job_runs(build)) == 2 and started_or_waiting(_sync_job_runs(build)[1].dagster_run),
                     "the second launch to start building or waiting")
-    outcomes = [launch.communicate(timeout=600)[0].split()[-2:] for launch in (first, second)]
+    first.join(timeout=600)
+    outcomes = [first.outcome, second.communicate(timeout=600)[0].split()[-2:]]
 
     with build.instance() as instance:
         assert [ok for _, ok in outcomes] == ["True", "True"], [failure_summary(instance, r) for r, _ in outcomes]
