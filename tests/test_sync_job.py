@@ -85,6 +85,7 @@ def test_the_job_is_in_the_definitions_and_every_asset_description_points_to_it(
     assert JOB_NAME in DESCRIPTION_HINT
 
 
+@pytest.mark.slow
 def test_the_job_rebuilds_what_gmates_sync_would_in_runs_of_the_run_list(job_build):
     by_sync = job_build("by_sync")
     _edit_random_baseline(by_sync)
@@ -174,6 +175,7 @@ def _sync_job_runs(build) -> list:
                       key=lambda r: r.create_timestamp)
 
 
+@pytest.mark.slow
 def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_build):
     """The first launch (here) is held inside its wave (the test holds one artifact's build lock) while the second
     starts in another process: without the wait for the first, the second would build the wave's partitions
@@ -234,6 +236,7 @@ def _materializations(instance, assets, since: float) -> list[tuple[str, object]
     return out
 
 
+@pytest.mark.slow
 def test_a_failing_run_fails_the_job_naming_the_failing_step(job_build):
     build = job_build()
     build.edit("clustering.k", 500)  # more clusters than pool documents: cluster_assignments fails
