@@ -134,10 +134,10 @@ def _launch_process(build) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
-def _launch_thread(build) -> threading.Thread:
+def _launch_thread(build, defs=None) -> threading.Thread:
     """A launch on a thread of this process (one at a time: Dagster's in-process logging is not thread-safe)."""
     def launch() -> None:
-        run_id, success = _launch(build)
+        run_id, success = _launch(build, defs)
         thread.outcome = [run_id, str(success)]
 
     thread = threading.Thread(target=launch, daemon=True)
@@ -263,3 +263,34 @@ def test_the_job_refuses_when_the_manifest_changed_since_the_definitions_loaded(
     assert not success
     assert "refused, nothing was launched" in summary and "changed on disk" in summary, summary
     assert "reload definitions" in summary.lower()
+
+
+def test_the_job_waits_for_asset_runs_in_flight_and_refuses_a_manifest_edited_meanwhile(job_build):
+    """A run in flight (here: one the automation sensor started) is waited for; an edit made meanwhile is not
+    synced from the Definitions loaded before it."""
+    build = job_build()
+    loaded = build.defs()
+    with build.instance() as instance:
+        before = len(instance.get_runs())
+        foreign = dg.DagsterRun(job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED,
+                                asset_selection={dg.AssetKey("eval_scores")}, tags={"dagster/partition": "mates"})
+        instance.add_run(foreign)
+    job = _launch_thread(build, loaded)
+
+    def waiting_for_it() -> bool:
+        runs = _sync_job_runs(build)
+        with build.instance() as instance:
+            return bool(runs) and any(m.startswith("waiting for 1 run(s)") and foreign.run_id in m
+                                      for m in _messages(instance, runs[0].dagster_run.run_id))
+
+    _wait_until(waiting_for_it, "the job to wait for the run in flight")
+    _edit_random_baseline(build)
+    with build.instance() as instance:
+        instance.report_run_failed(foreign)
+    job.join(timeout=300)
+    run_id, success = job.outcome
+    with build.instance() as instance:
+        summary = failure_summary(instance, run_id)
+        assert len(instance.get_runs()) == before + 2  # the run waited for and the job's: no observation, no build
+    assert success == "False"
+    assert "refused, nothing was launched" in summary and "changed on disk" in summary, summary

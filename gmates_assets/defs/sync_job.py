@@ -33,7 +33,7 @@ PARENT_TAG = "gmates/parent_sync"  # on each run the job submits: the job's run 
 LAUNCHED_BY_TAG = "gmates/launched_by"
 DESCRIPTION_HINT = f"To rebuild everything stale, launch the {JOB_NAME} job (Jobs > {JOB_NAME} > Launchpad)."
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-JUST_CREATED_SECONDS = 60.0  # a gmates_sync run NOT_STARTED this long is being launched (older: abandoned)
+JUST_CREATED_SECONDS = 60.0  # a gmates_sync run NOT_STARTED for less is still being launched (older: abandoned)
 WAIT_LOG_SECONDS = 30.0
 
 
@@ -121,6 +121,14 @@ def _waves_markdown(report) -> str:
     return "\n".join(["| wave | partitions |", "| --- | --- |", *rows]) if rows else "nothing was stale"
 
 
+def refuse_if_manifest_changed(gmates: GmatesResource) -> None:
+    """Fail the run at once when the manifest on disk is not the one the loaded Definitions were built from: their
+    code versions describe the old one, and the runs would be refused at their first step anyway."""
+    changed = changed_since_load(gmates.manifest_path, gmates.manifest_fingerprint)
+    if changed:
+        raise dg.Failure(description=f"{JOB_NAME} refused, nothing was launched: {changed}")
+
+
 @dg.op(name="sync_stale_partitions", out=dg.Out(dg.Nothing),
        description="Observe the sources, then build the stale or missing asset partitions wave by wave, each "
                    "run submitted through the instance, until `gmates status` is fresh.")
@@ -129,11 +137,10 @@ def sync_stale_partitions(context, gmates: GmatesResource):
     from .orphans import fail_orphaned_runs
     from .sync import sync
 
-    changed = changed_since_load(gmates.manifest_path, gmates.manifest_fingerprint)
-    if changed:
-        raise dg.Failure(description=f"{JOB_NAME} refused, nothing was launched: {changed}")
+    refuse_if_manifest_changed(gmates)
     fail_orphaned_runs(context.instance, context.log.info)  # a dead sync's STARTED runs would be waited for
     wait_for_runs_ahead(context)
+    refuse_if_manifest_changed(gmates)  # edited during the wait: still not what the loaded Definitions describe
     defs = build_definitions(gmates.manifest_path, home=gmates.home)  # the same manifest: the guard passed
     execution = gmates.manifest().manifest.execution
     with JobRuns(context, gmates.manifest_path, str(gmates.store().root), execution) as runs:
