@@ -19,6 +19,7 @@ from .automation import (
 from .console import gmates_console_logger
 from .factory import dagster_assets, graph_for
 from .resources import GmatesResource, changed_since_load, manifest_fingerprint
+from .sync_job import gmates_sync_job
 
 
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
@@ -37,6 +38,7 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     return dg.Definitions(
         assets=with_sync_conditions(dagster_assets(graph)),
         sensors=[automation],
+        jobs=[gmates_sync_job()],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home,
                                             manifest_fingerprint=loaded_fingerprint)},
         executor=executor_for(loaded.manifest.execution, loaded),

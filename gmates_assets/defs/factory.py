@@ -10,6 +10,7 @@ from .declare import METHODS, SEEDS, SHARDS, AssetDecl, Input
 from .graph import AssetGraph, partition_keys_for
 from .resources import GmatesResource
 from .runtime import run_step
+from .sync_job import with_sync_hint
 
 
 @lru_cache(maxsize=8)
@@ -42,7 +43,7 @@ def _metadata(decl: AssetDecl) -> dict:
 
 def _source(decl: AssetDecl, partitions_def) -> dg.SourceAsset:
     @dg.observable_source_asset(name=decl.name, group_name=decl.group, partitions_def=partitions_def,
-                                description=decl.description, tags={"gmates/stage": decl.group},
+                                description=with_sync_hint(decl.description), tags={"gmates/stage": decl.group},
                                 metadata=_metadata(decl))
     def observe(context, gmates: GmatesResource):
         value = decl.observe(gmates.manifest(f"observing {decl.name}"))
@@ -58,7 +59,7 @@ def _asset(decl: AssetDecl, graph: AssetGraph, partitions_def) -> dg.AssetsDefin
     checks = [dg.AssetCheckSpec(c.name, asset=decl.name, blocking=True, description=c.description)
               for c in decl.checks]
 
-    @dg.asset(name=decl.name, group_name=decl.group, description=decl.description,
+    @dg.asset(name=decl.name, group_name=decl.group, description=with_sync_hint(decl.description),
               deps=[_dep(graph, i) for i in graph.inputs(decl.name)], partitions_def=partitions_def,
               code_version=code_version,
               kinds=set(decl.kinds) | {"python"}, tags={"gmates/stage": decl.group}, metadata=_metadata(decl),
