@@ -466,8 +466,12 @@ def _doc_cluster_steps() -> tuple[dict[str, str], dict[str, str], list[list[str]
     return files, env, background, foreground
 
 
-def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs():
+def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp_path):
+    """The doc's commands are the test's, its execution section is the shipped cluster_ci manifest's, the workers'
+    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas (fast: no servers)."""
+    from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.run_coordinator import QueuedRunCoordinator
 
     files, env, background, foreground = _doc_cluster_steps()
     assert set(files) == {"dagster_home/dagster.yaml", "workspace.yaml", "celery.yaml", "cluster_ci.yaml: execution"}
@@ -481,10 +485,11 @@ def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs():
     with pytest.MonkeyPatch.context() as patch:  # the instance schema resolves the env vars the doc exports
         for name, value in env.items():
             patch.setenv(name, value.replace("$PWD", str(REPO)))
-        home = Path(__import__("tempfile").mkdtemp(prefix="gmates-doc-home-"))
-        (home / "dagster.yaml").write_text(files["dagster_home/dagster.yaml"])
-        config, _ = dagster_instance_config(str(home), "dagster.yaml")
+        (tmp_path / "dagster.yaml").write_text(files["dagster_home/dagster.yaml"])
+        config, _ = dagster_instance_config(str(tmp_path), "dagster.yaml")
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    result = process_config(QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"])
+    assert result.success, result.errors
 
 
 def _jsonl_shard(i: int, n: int = 16, edited: bool = False) -> str:
@@ -520,6 +525,19 @@ def _materialized(instance, run_ids) -> dict[tuple[str, Optional[str]], int]:
         for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             counts[(event.dagster_event.asset_key.to_user_string(), event.dagster_event.partition)] += 1
     return dict(counts)
+
+
+def _waves(sync_output: str) -> list[list[tuple[str, Optional[str]]]]:
+    """The waves `gmates sync` printed (`wave 2: documents_index, embeddings[s1]`) as (asset, partition) lists."""
+    import re
+
+    return [[(name, partition or None) for name, partition in re.findall(r"(\w+)(?:\[([^\]]+)\])?", line)]
+            for line in re.findall(r"^wave \d+: (.*)$", sync_output, re.M)]
+
+
+def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
+    """One run per partition key per wave (a wave's unpartitioned assets share one run)."""
+    return sum(len({partition for _, partition in wave}) for wave in waves)
 
 
 def _release_hash(instance) -> str:
@@ -593,7 +611,7 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
     def tails() -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text()[-2500:]}" for log in logs)
 
-    def succeeds(words: list[str], *extra: str, timeout: float = 420) -> str:
+    def succeeds(words: list[str], *extra: str, timeout: float = 900) -> str:
         command = words + list(extra)
         with subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) as process:
@@ -619,19 +637,23 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
                         if r.tags.get("gmates/launched_by") == "gmates sync" and r.run_id not in after]
 
             # 1. the whole graph: every partition materialized exactly once, by the sync's runs
-            succeeds(SYNC)
+            first_waves = _waves(succeeds(SYNC))
             first = sync_runs()
             first_counts = _materialized(instance, [r.run_id for r in first])
             every = _partitions_of(manifest)
             assert first_counts == dict.fromkeys(every, 1), first_counts
+            assert sorted(map(str, (item for wave in first_waves for item in wave))) == sorted(map(str, every))  # each once
+            assert len(first) == _runs_for(first_waves), (len(first), first_waves)  # one run per partition key and wave
 
             # 2. edit one shard's file: the plan, then a sync that materializes what the edit reaches, once each
             (folder / "s1.jsonl").write_text(_jsonl_shard(1, edited=True))
             plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
-            succeeds(SYNC)
+            second_waves = _waves(succeeds(SYNC))
             second = sync_runs(frozenset(r.run_id for r in first))
             second_counts = _materialized(instance, [r.run_id for r in second])
             assert set(second_counts.values()) == {1}, second_counts
+            assert set(second_counts) == {item for wave in second_waves for item in wave}
+            assert len(second) == _runs_for(second_waves), (len(second), second_waves)
             assert ("documents", "s1") in second_counts and ("documents", "s0") not in second_counts
             assert set(second_counts) <= plan, set(second_counts) - plan
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in first + second)
@@ -645,16 +667,16 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
 
         # the same manifest and shards built in process, in another home and store: the same release
         reference = processes[0]
-        assert reference.wait(timeout=300) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
+        assert reference.wait(timeout=600) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
     finally:
         for process in reversed(processes):
             _stop_group(process)
     local = tmp_path / "in_process" / "dagster_home"
     with dg.DagsterInstance.from_config(str(local)) as instance:
         assert _release_hash(instance) == cluster_release
-    print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first)} runs, {sum(first_counts.values())} "
-          f"materializations; sync 2: {len(second)} runs, {len(second_counts)} materializations (plan "
-          f"{len(plan)}); {time.monotonic() - started_at:.0f} s")
+    print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
+          f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s")
 
 
 def _cluster_home(tmp_path: Path, pg: dict) -> Path:
