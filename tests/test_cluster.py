@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -419,6 +420,263 @@ def _stop_group(process) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # children left in the group after the leader exited
     except ProcessLookupError:
         pass
+
+
+# ------------------------------------------------------------------------------ real components: the whole graph
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+CLUSTER_SECTION = "## Cluster mode on one machine (what the CI test runs)"
+CLUSTER_MANIFEST = REPO / "data_manifests" / "cluster_ci.yaml"
+DOC_REDIS = "redis://127.0.0.1:6379"  # the test's redis-server listens on a free port instead
+# What the test runs in the foreground, in order (the doc's `sh` block lists the same; a test keeps them equal).
+SYNC = ["gmates", "sync", "--manifest", "cluster_ci.yaml"]
+PLAN = ["gmates", "status", "--manifest", "cluster_ci.yaml", "--plan"]
+STATUS = ["gmates", "status", "--manifest", "cluster_ci.yaml"]
+VERIFY = ["gmates", "verify", "--manifest", "cluster_ci.yaml"]
+FOREGROUND = [SYNC, PLAN, SYNC, STATUS, VERIFY]
+
+
+def _doc_cluster_steps() -> tuple[dict[str, str], dict[str, str], list[list[str]], list[list[str]]]:
+    """docs/deployment.md's cluster section: its files (yaml blocks headed `# <name>`), the environment its `sh`
+    block exports, the commands it starts in the background (`&`) and the ones it runs in the foreground."""
+    import re
+    import shlex
+    import textwrap
+
+    text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    assert CLUSTER_SECTION in text, f"{DEPLOYMENT_DOC} has no section {CLUSTER_SECTION!r}"
+    section = text.split(CLUSTER_SECTION, 1)[1].split("\n## ", 1)[0]
+    files, env, background, foreground = {}, {}, [], []
+    for indent, lang, body in re.findall(r"^( *)```(\w+)\n(.*?)^\1```", section, re.M | re.S):
+        body = textwrap.dedent(body)
+        if lang == "yaml":
+            head, _, rest = body.partition("\n")
+            assert head.startswith("# "), f"a yaml block of {CLUSTER_SECTION!r} does not start with `# <file>`"
+            files[head[2:].strip()] = rest
+            continue
+        for line in body.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            words = shlex.split(line)
+            if words[0] == "export":
+                env.update(word.split("=", 1) for word in words[1:])
+            elif words[-1] == "&":
+                background.append(words[:-1])
+            else:
+                foreground.append(words)
+    return files, env, background, foreground
+
+
+def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp_path):
+    """The doc's commands are the test's, its execution section is the shipped cluster_ci manifest's, the workers'
+    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas (fast: no servers)."""
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    files, env, background, foreground = _doc_cluster_steps()
+    assert set(files) == {"dagster_home/dagster.yaml", "workspace.yaml", "celery.yaml", "cluster_ci.yaml: execution"}
+    shipped = yaml.safe_load(CLUSTER_MANIFEST.read_text())
+    assert yaml.safe_load(files["cluster_ci.yaml: execution"]) == {"execution": shipped["execution"]}
+    celery = yaml.safe_load(files["celery.yaml"])["execution"]["config"]
+    assert celery == shipped["execution"]["executor_config"]  # the workers and the runs use one broker
+    assert foreground == FOREGROUND
+    assert [words[0] for words in background] == ["dagster-daemon", "dagster-celery", "dagster-celery"]
+    assert {"DAGSTER_HOME", "GMATES_HOME", "GMATES_MANIFEST", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT"} <= set(env)
+    with pytest.MonkeyPatch.context() as patch:  # the instance schema resolves the env vars the doc exports
+        for name, value in env.items():
+            patch.setenv(name, value.replace("$PWD", str(REPO)))
+        (tmp_path / "dagster.yaml").write_text(files["dagster_home/dagster.yaml"])
+        config, _ = dagster_instance_config(str(tmp_path), "dagster.yaml")
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    result = process_config(QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"])
+    assert result.success, result.errors
+
+
+def _jsonl_shard(i: int, n: int = 16, edited: bool = False) -> str:
+    import json
+
+    docs = [f"document {j} of shard {i}: the fox {j} jumps over dog {i}" for j in range(n)]
+    if edited:
+        docs[0] = "an edited document: the fox jumps over a quite different dog"
+    return "".join(json.dumps({"text": d}) + "\n" for d in docs)
+
+
+def _cluster_folder(folder: Path, files: dict[str, str], redis: str) -> Path:
+    """The doc's files in `folder`, with this test's redis port; returns the manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dagster_home").mkdir()
+    for name in ("dagster_home/dagster.yaml", "workspace.yaml", "celery.yaml"):
+        (folder / name).write_text(files[name].replace(DOC_REDIS, redis))
+    manifest = folder / "cluster_ci.yaml"
+    manifest.write_text(CLUSTER_MANIFEST.read_text().replace(DOC_REDIS, redis))
+    for i in range(2):
+        (folder / f"s{i}.jsonl").write_text(_jsonl_shard(i))
+    return manifest
+
+
+def _materialized(instance, run_ids) -> dict[tuple[str, Optional[str]], int]:
+    """How many times each asset partition was materialized by these runs."""
+    from collections import Counter
+
+    import dagster as dg
+
+    counts: Counter = Counter()
+    for run_id in run_ids:
+        for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            counts[(event.dagster_event.asset_key.to_user_string(), event.dagster_event.partition)] += 1
+    return dict(counts)
+
+
+def _waves(sync_output: str) -> list[list[tuple[str, Optional[str]]]]:
+    """The waves `gmates sync` printed (`wave 2: documents_index, embeddings[s1]`) as (asset, partition) lists."""
+    import re
+
+    return [[(name, partition or None) for name, partition in re.findall(r"(\w+)(?:\[([^\]]+)\])?", line)]
+            for line in re.findall(r"^wave \d+: (.*)$", sync_output, re.M)]
+
+
+def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
+    """One run per partition key per wave (a wave's unpartitioned assets share one run)."""
+    return sum(len({partition for _, partition in wave}) for wave in waves)
+
+
+def _release_hash(instance) -> str:
+    """The released dataset's content hash (its files and lineage; the artifact also records when and by which
+    runs it was built, so its data version differs between any two builds)."""
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("dataset_release"))
+    return event.asset_materialization.metadata["release_content_hash"].value
+
+
+def _partitions_of(manifest: Path) -> set[tuple[str, Optional[str]]]:
+    """Every materializable asset partition of a manifest's graph."""
+    from gmates_assets.core.manifest import load_manifest
+    from gmates_assets.defs.factory import graph_for
+
+    graph = graph_for(load_manifest(manifest))
+    return {(name, key) for name, decl in graph.decls.items() if decl.compute is not None
+            for key in graph.partition_keys(name)}
+
+
+def _in_process_build(folder: Path, env: dict[str, str]):
+    """`gmates sync` of the cluster manifest with launcher: in_process, in its own home and store (the
+    reference the cluster's release must equal); started now, waited for at the end."""
+    import subprocess
+
+    folder.mkdir()
+    data = yaml.safe_load((CLUSTER_MANIFEST).read_text())
+    data["execution"] = {"launcher": "in_process"}
+    (folder / "cluster_ci.yaml").write_text(yaml.safe_dump(data))
+    for i in range(2):
+        (folder / f"s{i}.jsonl").write_text(_jsonl_shard(i, edited=i == 1))  # the state after the edit
+    own = {**env, "DAGSTER_HOME": str(folder / "dagster_home"), "GMATES_HOME": str(folder / "store"),
+           "GMATES_MANIFEST": str(folder / "cluster_ci.yaml")}
+    return subprocess.Popen(SYNC, env=own, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(folder / "sync.log", "w"))
+
+
+@pytest.mark.slow
+def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgres_server, redis_url, monkeypatch):
+    """docs/deployment.md, "Cluster mode on one machine (what the CI test runs)": this test reads its files and
+    commands from that section. Postgres storage, the queued coordinator and `dagster-daemon`, every step a
+    Celery task on one of two workers; the whole `cluster_ci` graph, then a one-shard edit: each partition is
+    materialized once per sync where it has to be, and the release equals an in-process build's."""
+    import subprocess
+    import time
+
+    import dagster as dg
+
+    if redis_url is None:
+        pytest.skip("no redis-server (Debian's redis-server package) or no dagster-celery")
+    started_at = time.monotonic()
+    files, doc_env, background, _ = _doc_cluster_steps()
+    folder = tmp_path / "cluster"
+    manifest = _cluster_folder(folder, files, redis_url)
+    bin_dir = Path(sys.executable).parent
+    base_env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**base_env, **{name: value.replace("$PWD", str(folder)) for name, value in doc_env.items()},
+           "DAGSTER_PG_PORT": str(postgres_server["port"])}  # this test's Postgres, on a free port
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"):
+        monkeypatch.setenv(name, env[name])  # this process reads the instance too
+    logs: list[Path] = []
+
+    def start(words: list[str]):
+        log = folder / f"{words[0]}-{len(logs)}.log"
+        logs.append(log)
+        return subprocess.Popen(words, env=env, cwd=folder, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=open(log, "w"))
+
+    def tails() -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-2500:]}" for log in logs)
+
+    def succeeds(words: list[str], *extra: str, timeout: float = 900) -> str:
+        command = words + list(extra)
+        with subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) as process:
+            try:
+                out, err = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _stop_group(process)  # with its code server
+                raise AssertionError(f"{' '.join(command)} ran over {timeout} s\n{tails()}") from None
+        assert process.returncode == 0, f"{' '.join(command)}\n{out[-3000:]}\n{err[-3000:]}\n{tails()}"
+        return out
+
+    processes = [_in_process_build(tmp_path / "in_process", base_env)]
+    try:
+        processes += [start(words) for words in background]  # the daemon, then the two Celery workers
+        with dg.DagsterInstance.from_config(str(folder / "dagster_home")) as instance:
+            deadline = time.monotonic() + 120
+            while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
+                assert time.monotonic() < deadline, tails()
+                time.sleep(1)
+
+            def sync_runs(after: frozenset = frozenset()) -> list:
+                return [r for r in instance.get_runs()
+                        if r.tags.get("gmates/launched_by") == "gmates sync" and r.run_id not in after]
+
+            # 1. the whole graph: every partition materialized exactly once, by the sync's runs
+            first_waves = _waves(succeeds(SYNC))
+            first = sync_runs()
+            first_counts = _materialized(instance, [r.run_id for r in first])
+            every = _partitions_of(manifest)
+            assert first_counts == dict.fromkeys(every, 1), first_counts
+            assert sorted(map(str, (item for wave in first_waves for item in wave))) == sorted(map(str, every))  # each once
+            assert len(first) == _runs_for(first_waves), (len(first), first_waves)  # one run per partition key and wave
+
+            # 2. edit one shard's file: the plan, then a sync that materializes what the edit reaches, once each
+            (folder / "s1.jsonl").write_text(_jsonl_shard(1, edited=True))
+            plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
+            second_waves = _waves(succeeds(SYNC))
+            second = sync_runs(frozenset(r.run_id for r in first))
+            second_counts = _materialized(instance, [r.run_id for r in second])
+            assert set(second_counts.values()) == {1}, second_counts
+            assert set(second_counts) == {item for wave in second_waves for item in wave}
+            assert len(second) == _runs_for(second_waves), (len(second), second_waves)
+            assert ("documents", "s1") in second_counts and ("documents", "s0") not in second_counts
+            assert set(second_counts) <= plan, set(second_counts) - plan
+            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in first + second)
+            assert not [r for r in instance.get_runs() if r.tags.get("dagster/sensor_name")]  # none raced the syncs
+            statuses = json.loads(succeeds(STATUS, "--json"))
+            assert {s["status"] for s in statuses} == {"fresh"}, [s for s in statuses if s["status"] != "fresh"]
+            succeeds(VERIFY)
+            cluster_release = _release_hash(instance)
+        worker_logs = [log.read_text() for log in logs if log.name.startswith("dagster-celery")]
+        assert len(worker_logs) == 2 and all("succeeded in" in text for text in worker_logs), tails()
+
+        # the same manifest and shards built in process, in another home and store: the same release
+        reference = processes[0]
+        assert reference.wait(timeout=600) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
+    finally:
+        for process in reversed(processes):
+            _stop_group(process)
+    local = tmp_path / "in_process" / "dagster_home"
+    with dg.DagsterInstance.from_config(str(local)) as instance:
+        assert _release_hash(instance) == cluster_release
+    print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
+          f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s")
 
 
 def _cluster_home(tmp_path: Path, pg: dict) -> Path:
