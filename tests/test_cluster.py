@@ -540,6 +540,17 @@ def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
     return sum(len({partition for _, partition in wave}) for wave in waves)
 
 
+def _run_phases(instance, runs) -> str:
+    """Where a run's time goes: queued (submitted -> the daemon started it) and running (start -> end), means."""
+    import dagster as dg
+
+    records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
+    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
+    running = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
+    return (f"{len(records)} runs: mean {sum(queued) / max(1, len(queued)):.1f} s queued, "
+            f"{sum(running) / max(1, len(running)):.1f} s running, {sum(running):.0f} s running in all")
+
+
 def _release_hash(instance) -> str:
     """The released dataset's content hash (its files and lineage; the artifact also records when and by which
     runs it was built, so its data version differs between any two builds)."""
@@ -557,6 +568,16 @@ def _partitions_of(manifest: Path) -> set[tuple[str, Optional[str]]]:
     graph = graph_for(load_manifest(manifest))
     return {(name, key) for name, decl in graph.decls.items() if decl.compute is not None
             for key in graph.partition_keys(name)}
+
+
+def _other_pool_manifest(folder: Path) -> Path:
+    """cluster_ci.yaml with another pool under the same shard names, beside it."""
+    data = yaml.safe_load((folder / "cluster_ci.yaml").read_text())
+    data["sources"]["shards"] = [{"name": f"s{i}", "format": "jsonl", "paths": [f"t{i}.jsonl"]} for i in range(2)]
+    for i in range(2):
+        (folder / f"t{i}.jsonl").write_text(_jsonl_shard(i + 7))
+    (folder / "other.yaml").write_text(yaml.safe_dump(data))
+    return folder / "other.yaml"
 
 
 def _in_process_build(folder: Path, env: dict[str, str]):
@@ -662,6 +683,20 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             assert {s["status"] for s in statuses} == {"fresh"}, [s for s in statuses if s["status"] != "fresh"]
             succeeds(VERIFY)
             cluster_release = _release_hash(instance)
+            phases = _run_phases(instance, first + second)
+
+            # 3. a sync naming a manifest the daemon's code location did not load fails fast, naming both
+            other = _other_pool_manifest(folder)
+            with subprocess.Popen(SYNC[:3] + [other.name, "--select", "documents"], env=env, cwd=folder, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True) as sync:
+                started = time.monotonic()
+                try:
+                    _, err = sync.communicate(timeout=150)
+                except subprocess.TimeoutExpired:
+                    _stop_group(sync)
+                    raise AssertionError(f"a sync of {other.name} ran wave after wave\n{tails()}") from None
+            assert sync.returncode == 2 and "ManifestMismatch" in err and other.name in err, err[-3000:]
+            assert time.monotonic() - started < 120  # one failed wave, not wave after wave
         worker_logs = [log.read_text() for log in logs if log.name.startswith("dagster-celery")]
         assert len(worker_logs) == 2 and all("succeeded in" in text for text in worker_logs), tails()
 
@@ -676,95 +711,4 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
         assert _release_hash(instance) == cluster_release
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
-          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s")
-
-
-def _cluster_home(tmp_path: Path, pg: dict) -> Path:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    config = {"telemetry": {"enabled": False},
-              "storage": {"postgres": {"postgres_db": {**pg, "password": "", "scheme": "postgresql+psycopg2"}}},
-              "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
-                                  "config": {"max_concurrent_runs": 2}}}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
-
-
-@pytest.mark.slow
-def test_real_postgres_daemon_and_celery_sync_builds_its_manifest_and_stops_on_another(tmp_path, postgres_server,
-                                                                                       redis_url):
-    """The documented path with real components: Postgres storage, `dagster-daemon` dequeuing the sync's runs
-    (default launcher), steps on a Celery worker through Redis (when redis-server is installed), no sensor runs
-    racing them; a sync for a manifest the daemon did not load fails fast."""
-    import subprocess
-    import time
-
-    import dagster as dg
-
-    build = _jsonl_build(tmp_path)
-    data = yaml.safe_load(build.manifest.read_text())
-    data["execution"] = {"launcher": "instance", "max_concurrent": 2}
-    celery = {"broker": f"{redis_url}/0", "backend": f"{redis_url}/1"} if redis_url else None
-    if celery:
-        data["execution"].update(executor="dagster_celery:celery_executor", executor_config=celery)
-        (tmp_path / "celery.yaml").write_text(yaml.safe_dump({"execution": {"config": celery}}))
-    build.manifest.write_text(yaml.safe_dump(data))
-    other = yaml.safe_load(build.manifest.read_text())  # another pool under the same shard names
-    other["sources"]["shards"] = [{"name": f"s{i}", "format": "jsonl", "paths": [f"t{i}.jsonl"]} for i in range(2)]
-    for i in range(2):
-        (build.root / f"t{i}.jsonl").write_text(f'{{"text": "another document {i}"}}\n')
-    (build.root / "other.yaml").write_text(yaml.safe_dump(other))
-    home = _cluster_home(tmp_path, postgres_server)
-    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "gmates_assets.code_location", "location_name": "gmates", "working_directory": str(REPO)}}]}))
-    env = {**os.environ, "DAGSTER_HOME": str(home), "GMATES_HOME": str(build.store), "PYTHONPATH": str(REPO),
-           "GMATES_MANIFEST": str(build.manifest), "GMATES_AUTOMATION_INTERVAL_S": "2", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # `celery` for the workers
-    daemon = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
-                               str(tmp_path / "workspace.yaml")], env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
-    workers = None
-    if celery:
-        workers = subprocess.Popen([str(Path(sys.executable).parent / "dagster-celery"), "worker", "start",
-                                    "-A", "dagster_celery.app", "-y", str(tmp_path / "celery.yaml")], env=env, cwd=tmp_path, start_new_session=True,
-                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "celery.log", "w"))
-    try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
-            deadline = time.monotonic() + 90
-            while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
-                assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
-                time.sleep(1)
-
-            def gmates_sync(manifest: Path) -> subprocess.CompletedProcess:
-                command = [sys.executable, "-m", "gmates_assets.cli", "sync", "-m", str(manifest), "--select",
-                           "documents"]
-                with subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, start_new_session=True) as sync:
-                    try:
-                        out, err = sync.communicate(timeout=150)
-                    except subprocess.TimeoutExpired:
-                        _stop_group(sync)  # with its code server
-                        raise
-                return subprocess.CompletedProcess(command, sync.returncode, out, err)
-
-            done = gmates_sync(build.manifest)
-            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-            time.sleep(5)  # two sensor intervals: a sensor that were on would have requested the missing assets
-            runs = instance.get_runs()
-            launched = [r for r in runs if r.tags.get("gmates/launched_by") == "gmates sync"]
-            assert {r.tags.get("dagster/partition") for r in launched} == {"s0", "s1"}
-            assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in launched)
-            assert not [r for r in runs if r.tags.get("dagster/sensor_name")]  # no sensor runs raced the sync
-            if celery:  # the steps ran as Celery tasks (the run worker only submitted them)
-                messages = [e.message or "" for r in launched for e in instance.all_logs(r.run_id)]
-                assert any("celery" in m.lower() for m in messages), messages[:20]
-
-            started = time.monotonic()
-            done = gmates_sync(build.root / "other.yaml")
-            assert done.returncode == 2 and "ManifestMismatch" in done.stderr and "other.yaml" in done.stderr
-            assert time.monotonic() - started < 120  # one failed wave, not wave after wave
-    finally:
-        for process in (daemon, workers):
-            if process is not None:
-                _stop_group(process)
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s; {phases}")

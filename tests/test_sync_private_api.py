@@ -94,3 +94,44 @@ def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
                                 [("tok", "p0"), ("tok", "p1")]]
         assert len(report.runs) == 1 + 5  # the observation, then one run per partition key and wave
         assert set(statuses(defs, instance).values()) == {FRESH}
+
+
+def test_a_chain_of_unpartitioned_assets_shares_one_run():
+    """idx and tok_model read only unpartitioned assets of the wave before them (idx <- agg <- docs[*]): they join
+    agg's run, whose steps Dagster orders, instead of one wave (a run's start, queue and launch) each. `fan` reads
+    every partition of docs too, through agg only: still one run. `late` reads emb[*], not yet built: it waits."""
+    @dg.observable_source_asset(partitions_def=PARTS)
+    def src():
+        return dg.DataVersionsByPartition({"p0": dg.DataVersion("a"), "p1": dg.DataVersion("a")})
+
+    @dg.asset(partitions_def=PARTS, deps=[src])
+    def docs():
+        return dg.MaterializeResult(data_version=dg.DataVersion("d"))
+
+    @dg.asset(deps=[docs])
+    def agg():
+        return None
+
+    @dg.asset(deps=[agg])
+    def idx():
+        return None
+
+    @dg.asset(deps=[idx, agg])
+    def tok_model():
+        return None
+
+    @dg.asset(partitions_def=PARTS, deps=[docs, tok_model])
+    def emb():
+        return None
+
+    @dg.asset(deps=[emb, tok_model])
+    def late():
+        return None
+
+    defs = dg.Definitions(assets=[src, docs, agg, idx, tok_model, emb, late])
+    with dg.instance_for_test() as instance:
+        report = sync(defs, instance)
+        assert report.waves == [[("docs", "p0"), ("docs", "p1")], [("agg", None), ("idx", None), ("tok_model", None)],
+                                [("emb", "p0"), ("emb", "p1")], [("late", None)]]
+        assert len(report.runs) == 1 + 2 + 1 + 2 + 1
+        assert set(statuses(defs, instance).values()) == {FRESH}

@@ -285,16 +285,25 @@ def _failed(failures: list) -> BaseException:
                       + "\n  ".join(_failure_text(f) for f in failures))
 
 
+def _linked(graph, child: dg.AssetKey, parent: dg.AssetKey) -> bool:
+    """Can `child` share `parent`'s run? Both unpartitioned, or partition k reads only partition k."""
+    child_parts, parent_parts = graph.get(child).partitions_def, graph.get(parent).partitions_def
+    if child_parts is None or parent_parts is None:
+        return child_parts is None and parent_parts is None
+    return parent_parts == child_parts and isinstance(graph.get_partition_mapping(child, parent),
+                                                      dg.IdentityPartitionMapping)
+
+
 def _identity_ancestors(graph, name: str) -> set[str]:
-    """Ancestors linked to `name` only through identity partition mappings: partition k of `name` reads
-    partition k of each of them and nothing else of them (e.g. embeddings[k] <- documents[k])."""
+    """Ancestors linked to `name` only through identity partition mappings (partition k of `name` reads
+    partition k of each of them and nothing else of them, e.g. embeddings[k] <- documents[k]) or, for an
+    unpartitioned asset, only through unpartitioned assets (lm_tokenizer <- documents_index)."""
     closure, todo, tainted = {name}, [name], set()
     while todo:
         child = dg.AssetKey(todo.pop())
         for parent in graph.get(child).parent_keys:
             parent_name = parent.to_user_string()
-            same = graph.get(parent).partitions_def == graph.get(child).partitions_def is not None
-            if same and isinstance(graph.get_partition_mapping(child, parent), dg.IdentityPartitionMapping):
+            if _linked(graph, child, parent):
                 if parent_name not in closure:
                     closure.add(parent_name)
                     todo.append(parent_name)
@@ -306,8 +315,9 @@ def _identity_ancestors(graph, name: str) -> set[str]:
 def _ready(pending: Sequence[PartitionStatus], graph) -> list[PartitionStatus]:
     """The next wave: pending partitions none of whose upstream assets still have pending partitions, plus
     partitions whose only pending upstream is the same partition of identity-linked assets already in the
-    wave. Those join that partition's run (e.g. documents[k] and embeddings[k] in one run): Dagster runs them
-    in dependency order, and each run's fixed cost (a process start with a run launcher) is paid once."""
+    wave. Those join that partition's run (e.g. documents[k] and embeddings[k] in one run; a chain of
+    unpartitioned assets in one run): Dagster runs them in dependency order, and each run's fixed cost (a
+    process start with a run launcher, a wave of the sync) is paid once."""
     pending_assets = {p.asset for p in pending}
     pending_items = {(p.asset, p.partition) for p in pending}
     order = {k.to_user_string(): i for i, k in enumerate(graph.toposorted_asset_keys)}
@@ -317,7 +327,7 @@ def _ready(pending: Sequence[PartitionStatus], graph) -> list[PartitionStatus]:
     linked_to = {a: _identity_ancestors(graph, a) for a in pending_assets if upstream_of[a]}
     for item in sorted(pending, key=lambda p: order.get(p.asset, 0)):
         upstream = upstream_of[item.asset]
-        if upstream - (linked_to.get(item.asset, set()) if item.partition is not None else set()):
+        if upstream - linked_to.get(item.asset, set()):
             continue
         if all((a, item.partition) in in_wave or (a, item.partition) not in pending_items for a in upstream):
             wave.append(item)
