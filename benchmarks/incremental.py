@@ -5,7 +5,7 @@ A pool of local jsonl shards (the tests profile's tiny models) is synced up to t
 frozen probe (`probe.pool: frozen`, `probe.sample_docs` a quarter of the pool). Then:
 
 * append: shard N is added to the manifest and synced;
-* edit: one document of shard 5 that is in neither the frozen probe pool nor the warm-up sample is edited and
+* edit: one document (of shard 5, or the next shard that has one) that is in neither the frozen probe pool nor the warm-up sample is edited and
   synced (an edit *inside* them rebuilds the probe from the same ids, then the oracles).
 
 For each sync: wall seconds, partitions it ran (`executed`), how many of those were built (`rebuilt`) and how many
@@ -13,7 +13,7 @@ the store handed back without computing (`reused`), and whether any probe/oracle
 `--tokenizer train_bpe` measures a BPE tokenizer trained on a stable sample of `--train-docs` documents instead.
 
     python benchmarks/incremental.py                 # 128 shards x 20 documents
-    python benchmarks/incremental.py --smoke         # 8 shards x 6 documents (seconds; a check that it runs)
+    python benchmarks/incremental.py --smoke         # 3 shards x 6 documents (seconds; a check that it runs)
 """
 from __future__ import annotations
 
@@ -87,16 +87,17 @@ def _timed_sync(defs_for, instance, target: str) -> dict:
             "rebuilt_assets": sorted({a for a, _ in rebuilt})}
 
 
-def _edit_outside_probe(root: Path, instance, store, shard: int, docs: int) -> str:
-    """Edit one document of the shard that neither frozen sample holds; returns its id."""
+def _edit_outside_probe(root: Path, instance, store, n_shards: int, docs: int) -> str:
+    """Edit one document that neither frozen sample holds (the first from shard 5 on); returns its id."""
     from gmates_assets.defs.frozen import previous_docs
 
     frozen = set()
     for asset in ("probe_pool", "probe_checkpoint"):
         prev = previous_docs(instance, store, asset)
         frozen |= set(prev["doc_id"].to_list()) if prev is not None else set()
+    candidates = ((s % n_shards, r) for s in range(5, 5 + n_shards) for r in range(docs))
+    shard, row = next((s, r) for s, r in candidates if f"pool/s{s:03d}.jsonl:{r}" not in frozen)
     rel = f"pool/s{shard:03d}.jsonl"
-    row = next(r for r in range(docs) if f"{rel}:{r}" not in frozen)
     lines = _lines(shard, docs)
     lines[row] = json.dumps({"text": json.loads(lines[row])["text"] + " (edited)"})
     (root / rel).write_text("\n".join(lines) + "\n")
@@ -126,7 +127,7 @@ def measure(n_shards: int, docs: int, tokenizer: str, train_docs: int, target: s
             data["sources"]["shards"].append(_shard(n_shards))
             manifest.write_text(yaml.safe_dump(data, sort_keys=False))
             out["append_one_shard"] = _timed_sync(lambda: build_definitions(manifest), instance, target)
-            out["edited_doc"] = _edit_outside_probe(root, instance, ArtifactStore(root / "store"), 5 % n_shards, docs)
+            out["edited_doc"] = _edit_outside_probe(root, instance, ArtifactStore(root / "store"), n_shards, docs)
             out["edit_one_document"] = _timed_sync(lambda: build_definitions(manifest), instance, target)
     return out
 
@@ -138,10 +139,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=["pretrained", "train_bpe"], default="pretrained")
     parser.add_argument("--train-docs", type=int, default=200)
     parser.add_argument("--target", default="dataset_release")
-    parser.add_argument("--smoke", action="store_true", help="8 shards x 6 documents")
+    parser.add_argument("--smoke", action="store_true", help="3 shards x 6 documents")
     args = parser.parse_args()
     if args.smoke:
-        args.shards, args.docs_per_shard = 8, 6
+        args.shards, args.docs_per_shard = 3, 6
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = measure(args.shards, args.docs_per_shard, args.tokenizer, args.train_docs, args.target)
     print(json.dumps(result, indent=1))
