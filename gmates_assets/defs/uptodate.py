@@ -75,14 +75,18 @@ def _metadata(verdict: Verdict) -> dict:
 
 
 def new_evaluations(instance: dg.DagsterInstance, found: dict[str, Verdict]) -> list[dg.AssetCheckEvaluation]:
-    """Evaluations for the assets whose verdict differs from the latest recorded `up_to_date` result (so an
-    unchanged state writes nothing, and a result a run recorded meanwhile is corrected at the next tick)."""
+    """Evaluations for the assets whose verdict differs from the latest recorded `up_to_date` result, or was
+    recorded before the asset's latest materialization (the UI shows a check against the latest one). So an
+    unchanged state writes nothing, and a result a run recorded meanwhile is corrected at the next tick."""
     keys = [dg.AssetCheckKey(dg.AssetKey(name), UP_TO_DATE) for name in found]
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)  # private, pinned dagster
+    built = {r.asset_entry.asset_key: r.asset_entry.last_materialization_record
+             for r in instance.get_asset_records([k.asset_key for k in keys])}
     out = []
     for key in keys:
-        name = key.asset_key.to_user_string()
-        if _recorded(latest.get(key)) != (found[name].passed, found[name].description):
+        name, record, materialized = key.asset_key.to_user_string(), latest.get(key), built.get(key.asset_key)
+        outdated = record is not None and materialized is not None and record.create_timestamp < materialized.timestamp
+        if outdated or _recorded(record) != (found[name].passed, found[name].description):
             out.append(evaluation(name, found[name]))
     return out
 
@@ -119,8 +123,11 @@ def up_to_date_checks(assets: Sequence[str]) -> dg.AssetChecksDefinition:
         if changed:
             found = changed_verdicts(names, changed)
         else:
-            defs = build_definitions(gmates.manifest_path, home=gmates.home)
-            found = verdicts(asset_statuses(defs, context.instance, names, current_sources=True), names)
+            try:
+                defs = build_definitions(gmates.manifest_path, home=gmates.home)
+                found = verdicts(asset_statuses(defs, context.instance, names, current_sources=True), names)
+            except Exception as err:  # a status that cannot be computed must not fail the run it is part of
+                found = {name: Verdict(False, f"status not computed: {type(err).__name__}: {err}") for name in names}
         for name in names:
             verdict = found[name]
             yield dg.AssetCheckResult(asset_key=name, check_name=UP_TO_DATE, passed=verdict.passed,
