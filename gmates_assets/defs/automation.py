@@ -83,7 +83,8 @@ def plan_tick(statuses: Sequence, graph, busy: Sequence[str] = (), changed: Opti
     pending = [s for s in statuses if s.status != FRESH]
     if not pending:
         return TickPlan(f"fresh: {len(statuses)} asset partitions")
-    states = sorted({"missing" if s.status == "missing" else "stale" for s in pending})
+    kinds = {"missing" if s.status == "missing" else "stale" for s in pending}  # partial counts as stale
+    states = [kind for kind in ("stale", "missing") if kind in kinds]
     reason = (f"{len(pending)} partition{'s' if len(pending) != 1 else ''} {' or '.join(states)}: "
               f"{_named([_where((s.asset, s.partition)) for s in pending])}")
     failed = {item: run for item, run in (failed or {}).items() if item in {(s.asset, s.partition) for s in pending}}

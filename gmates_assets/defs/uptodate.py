@@ -49,7 +49,7 @@ def _verdict(rows: Sequence) -> Verdict:
     bad = [r for r in rows if r.status != "fresh"]
     if not bad:
         return Verdict(True, f"fresh ({len(rows)} partitions)" if len(rows) > 1 else "fresh")
-    states = sorted({r.status for r in bad})
+    states = sorted({r.status for r in bad}, key=lambda state: (state != "stale", state))  # "stale or missing"
     named = ", ".join(_where(r.asset, r.partition) for r in bad[:SHOWN]) + (" ..." if len(bad) > SHOWN else "")
     of = f" of {len(rows)}" if len(rows) > 1 else ""
     noun = "partition" if len(bad) == 1 else "partitions"
