@@ -225,3 +225,16 @@ def test_a_ui_started_after_an_edit_made_while_it_was_down_requests_the_stale_pa
     assert requested == {(m, ("selected_subset",)) for m in methods}
     check = {e.asset_key.to_user_string(): e for e in data.asset_events}["selected_subset"]
     assert not check.passed and all(f"selected_subset[{m}]" in check.description for m in methods)
+
+
+def test_sensor_does_not_retry_a_failed_run_of_these_definitions():
+    """A failed run is not requested again at every tick (a broken step would loop); what depends on it waits."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        defs = toy_defs("1")
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection={dg.AssetKey("A")})
+        run = instance.create_run_for_job(job_def=job, asset_selection=frozenset({dg.AssetKey("A")}),
+                                          tags={"dagster/partition": "p1", SENSOR_TAG: "1"},
+                                          status=dg.DagsterRunStatus.FAILURE)
+        data = Ticks(defs, instance).tick()
+        assert not data.run_requests  # A[p2] is held too, as sync holds the assets of a failed run
+        assert "held back after a failed sensor run" in data.skip_message and run.run_id in data.skip_message

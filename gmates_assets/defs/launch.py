@@ -89,10 +89,8 @@ class InProcessRuns:
         run_ids = []
         for partition, assets in groups:
             keys = {dg.AssetKey(a) for a in assets}
-            job = self.job.get_subset(asset_selection=keys, asset_check_selection=checks_for_run(self.graph, keys))
             try:
-                result = job.execute_in_process(instance=self.instance, partition_key=partition, raise_on_error=True,
-                                                run_config=RUN_CONFIG, tags=process_tags())
+                result = execute_in_process(self.job, self.instance, keys, checks_for_run(self.graph, keys), partition)
             except Exception as err:
                 if failures is None:
                     raise
@@ -102,6 +100,22 @@ class InProcessRuns:
             run_ids.append(result.run_id)
             self.after_run()
         return run_ids
+
+
+def execute_in_process(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: set[dg.AssetKey],
+                       checks: set[dg.AssetCheckKey], partition: Optional[str]):
+    """`job.execute_in_process(asset_selection=keys, partition_key=partition)` with only the asset checks `checks`
+    (public execute_in_process runs every check of the selected assets, up_to_date included; the run records
+    `keys` as its asset selection, so the run list shows what it built)."""
+    from dagster._core.definitions.job_base import InMemoryJob  # private, pinned dagster
+    from dagster._core.execution.execute_in_process import core_execute_in_process, merge_run_tags  # private
+
+    subset = job.get_subset(asset_selection=keys, asset_check_selection=checks)
+    return core_execute_in_process(
+        run_config=RUN_CONFIG, job=InMemoryJob(subset.as_ephemeral_job(resource_defs={}, input_values={})),
+        instance=instance, output_capturing_enabled=True, raise_on_error=True,
+        run_tags=merge_run_tags(subset, partition, process_tags(), list(keys), instance, RUN_CONFIG),
+        asset_selection=frozenset(keys))
 
 
 class InstanceRuns:
