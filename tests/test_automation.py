@@ -238,3 +238,23 @@ def test_sensor_does_not_retry_a_failed_run_of_these_definitions():
         data = Ticks(defs, instance).tick()
         assert not data.run_requests  # A[p2] is held too, as sync holds the assets of a failed run
         assert "held back after a failed sensor run" in data.skip_message and run.run_id in data.skip_message
+
+
+def test_an_edit_during_a_tick_skips_it_with_the_reason_instead_of_failing(monkeypatch):
+    """The steps of status refuse a manifest edited since the load (ManifestChanged); the tick then says why."""
+    from gmates_assets.defs import automation
+    from gmates_assets.defs.resources import ManifestChanged
+
+    calls = []
+
+    def guard():
+        calls.append(1)
+        return None if len(calls) == 1 else "manifest m.yaml changed on disk since these definitions were loaded"
+
+    def edited_meanwhile(_defs, _instance):
+        raise ManifestChanged("manifest m.yaml changed on disk")
+
+    monkeypatch.setattr(automation, "current_statuses", edited_meanwhile)
+    with dg.DagsterInstance.ephemeral() as instance:
+        data = Ticks(toy_defs("1", guard=guard), instance).tick()
+    assert not data.run_requests and data.skip_message.startswith(MANIFEST_CHANGED)

@@ -329,6 +329,21 @@ def shot(page, dev: h.DagsterDev, path: str, name: str, wait_text: Optional[str]
     return page.locator("body").inner_text()
 
 
+def show_latest_skip_reason(page, dev: h.DagsterDev, reason: str, name: str) -> None:
+    """The sensor's page shows a skipped tick as "0 runs requested"; hovering it shows the reason (screenshot)."""
+    def shown() -> bool:
+        open_page(page, dev, f"/locations/{h.LOCATION}/sensors/{SENSOR}")
+        page.get_by_text("0 runs requested").first.hover(timeout=60_000)
+        try:
+            page.get_by_text(reason).first.wait_for(timeout=10_000)
+        except Exception:  # the tooltip of a tick that was not the latest yet: look again
+            return False
+        return True
+
+    h.wait_until(shown, 120, f"the sensor page to show {reason!r}", every=1)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
 def press_materialize_unsynced(page, dev: h.DagsterDev) -> str:
     """The dialog's text, then its "Materialize N assets" button (what a user does)."""
     from playwright.sync_api import expect
@@ -399,10 +414,9 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     assert str(server.manifest) in tick["skipReason"] and not tick["runIds"]
     h.wait_until(lambda: "manifest changed on disk" in (h.check_results(server.gql, nodes, "up_to_date")[EDITED]
                                                         or {}).get("description", ""), 60, "the check to say so")
-    text = shot(page, server, f"/locations/{h.LOCATION}/sensors/{SENSOR}", "edit_sensor_says_reload",
-                "manifest changed on disk: Reload definitions")
-    assert "manifest changed on disk: Reload definitions" in text
-    shot(page, server, f"/assets/{EDITED}?view=checks", "edit_check_says_reload", "up_to_date")
+    show_latest_skip_reason(page, server, "manifest changed on disk: Reload definitions", "edit_sensor_says_reload")
+    shot(page, server, f"/assets/{EDITED}?view=checks&checkDetail=up_to_date", "edit_check_says_reload",
+         "manifest changed on disk: Reload definitions")
     assert len(h.runs(server.gql)) == runs_before, "a run was launched from definitions of another manifest"
     reload_definitions(page, server, EDITED)
     t_reload = time.time()
@@ -424,7 +438,9 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     wait_fresh(server, nodes, time.time())
     assert rebuilt_since(server, nodes, built) == reached(nodes)
     assert cli_statuses(server.manifest, capsys) == {"fresh"}
-    shot(page, server, f"/locations/{h.LOCATION}/sensors/{SENSOR}", "restart_converged", "fresh:")
+    show_latest_skip_reason(page, server, "fresh:", "restart_converged_sensor")
+    shot(page, server, f"/assets/{EDITED}?view=checks&checkDetail=up_to_date", "restart_converged_check",
+         f"fresh ({len(nodes[EDITED]['partitionKeys'])} partitions)")
     times["edit while down"] = time.time() - t_down
 
     # 4. "Materialize unsynced" builds the unpartitioned asset and ignores stale partitions; the sensor finishes

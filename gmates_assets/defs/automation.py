@@ -151,16 +151,25 @@ def current_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> list
 
 # ------------------------------------------------------------------------------------------ the sensor
 def tick(context, defs: dg.Definitions, guard: Callable[[], Optional[str]], loaded_at: float) -> dg.SensorResult:
-    from .orphans import fail_orphaned_runs
-
-    instance = context.instance
     graph = defs.resolve_asset_graph()
     assets = [k.to_user_string() for k in graph.toposorted_asset_keys if k in graph.materializable_asset_keys]
     changed = guard()
-    if changed:
-        plan = plan_tick([], graph, changed=changed)
-        return dg.SensorResult(skip_reason=plan.reason,
-                               asset_events=new_evaluations(instance, changed_verdicts(assets, changed)))
+    if not changed:
+        try:
+            return _judge(context, defs, graph, assets, loaded_at)
+        except Exception:
+            changed = guard()  # edited while this tick computed the status (steps refuse with ManifestChanged)
+            if not changed:
+                raise
+    plan = plan_tick([], graph, changed=changed)
+    return dg.SensorResult(skip_reason=plan.reason,
+                           asset_events=new_evaluations(context.instance, changed_verdicts(assets, changed)))
+
+
+def _judge(context, defs: dg.Definitions, graph, assets: list[str], loaded_at: float) -> dg.SensorResult:
+    from .orphans import fail_orphaned_runs
+
+    instance = context.instance
     fail_orphaned_runs(instance, context.log.info)  # a killed sync's runs would otherwise be waited for forever
     busy = work_in_flight(instance)
     if busy:
