@@ -420,6 +420,10 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     assert len(h.runs(server.gql)) == runs_before, "a run was launched from definitions of another manifest"
     reload_definitions(page, server, EDITED)
     t_reload = time.time()
+    h.wait_until(lambda: "stale" in ((h.check_results(server.gql, nodes, "up_to_date")[EDITED] or {})
+                                     .get("description", "")), 120, "the check to list the stale partitions", every=0.5)
+    shot(page, server, f"/assets/{EDITED}?view=checks&checkDetail=up_to_date", "edit_check_lists_stale_partitions",
+         f"{EDITED}[{nodes[EDITED]['partitionKeys'][0]}]")
     wait_fresh(server, nodes, t_reload)
     assert h.descendants(nodes, EDITED) == DOWNSTREAM
     new = rebuilt_since(server, nodes, built)
