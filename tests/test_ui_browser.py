@@ -7,11 +7,14 @@ One scenario on the `tests` profile (the steps depend on each other; counts come
      up_to_date check passes; screenshots of the graph, an asset page and an embedded plot;
   2. edit the manifest while the UI runs (an eval task's random baseline): the sensor's tick says "manifest
      changed on disk: Reload definitions" and so does eval_scores' up_to_date check, nothing is launched;
-     "Reload definitions": the sensor rebuilds exactly eval_scores[every method] and method_comparison, once;
+     "Reload definitions": the check lists eval_scores' stale partitions, and the sensor rebuilds exactly
+     eval_scores[every method] and method_comparison, once each;
   3. stop the UI, revert the edit, start the UI: the sensor converges (the same partitions, once each);
   4. sensor off, edit again plus the release name, reload: "Materialize unsynced" builds dataset_release only
      (it ignores stale partitions); sensor on: it finishes the stale partitions, each built once in all;
   5. sensor off, revert, reload: `gmates_sync` launched from the Launchpad rebuilds the same partitions once;
+  6. sensor on: "Materialize all" on the graph filtered to eval_scores+ starts a backfill; the sensor's ticks
+     wait for it, and the first or second tick after it says fresh; each partition was built once;
      `gmates status` is fresh after each step; the webserver listens on loopback only, and every process it
      started is gone afterwards.
 
@@ -360,6 +363,23 @@ def press_materialize_unsynced(page, dev: h.DagsterDev) -> str:
     return text
 
 
+def press_materialize_all(page, dev: h.DagsterDev, selection: str, count: int) -> str:
+    """On the graph filtered by `selection`: "Materialize all (count)", every partition, "Launch backfill"; the
+    id of the backfill it started."""
+    from urllib.parse import quote
+
+    known = {b["id"] for b in h.backfills(dev.gql)}
+    open_page(page, dev, f"/asset-groups?asset-selection={quote(selection)}")
+    page.get_by_role("button", name=f"Materialize all ({count})").click(timeout=60_000)
+    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize").last
+    dialog.wait_for(timeout=60_000)
+    dialog.get_by_text("All", exact=True).first.click()
+    page.screenshot(path=str(ARTIFACTS / "materialize_all_dialog.png"))
+    dialog.get_by_role("button", name="Launch backfill").click()
+    new = h.wait_until(lambda: [b for b in h.backfills(dev.gql) if b["id"] not in known], 60, "the backfill", every=1)
+    return new[0]["id"]
+
+
 def launch_sync_job(page, dev: h.DagsterDev) -> str:
     """Jobs > gmates_sync > Launchpad > Launch Run; the id of the run it started."""
     known = {r["runId"] for r in h.runs(dev.gql)}
@@ -480,6 +500,25 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     assert cli_statuses(server.manifest, capsys) == {"fresh"}
     shot(page, server, f"/runs/{run_id}", "gmates_sync_run", "fresh:")
     times["gmates_sync"] = time.time() - t_job
+
+    # 6. sensor on: "Materialize all" on eval_scores and what follows it (a backfill); the sensor waits for it
+    t_all = time.time()
+    built = h.materialization_counts(server.gql, nodes)
+    toggle_sensor(page, server, running=True)
+    backfill = press_materialize_all(page, server, f"key:{EDITED}+", 1 + len(DOWNSTREAM))
+    h.wait_until(lambda: any(f"backfill {backfill}" in (t["skipReason"] or "") for t in
+                             h.sensor_ticks(server.gql, SENSOR, limit=20) if t["timestamp"] > t_all),
+                 PHASE_TIMEOUT, "a tick that waits for the backfill", every=1)
+    h.wait_until(lambda: all(b["status"] != "REQUESTED" for b in h.backfills(server.gql)), PHASE_TIMEOUT,
+                 "the backfill to end")
+    t_done = time.time()
+    wait_fresh(server, nodes, t_done)
+    ticks = sorted((t for t in h.sensor_ticks(server.gql, SENSOR, limit=20) if t["timestamp"] > t_done),
+                   key=lambda t: t["timestamp"])
+    first_fresh = next(i for i, t in enumerate(ticks) if (t["skipReason"] or "").startswith("fresh"))
+    assert first_fresh <= 1 and not [t for t in ticks if t["runIds"]], f"not fresh within two ticks: {ticks}"
+    assert rebuilt_since(server, nodes, built) == reached(nodes), "a partition was built twice, or not at all"
+    times["materialize all"] = time.time() - t_all
 
     for png in sorted(p for p in ARTIFACTS.glob("*.png") if p.stat().st_mtime >= started):
         check_png(png)
