@@ -258,3 +258,20 @@ def test_an_edit_during_a_tick_skips_it_with_the_reason_instead_of_failing(monke
     with dg.DagsterInstance.ephemeral() as instance:
         data = Ticks(toy_defs("1", guard=guard), instance).tick()
     assert not data.run_requests and data.skip_message.startswith(MANIFEST_CHANGED)
+
+
+def test_sensor_waits_for_a_backfill_in_flight():
+    """"Materialize all" on partitioned assets starts a backfill, which launches its runs over several daemon
+    loops (none may be in flight for a while): the sensor waits until the backfill ends."""
+    import time
+
+    from dagster._core.execution.backfill import PartitionBackfill  # private, pinned dagster
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        defs = toy_defs("1")
+        instance.add_backfill(PartitionBackfill.from_asset_partitions(
+            backfill_id="bf1", asset_graph=defs.resolve_asset_graph(), partition_names=["p1", "p2"],
+            asset_selection=[dg.AssetKey("A"), dg.AssetKey("B")], backfill_timestamp=time.time(), tags={},
+            dynamic_partitions_store=instance, all_partitions=False, title=None, description=None, run_config=None))
+        data = Ticks(defs, instance).tick()
+        assert not data.run_requests and data.skip_message == "waiting for 1 run in flight: backfill bf1"
