@@ -364,14 +364,14 @@ def press_materialize_unsynced(page, dev: h.DagsterDev) -> str:
 
 
 def press_materialize_all(page, dev: h.DagsterDev, selection: str, count: int) -> str:
-    """On the graph filtered by `selection`: "Materialize all (count)", every partition, "Launch backfill"; the
-    id of the backfill it started."""
+    """On the graph filtered by `selection` (what typing it into the search box shows): "Materialize all…",
+    every partition, "Launch backfill"; the id of the backfill it started."""
     from urllib.parse import quote
 
     known = {b["id"] for b in h.backfills(dev.gql)}
-    open_page(page, dev, f"/asset-groups?asset-selection={quote(selection)}")
-    page.get_by_role("button", name=f"Materialize all ({count})").click(timeout=60_000)
-    dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize").last
+    open_page(page, dev, f"/asset-groups~{quote(selection, safe='')}")
+    page.get_by_role("button", name=re.compile("Materialize all")).click(timeout=60_000)
+    dialog = page.get_by_role("dialog").filter(has_text=f"Launch runs to materialize {count} assets").last
     dialog.wait_for(timeout=60_000)
     dialog.get_by_text("All", exact=True).first.click()
     page.screenshot(path=str(ARTIFACTS / "materialize_all_dialog.png"))
