@@ -5,8 +5,9 @@ A pool of local jsonl shards (the tests profile's tiny models) is synced up to t
 frozen probe (`probe.pool: frozen`, `probe.sample_docs` a quarter of the pool). Then:
 
 * append: shard N is added to the manifest and synced;
-* edit: one document (of shard 5, or the next shard that has one) that is in neither the frozen probe pool nor the warm-up sample is edited and
-  synced (an edit *inside* them rebuilds the probe from the same ids, then the oracles).
+* edit: one document (of shard 5, or the next shard that has one) that is in neither the frozen probe pool nor
+  the warm-up sample is edited and synced (an edit *inside* them rebuilds the probe from the same ids, then the
+  oracles).
 
 For each sync: wall seconds, partitions it ran (`executed`), how many of those were built (`rebuilt`) and how many
 the store handed back without computing (`reused`), and whether any probe/oracle/model partition was built.

@@ -135,3 +135,27 @@ def test_a_chain_of_unpartitioned_assets_shares_one_run():
                                 [("emb", "p0"), ("emb", "p1")], [("late", None)]]
         assert len(report.runs) == 1 + 2 + 1 + 2 + 1
         assert set(statuses(defs, instance).values()) == {FRESH}
+
+
+def test_sync_runs_execute_their_assets_own_checks_not_up_to_date_and_record_their_selection():
+    """InProcessRuns goes through Dagster's private core_execute_in_process (launch.execute_in_process) to leave the
+    up_to_date check out of a run while recording its asset selection (what the run list shows)."""
+    from gmates_assets.defs.launch import InProcessRuns
+
+    @dg.asset(partitions_def=PARTS, code_version="1", check_specs=[dg.AssetCheckSpec("own", asset="docs")])
+    def docs(context):
+        yield dg.MaterializeResult(data_version=dg.DataVersion("v"))
+        yield dg.AssetCheckResult(check_name="own", passed=True)
+
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("up_to_date", asset="docs")], can_subset=True)
+    def up_to_date(context):
+        raise AssertionError("a sync run executed the up_to_date check")
+
+    defs = dg.Definitions(assets=[docs], asset_checks=[up_to_date])
+    with dg.instance_for_test() as instance:
+        (run_id,) = InProcessRuns(defs, instance).run_all([("p1", ["docs"])], log=print)
+        run = instance.get_run_by_id(run_id)
+        assert run.asset_selection == {dg.AssetKey("docs")} and run.tags["dagster/partition"] == "p1"
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("docs"), "own"), dg.AssetCheckKey(dg.AssetKey("docs"), "up_to_date")])
+        assert {k.name for k in checks} == {"own"}

@@ -60,12 +60,15 @@ def test_automation_sensor_skips_while_its_definitions_are_stale(edited):
     with build.instance() as instance:
         data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=stale_defs))
     assert not data.run_requests
+    assert data.skip_message.startswith("manifest changed on disk: Reload definitions")
     assert CHANGED in data.skip_message and str(build.manifest) in data.skip_message
-    reloaded = build.defs()  # the guard passes: the conditions are evaluated (a first tick requests nothing)
+    checks = {e.asset_key.to_user_string(): e for e in data.asset_events}  # each asset's up_to_date says so too
+    assert checks and all(not e.passed and "Reload definitions" in e.description for e in checks.values())
+    reloaded = build.defs()  # the guard passes: the reloaded sensor requests the rebuild of what the edit reached
     with build.instance() as instance:
         data = reloaded.get_sensor_def("gmates_automation").evaluate_tick(
             dg.build_sensor_context(instance=instance, definitions=reloaded))
-    assert CHANGED not in (data.skip_message or "")
+    assert {k.to_user_string() for r in data.run_requests for k in r.asset_selection} == {"cluster_assignments"}
 
 
 # ------------------------------------------------------------------------------ 2. a copied DAGSTER_HOME

@@ -78,7 +78,7 @@ class DagsterDev:
         exe = Path(sys.executable).parent / "dagster"  # the venv's, even when the venv is not activated
         cmd = [str(exe) if exe.is_file() else "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
                "-h", "127.0.0.1", "-p", str(self.port)]
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")  # a restarted server appends
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_reset_signals)
         log.close()
@@ -367,12 +367,28 @@ def sensor_status(gql: Gql, name: str) -> str:
 
 
 def sensor_ticks(gql: Gql, name: str, limit: int = 10) -> list[dict]:
-    """Latest ticks first: status, timestamp (epoch s), runIds, requestedAssetMaterializationCount."""
+    """Latest ticks first: status, timestamp (epoch s), runIds, requestedAssetMaterializationCount, skipReason."""
     selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
     data = gql("""query($s: SensorSelector!, $n: Int) { sensorOrError(sensorSelector: $s) { ... on Sensor {
-                  sensorState { ticks(limit: $n) { status timestamp runIds requestedAssetMaterializationCount }
-                  } } } }""", {"s": selector, "n": limit})
+                  sensorState { ticks(limit: $n) { status timestamp runIds requestedAssetMaterializationCount
+                  skipReason } } } } }""", {"s": selector, "n": limit})
     return data["sensorOrError"]["sensorState"]["ticks"]
+
+
+def check_results(gql: Gql, nodes: dict[str, dict], check: str) -> dict[str, Optional[dict]]:
+    """asset -> the latest execution of its check `check` against its latest materialization ({status, success,
+    description}), None when there is none."""
+    wanted = {n: v for n, v in nodes.items() if v["isMaterializable"]}
+    fields = ("assetChecksOrError { __typename ... on AssetChecks { checks { name executionForLatestMaterialization "
+              "{ status evaluation { success description } } } } }")
+    out = {}
+    for name, data in _per_asset(gql, wanted, lambda _n: fields).items():
+        checks = {c["name"]: c for c in data["assetChecksOrError"].get("checks", [])}
+        execution = (checks.get(check) or {}).get("executionForLatestMaterialization")
+        out[name] = None if execution is None else {
+            "status": execution["status"], "success": (execution["evaluation"] or {}).get("success"),
+            "description": (execution["evaluation"] or {}).get("description") or ""}
+    return out
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 2.0):

@@ -3,23 +3,19 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
 from dagster._config import validate_config  # private, pinned dagster
 
 from ..core.manifest import DEFAULT_MANIFEST, load_manifest
-from .automation import (
-    SENSOR_NAME,
-    GuardedAutomationSensor,
-    sensor_default_status,
-    sensor_interval,
-    with_sync_conditions,
-)
+from .automation import automation_sensor, sensor_default_status
 from .console import gmates_console_logger
 from .factory import dagster_assets, graph_for
 from .resources import GmatesResource, changed_since_load, manifest_fingerprint
 from .sync_job import gmates_sync_job
+from .uptodate import up_to_date_checks
 
 
 def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home: str = "") -> dg.Definitions:
@@ -27,16 +23,13 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
     loaded = load_manifest(path)
     graph = graph_for(loaded)
     loaded_fingerprint = manifest_fingerprint(loaded.manifest)
-    automation = GuardedAutomationSensor(
-        SENSOR_NAME, guard=lambda: changed_since_load(str(path), loaded_fingerprint),
-        target=dg.AssetSelection.all(), default_status=sensor_default_status(loaded.manifest.execution.launcher),
-        minimum_interval_seconds=sensor_interval(),
-        emit_backfills=False,  # runs go straight to the run queue, not through the 30 s backfill daemon loop
-        description="Rebuilds what a manifest edit made stale, wave by wave (code version or dependency data "
-                    "version changed), after 'Reload definitions'; skips while the manifest on disk differs "
-                    "from the loaded one.")
-    return dg.Definitions(
-        assets=with_sync_conditions(dagster_assets(graph)),
+    built: dict[str, dg.Definitions] = {}  # the sensor judges the Definitions it belongs to
+    automation = automation_sensor(
+        lambda: built["defs"], guard=lambda: changed_since_load(str(path), loaded_fingerprint), loaded_at=time.time(),
+        default_status=sensor_default_status(loaded.manifest.execution.launcher))
+    built["defs"] = dg.Definitions(
+        assets=dagster_assets(graph),
+        asset_checks=[up_to_date_checks([n for n in graph.toposorted() if not graph[n].is_source])],
         sensors=[automation],
         jobs=[gmates_sync_job()],
         resources={"gmates": GmatesResource(manifest_path=str(path), home=home,
@@ -44,6 +37,7 @@ def build_definitions(manifest_path: str | os.PathLike = DEFAULT_MANIFEST, home:
         executor=executor_for(loaded.manifest.execution, loaded),
         loggers={"console": gmates_console_logger},
     )
+    return built["defs"]
 
 
 def executor_for(execution, loaded=None) -> dg.ExecutorDefinition:

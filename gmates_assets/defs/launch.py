@@ -23,6 +23,7 @@ from .automation import SENSOR_NAME, sensor_interval
 from .orphans import process_tags
 from .run_manifest import manifest_tags
 from .runtime import GPU_TAG
+from .uptodate import checks_for_run
 
 CODE_LOCATION = "gmates"
 CODE_MODULE = "gmates_assets.code_location"
@@ -71,6 +72,7 @@ class InProcessRuns:
     def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance,
                  after_run: Callable[[], None] = lambda: None):
         self.job = defs.resolve_implicit_global_asset_job_def()
+        self.graph = defs.resolve_asset_graph()
         self.instance = instance
         self.after_run = after_run  # e.g. InterruptWatch.check: stop after a run that an interrupt reached
 
@@ -86,10 +88,9 @@ class InProcessRuns:
         and the other runs go on (without it, the first failure raises)."""
         run_ids = []
         for partition, assets in groups:
+            keys = {dg.AssetKey(a) for a in assets}
             try:
-                result = self.job.execute_in_process(instance=self.instance, partition_key=partition,
-                                                     asset_selection=[dg.AssetKey(a) for a in assets],
-                                                     raise_on_error=True, run_config=RUN_CONFIG, tags=process_tags())
+                result = execute_in_process(self.job, self.instance, keys, checks_for_run(self.graph, keys), partition)
             except Exception as err:
                 if failures is None:
                     raise
@@ -99,6 +100,22 @@ class InProcessRuns:
             run_ids.append(result.run_id)
             self.after_run()
         return run_ids
+
+
+def execute_in_process(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: set[dg.AssetKey],
+                       checks: set[dg.AssetCheckKey], partition: Optional[str]):
+    """`job.execute_in_process(asset_selection=keys, partition_key=partition)` with only the asset checks `checks`
+    (public execute_in_process runs every check of the selected assets, up_to_date included; the run records
+    `keys` as its asset selection, so the run list shows what it built)."""
+    from dagster._core.definitions.job_base import InMemoryJob  # private, pinned dagster
+    from dagster._core.execution.execute_in_process import core_execute_in_process, merge_run_tags  # private
+
+    subset = job.get_subset(asset_selection=keys, asset_check_selection=checks)
+    return core_execute_in_process(
+        run_config=RUN_CONFIG, job=InMemoryJob(subset.as_ephemeral_job(resource_defs={}, input_values={})),
+        instance=instance, output_capturing_enabled=True, raise_on_error=True,
+        run_tags=merge_run_tags(subset, partition, process_tags(), list(keys), instance, RUN_CONFIG),
+        asset_selection=frozenset(keys))
 
 
 class InstanceRuns:
@@ -177,8 +194,10 @@ class InstanceRuns:
         from dagster._core.definitions.selector import JobSubsetSelector  # private, pinned dagster
 
         keys = frozenset(dg.AssetKey(a) for a in assets)
+        checks = frozenset(checks_for_run(self.repository.asset_graph, keys))  # not up_to_date (uptodate.py)
         selector = JobSubsetSelector(location_name=CODE_LOCATION, repository_name=self.repository.name,
-                                     job_name=ASSET_JOB, op_selection=None, asset_selection=keys)
+                                     job_name=ASSET_JOB, op_selection=None, asset_selection=keys,
+                                     asset_check_selection=checks)
         remote_job = self.location.get_job(selector)
         plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance)
@@ -193,7 +212,7 @@ class InstanceRuns:
             status=None, root_run_id=None, parent_run_id=None, tags=tags, job_snapshot=remote_job.job_snapshot,
             execution_plan_snapshot=plan.execution_plan_snapshot,
             parent_job_snapshot=remote_job.parent_job_snapshot, remote_job_origin=remote_job.get_remote_origin(),
-            job_code_origin=remote_job.get_python_origin(), asset_selection=keys, asset_check_selection=None,
+            job_code_origin=remote_job.get_python_origin(), asset_selection=keys, asset_check_selection=checks,
             asset_graph=self.repository.asset_graph)
 
     def run_all(self, groups: Sequence[RunGroup], log: Callable[[str], None],

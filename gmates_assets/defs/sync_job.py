@@ -11,10 +11,12 @@ Coexistence. The job's run carries `gmates/sync_job: 1`, each run it submits `gm
 Before its first wave the job waits for the runs already in flight that build gmates assets (the automation
 sensor's, a UI "Materialize", an earlier `gmates_sync`), so it never starts a second run for a partition they
 are building; a second launch thus waits for the first and then finds everything fresh. While a `gmates/sync_job`
-run is in flight the automation sensor skips its ticks, so the job does not refuse when the sensor is on (it is
-on by default under `gmates ui`), unlike `gmates sync` with `launcher: instance` (InstanceRuns.
-check_no_sensor_race). A sensor tick that was already evaluating when the job started can still submit a run
-for a partition the job builds too: the store's build lock then makes the later one reuse the first's artifact.
+run (or any asset run) is in flight the automation sensor skips its ticks (automation.work_in_flight), so the job
+does not refuse when the sensor is on (it is on by default under `gmates ui`), unlike `gmates sync` with
+`launcher: instance` (InstanceRuns.check_no_sensor_race), whose gaps between waves have nothing in flight. A
+sensor tick that was already evaluating when the job started can still submit a run for a partition the job
+builds too: the job waits for it (wait_for_runs_ahead), and the store's build lock makes a second build of a
+partition reuse the first's artifact.
 """
 from __future__ import annotations
 
