@@ -1,0 +1,212 @@
+"""`execution.launcher: warm`: runs execute in long-lived worker processes (gmates_assets/warm.py).
+
+Correct before fast: the same bytes as in-process runs (seeded training steps included), a worker killed mid-run
+fails that run and the next runs still work, an interrupted sync leaves no process behind and no run STARTED.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from gmates_assets.defs.launch import WarmRuns
+from gmates_assets.defs.sync import sync
+from gmates_assets.warm import WarmRunLauncher
+
+from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build, assets_of
+
+WARM = {"launcher": "warm", "max_concurrent": 2, "executor": "in_process"}
+
+
+def _shard_build(tmp_path: Path, shards: int = 2) -> Build:
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["sources"] = {"shards": [{"name": f"s{i}", "format": "jsonl", "paths": [f"s{i}.jsonl"]}
+                                  for i in range(shards)],
+                       "reference": {"format": "demo"}, "heldout_reference": {"format": "demo"}}
+    data["execution"] = WARM
+    build = Build.create(tmp_path / "b", yaml.safe_dump(data))
+    for i in range(shards):
+        (build.root / f"s{i}.jsonl").write_text("".join(json.dumps({"text": f"doc {j} of shard {i}"}) + "\n"
+                                                        for j in range(4)))
+    return build
+
+
+def _warm_runs(build: Build, instance) -> WarmRuns:
+    return WarmRuns(instance, str(build.manifest), str(build.store), max_concurrent=2)
+
+
+def _data_versions(build: Build) -> dict:
+    """Every materialized partition's data version (its content hash); the release by its content hash (its
+    data version also records when and by which runs it was built)."""
+    versions = {}
+    with build.instance() as instance:
+        for asset in ALL_ASSETS:
+            for record in instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset)),
+                                                          limit=1000).records:
+                event = record.asset_materialization
+                if asset == "dataset_release":
+                    versions[(asset, None)] = event.metadata["release_content_hash"].value
+                else:
+                    versions[(asset, record.partition_key)] = event.tags["dagster/data_version"]
+    return versions
+
+
+def _documents_key(build: Build, partition: str) -> str:
+    """The store key documents[partition] builds under (sources observed first, as sync does)."""
+    from gmates_assets.defs.factory import graph_for
+    from gmates_assets.defs.runtime import input_key, input_versions
+    from gmates_assets.defs.sync import observe_sources
+
+    defs = build.defs()
+    gm = defs.resources["gmates"]
+    loaded = gm.manifest()
+    with build.instance() as instance:
+        observe_sources(defs, instance)
+        graph = graph_for(loaded)
+        return input_key(instance, gm.store(), graph, loaded, "documents", partition,
+                         input_versions(instance, graph, "documents", partition))
+
+
+def _wait_until(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.1)
+
+
+def _started_run(build: Build, partition: str):
+    with build.instance() as instance:
+        runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                               tags={"dagster/partition": partition}))
+    return runs[0] if runs else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_a_warm_build_of_the_whole_graph_writes_the_same_bytes_as_in_process_runs(full_build, tmp_path):
+    """Every partition's content hash equals the in-process build's: the seeded steps (probe, oracle rollouts,
+    relational model, pretraining) included, though each worker executes many runs one after another."""
+    warm = Build.create(tmp_path / "warm", full_build.manifest.read_text())
+    warm.edit("execution", WARM)
+    with warm.instance() as instance, _warm_runs(warm, instance) as runs:
+        report = sync(warm.defs(), instance, runs=runs)
+        launched = [instance.get_run_by_id(r) for r in report.runs[1:]]  # runs[0] observed the sources
+    assert assets_of(report.executed) == ALL_ASSETS
+    pids = {r.tags["gmates/process"].split(":")[1] for r in launched}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # executed by the two workers, not here
+    assert _data_versions(warm) == _data_versions(full_build)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_fails_that_run_and_the_next_runs_work(tmp_path, monkeypatch):
+    from gmates_assets.core.store import ArtifactStore
+
+    build = _shard_build(tmp_path)
+    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))  # restored after the test
+    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    outcome = {}
+    with build.instance() as instance, _warm_runs(build, instance) as runs:
+        def first_sync() -> None:
+            try:
+                sync(build.defs(), instance, select=["documents_index"], runs=runs)
+            except Exception as err:  # expected: documents[s1] failed
+                outcome["error"] = err
+
+        with ArtifactStore(build.store).locked("documents", _documents_key(build, "s1")):  # holds s1's run
+            thread = threading.Thread(target=first_sync)
+            thread.start()
+            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
+            held = _started_run(build, "s1")
+            worker_pid = int(held.tags["gmates/process"].split(":")[1])
+            os.kill(worker_pid, signal.SIGKILL)
+            thread.join(timeout=120)
+        failed = instance.get_run_by_id(held.run_id)
+        assert failed.status == dg.DagsterRunStatus.FAILURE
+        assert f"warm run worker pid {worker_pid} was killed by SIGKILL" in str(outcome["error"])
+        report = sync(build.defs(), instance, select=["documents_index"], runs=runs)  # same launcher, new worker
+        assert assets_of(report.executed) == {"documents", "documents_index"}
+    assert not _alive(worker_pid)
+    assert build.not_fresh(["documents", "documents_index"]) == set()
+
+
+@pytest.mark.slow
+def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_path):
+    from gmates_assets.core.store import ArtifactStore
+
+    build = _shard_build(tmp_path)
+    env = {**os.environ, **build.env(), "PYTHONPATH": str(ROOT)}
+    with ArtifactStore(build.store).locked("documents", _documents_key(build, "s1")):
+        sync_process = subprocess.Popen(
+            [sys.executable, "-m", "gmates_assets.cli", "sync", "--manifest", str(build.manifest),
+             "--select", "documents_index"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
+            workers = _children(sync_process.pid)
+            assert len(workers) == 2, workers
+            held = _started_run(build, "s1")
+            sync_process.send_signal(signal.SIGINT)  # the sync only, not its workers: it must stop them
+            output, _ = sync_process.communicate(timeout=60)
+        finally:
+            if sync_process.poll() is None:
+                sync_process.kill()
+    assert sync_process.returncode != 0, output
+    assert [pid for pid in workers if _alive(pid)] == []
+    with build.instance() as instance:
+        assert instance.get_run_by_id(held.run_id).status in (dg.DagsterRunStatus.FAILURE,
+                                                              dg.DagsterRunStatus.CANCELED)
+        assert instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
+                                                         dg.DagsterRunStatus.STARTING])) == []
+
+
+def test_the_launcher_is_configured_from_dagster_yaml(tmp_path):
+    run_launcher = {"module": "gmates_assets.warm", "class": "WarmRunLauncher", "config": {"workers": 3}}
+    with dg.instance_for_test(overrides={"run_launcher": run_launcher}, temp_dir=str(tmp_path)) as instance:
+        launcher = instance.run_launcher
+        assert isinstance(launcher, WarmRunLauncher) and launcher.workers == 3
+        assert launcher.supports_check_run_worker_health
+
+
+def test_every_run_starts_from_the_same_random_state():
+    import random
+
+    import numpy as np
+    import torch
+
+    from gmates_assets.warm_worker import RandomState
+
+    fresh = RandomState()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    fresh.restore()
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
