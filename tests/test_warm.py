@@ -22,17 +22,17 @@ from gmates_assets.defs.launch import WarmRuns
 from gmates_assets.defs.sync import sync
 from gmates_assets.warm import WarmRunLauncher
 
-from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build, assets_of
+from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build
 
 WARM = {"launcher": "warm", "max_concurrent": 2, "executor": "in_process"}
 
 
-def _shard_build(tmp_path: Path, shards: int = 2) -> Build:
+def _shard_build(tmp_path: Path, shards: int = 2, max_concurrent: int = 2) -> Build:
     data = yaml.safe_load(TESTS_MANIFEST.read_text())
     data["sources"] = {"shards": [{"name": f"s{i}", "format": "jsonl", "paths": [f"s{i}.jsonl"]}
                                   for i in range(shards)],
                        "reference": {"format": "demo"}, "heldout_reference": {"format": "demo"}}
-    data["execution"] = WARM
+    data["execution"] = {**WARM, "max_concurrent": max_concurrent}
     build = Build.create(tmp_path / "b", yaml.safe_dump(data))
     for i in range(shards):
         (build.root / f"s{i}.jsonl").write_text("".join(json.dumps({"text": f"doc {j} of shard {i}"}) + "\n"
@@ -114,57 +114,49 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_warm_build_of_the_whole_graph_writes_the_same_bytes_as_in_process_runs(full_build, tmp_path):
-    """Every partition's content hash equals the in-process build's: the seeded steps (probe, oracle rollouts,
+def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_killed_worker(full_build, tmp_path,
+                                                                                           monkeypatch):
+    """A worker killed mid-run fails that run (not left STARTED) and the same launcher's next runs work; then
+    every partition's content hash equals the in-process build's: the seeded steps (probe, oracle rollouts,
     relational model, pretraining) included, though each worker executes many runs one after another."""
-    warm = Build.create(tmp_path / "warm", full_build.manifest.read_text())
-    warm.edit("execution", WARM)
-    with warm.instance() as instance, _warm_runs(warm, instance) as runs:
-        report = sync(warm.defs(), instance, runs=runs)
-        launched = [instance.get_run_by_id(r) for r in report.runs[1:]]  # runs[0] observed the sources
-    assert assets_of(report.executed) == ALL_ASSETS
-    pids = {r.tags["gmates/process"].split(":")[1] for r in launched}
-    assert len(pids) == 2 and str(os.getpid()) not in pids  # executed by the two workers, not here
-    assert _data_versions(warm) == _data_versions(full_build)
-
-
-@pytest.mark.slow
-def test_a_worker_killed_mid_run_fails_that_run_and_the_next_runs_work(tmp_path, monkeypatch):
     from gmates_assets.core.store import ArtifactStore
 
-    build = _shard_build(tmp_path)
-    monkeypatch.setenv("GMATES_MANIFEST", str(build.manifest))  # restored after the test
-    monkeypatch.setenv("GMATES_HOME", str(build.store))
+    warm = Build.create(tmp_path / "warm", full_build.manifest.read_text())
+    warm.edit("execution", WARM)
+    monkeypatch.setenv("GMATES_MANIFEST", str(warm.manifest))  # restored after the test
+    monkeypatch.setenv("GMATES_HOME", str(warm.store))
     outcome = {}
-    with build.instance() as instance, _warm_runs(build, instance) as runs:
+    with warm.instance() as instance, _warm_runs(warm, instance) as runs:
         def first_sync() -> None:
             try:
-                sync(build.defs(), instance, select=["documents_index"], runs=runs)
-            except Exception as err:  # expected: documents[s1] failed
+                sync(warm.defs(), instance, runs=runs)
+            except Exception as err:  # expected: documents[shard-001] failed
                 outcome["error"] = err
 
-        with ArtifactStore(build.store).locked("documents", _documents_key(build, "s1")):  # holds s1's run
+        with ArtifactStore(warm.store).locked("documents", _documents_key(warm, "shard-001")):  # holds its run
             thread = threading.Thread(target=first_sync)
             thread.start()
-            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
-            held = _started_run(build, "s1")
-            worker_pid = int(held.tags["gmates/process"].split(":")[1])
-            os.kill(worker_pid, signal.SIGKILL)
-            thread.join(timeout=120)
-        failed = instance.get_run_by_id(held.run_id)
-        assert failed.status == dg.DagsterRunStatus.FAILURE
-        assert f"warm run worker pid {worker_pid} was killed by SIGKILL" in str(outcome["error"])
-        report = sync(build.defs(), instance, select=["documents_index"], runs=runs)  # same launcher, new worker
-        assert assets_of(report.executed) == {"documents", "documents_index"}
-    assert not _alive(worker_pid)
-    assert build.not_fresh(["documents", "documents_index"]) == set()
+            _wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
+            held = _started_run(warm, "shard-001")
+            killed = int(held.tags["gmates/process"].split(":")[1])
+            os.kill(killed, signal.SIGKILL)
+            thread.join(timeout=300)
+        assert instance.get_run_by_id(held.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert f"warm run worker pid {killed} was killed by SIGKILL" in str(outcome["error"])
+        report = sync(warm.defs(), instance, runs=runs)  # the same launcher: a new worker replaced the killed one
+        launched = [instance.get_run_by_id(r) for r in report.runs[1:]]  # runs[0] observed the sources
+    assert not _alive(killed)
+    assert ("documents", "shard-001") in report.executed and warm.not_fresh() == set()
+    pids = {int(r.tags["gmates/process"].split(":")[1]) for r in launched}
+    assert len(pids) == 2 and killed not in pids and os.getpid() not in pids  # the two workers, not this process
+    assert _data_versions(warm) == _data_versions(full_build)
 
 
 @pytest.mark.slow
 def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_path):
     from gmates_assets.core.store import ArtifactStore
 
-    build = _shard_build(tmp_path)
+    build = _shard_build(tmp_path, max_concurrent=1)
     env = {**os.environ, **build.env(), "PYTHONPATH": str(ROOT)}
     with ArtifactStore(build.store).locked("documents", _documents_key(build, "s1")):
         sync_process = subprocess.Popen(
@@ -174,7 +166,7 @@ def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_pat
         try:
             _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
             workers = _children(sync_process.pid)
-            assert len(workers) == 2, workers
+            assert len(workers) == 1, workers
             held = _started_run(build, "s1")
             sync_process.send_signal(signal.SIGINT)  # the sync only, not its workers: it must stop them
             output, _ = sync_process.communicate(timeout=60)
