@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy.event
-from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage  # the class dagster.yaml names
 from dagster._core.events import ASSET_EVENTS  # private, pinned dagster
+from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage  # the class dagster.yaml names
 from dagster._core.storage.sql import create_engine  # private, pinned dagster
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # private, pinned dagster
 from sqlalchemy.pool import NullPool

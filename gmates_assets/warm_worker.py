@@ -119,9 +119,6 @@ def _execute(instance, run_id: str) -> bool:
     from dagster._cli.api import _execute_run_command_body  # private, pinned dagster
     from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt  # private, pinned dagster
 
-    from .defs.orphans import process_tags
-
-    instance.add_run_tags(run_id, process_tags())  # a later sync fails the run if this process dies with it
     with capture_interrupts():
         _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
         return check_captured_interrupt()

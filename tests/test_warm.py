@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,6 +91,15 @@ def _started_run(build: Build, partition: str):
     return runs[0] if runs else None
 
 
+def _worker_pid(instance, run_id: str) -> int:
+    """The process that executed a run, from Dagster's own engine event ("Started process for run (pid: N).")."""
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        match = re.search(r"Started process for run \(pid: (\d+)\)", record.message or "")
+        if match:
+            return int(match.group(1))
+    raise AssertionError(f"run {run_id}: no process start recorded")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -119,10 +129,15 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
     """A worker killed mid-run fails that run (not left STARTED) and the same launcher's next runs work; then
     every partition's content hash equals the in-process build's: the seeded steps (probe, oracle rollouts,
     relational model, pretraining) included, though each worker executes many runs one after another."""
+    import torch
+
     from gmates_assets.core.store import ArtifactStore
 
     warm = Build.create(tmp_path / "warm", full_build.manifest.read_text())
     warm.edit("execution", WARM)
+    # the workers use as many threads as the in-process reference did: float sums (the relational model's
+    # matmuls) depend on the thread count, which the launcher would otherwise set to cores / workers
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     monkeypatch.setenv("GMATES_MANIFEST", str(warm.manifest))  # restored after the test
     monkeypatch.setenv("GMATES_HOME", str(warm.store))
     outcome = {}
@@ -138,7 +153,7 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
             thread.start()
             _wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
             held = _started_run(warm, "shard-001")
-            killed = int(held.tags["gmates/process"].split(":")[1])
+            killed = _worker_pid(instance, held.run_id)
             os.kill(killed, signal.SIGKILL)
             thread.join(timeout=300)
         assert instance.get_run_by_id(held.run_id).status == dg.DagsterRunStatus.FAILURE
@@ -147,7 +162,8 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
         launched = [instance.get_run_by_id(r) for r in report.runs[1:]]  # runs[0] observed the sources
     assert not _alive(killed)
     assert ("documents", "shard-001") in report.executed and warm.not_fresh() == set()
-    pids = {int(r.tags["gmates/process"].split(":")[1]) for r in launched}
+    with warm.instance() as instance:
+        pids = {_worker_pid(instance, r.run_id) for r in launched}
     assert len(pids) == 2 and killed not in pids and os.getpid() not in pids  # the two workers, not this process
     assert _data_versions(warm) == _data_versions(full_build)
 

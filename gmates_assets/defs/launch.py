@@ -196,7 +196,7 @@ class InstanceRuns:
     def _create_run(self, partition: Optional[str], assets: Sequence[str]):
         keys = frozenset(dg.AssetKey(a) for a in assets)
         remote_job, plan = self._job_and_plan(keys)
-        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags}
+        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags, **self._run_tags()}
         if partition is not None:
             tags["dagster/partition"] = partition
         if self.gpus is not None:
@@ -243,6 +243,9 @@ class InstanceRuns:
     def _wait_for_progress(self) -> None:
         time.sleep(POLL_SECONDS)
 
+    def _run_tags(self) -> dict[str, str]:
+        return {}  # launched runs are Dagster's run monitoring's to fail, not orphans.py's
+
     def _capacity(self) -> int:
         return self.max_concurrent
 
@@ -285,6 +288,11 @@ class WarmRuns(InstanceRuns):
         self.queue_serviced = False  # this sync's launcher executes them, whatever the instance's coordinator
         self.check_no_sensor_race()
         return self
+
+    def _run_tags(self) -> dict[str, str]:
+        """This sync's process (orphans.py): its workers end with it (their watchdog), so a run whose sync is
+        gone without marking it is an orphan, which the next sync fails."""
+        return process_tags()
 
     def _launch(self, run_id: str) -> None:
         self.launch_instance.launch_run(run_id, self.workspace)
