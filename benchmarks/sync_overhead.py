@@ -10,7 +10,15 @@ pool), then synced again with nothing to do.
   event bookkeeping, input-version lookups, hashing and committing the artifact.
 * ratio: run overhead / compute, summed over the runs. The sync's own planning between waves (staleness
   resolution) is reported apart, as `planning_s`, since it does not grow with the work a partition holds.
-* overlapping runs: runs whose execution overlapped another's (> 0 only when runs go through the launcher).
+* overlapping runs: runs whose execution overlapped another's (> 0 only when runs go through a launcher).
+* worker_start_s (warm): seconds from the sync's start to its last worker being ready (Python, Dagster, the
+  Definitions, torch and the encoder, once per worker and sync). Runs are created only as workers become
+  ready, so this is in full_sync_s and planning_s, not in the runs' overhead.
+* run_*_s, the mean per run, from the event log: to_start (creation to RUN_START: launching, a process start
+  with the default launcher, planning the run), step_shell (inside steps, outside their compute: input
+  versions, hashing, committing, step events), run_shell (from RUN_START to the run's end, outside its steps).
+* With several launchers, each is measured in turn on its own copy of the pool, in this one process, and the
+  rows print side by side with the load average before and after.
 
     python benchmarks/sync_overhead.py --shards 2 16 64 128 --docs-per-shard 1200
     python benchmarks/sync_overhead.py --shards 16 --docs-per-shard 600 --launcher in_process instance warm

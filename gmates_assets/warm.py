@@ -196,36 +196,61 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
                 break
             if not self._still_wanted(run_id):  # canceled while queued
                 continue
-            try:
-                if worker is None:
-                    worker = self._spawn(index, env, ref)
-                with self._lock:
-                    worker.run_id = run_id
-                worker.send({"run": run_id, "retry": retry is not None})
-                answer = worker.receive()
-                retry = run_id if "stale" in answer else None
-                if retry:  # loaded another manifest than the run's: a fresh worker loads the current one
-                    worker.close()
-                    worker = None
-            except WorkerGone as gone:
-                retry = None
-                self._fail_unfinished(run_id, f"warm run worker pid {worker.process.pid} {gone} while executing this "
-                                              f"run" if worker is not None else
-                                              f"a warm run worker {gone}; nothing of this run executed")
-                if worker is not None:
-                    worker.close()
-                worker = None
-            finally:
-                with self._lock:
-                    if worker is not None:
-                        worker.run_id = None
-                    self._generation += 1
-                    self._changed.notify_all()
+            worker, retry = self._run_on_worker(index, env, ref, worker, run_id, retry is not None)
+            with self._lock:
+                self._generation += 1
+                self._changed.notify_all()
             if worker is None and retry is None and not self._closing:
                 worker = self._try_spawn(index, env, ref)  # warm up the replacement before the next run
         if worker is not None:
             worker.stop(STOP_GRACE_SECONDS)
             worker.outbox.close()
+
+    def _run_on_worker(self, index: int, env, ref: str, worker: Optional[_Worker], run_id: str,
+                       retry: bool) -> tuple[Optional[_Worker], Optional[str]]:
+        """Have a worker execute the run: (the worker to keep or None, the run to retry on a fresh worker)."""
+        try:
+            worker = self._hand_over(index, env, ref, worker, run_id, retry)
+        except WorkerGone as gone:
+            self._fail_unfinished(run_id, f"a warm run worker {gone}; nothing of this run executed")
+            return None, None
+        try:
+            answer = worker.receive()
+        except WorkerGone as gone:
+            self._fail_unfinished(run_id, f"warm run worker pid {worker.process.pid} {gone} while executing "
+                                          f"this run")
+            worker.close()
+            return None, None
+        with self._lock:
+            worker.run_id = None
+        if "stale" in answer:  # it loaded another manifest than the run's: a fresh worker loads the current one
+            worker.close()
+            return None, run_id
+        if answer.get("exiting"):  # an interrupt reached the run: the worker ends
+            worker.close()
+            return None, None
+        return worker, None
+
+    def _hand_over(self, index: int, env, ref: str, worker: Optional[_Worker], run_id: str, retry: bool) -> _Worker:
+        """Send the run to the slot's worker. One that died while idle is replaced first: the run had not
+        started, so it is not failed for that."""
+        if worker is not None:
+            try:
+                return self._send_run(worker, run_id, retry)
+            except WorkerGone:
+                worker.close()
+        return self._send_run(self._spawn(index, env, ref), run_id, retry)
+
+    def _send_run(self, worker: _Worker, run_id: str, retry: bool) -> _Worker:
+        with self._lock:
+            worker.run_id = run_id
+        try:
+            worker.send({"run": run_id, "retry": retry})
+        except WorkerGone:
+            with self._lock:
+                worker.run_id = None
+            raise
+        return worker
 
     def _try_spawn(self, index: int, env, ref: str) -> Optional[_Worker]:
         try:

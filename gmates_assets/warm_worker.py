@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
             return 0
         fresh.restore()
         interrupted = _execute(instance, run_id)
-        _send(outbox, {"done": run_id})
+        _send(outbox, {"done": run_id, "exiting": interrupted})
         if interrupted:
             return 130
     return 0
