@@ -19,6 +19,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from gmates_assets.core.manifest import parse_manifest
 from gmates_assets.defs.launch import WarmRuns
 from gmates_assets.defs.sync import sync
 from gmates_assets.warm import WarmRunLauncher
@@ -199,12 +200,25 @@ def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_pat
                                                          dg.DagsterRunStatus.STARTING])) == []
 
 
-def test_the_launcher_is_configured_from_dagster_yaml(tmp_path):
-    run_launcher = {"module": "gmates_assets.warm", "class": "WarmRunLauncher", "config": {"workers": 3}}
-    with dg.instance_for_test(overrides={"run_launcher": run_launcher}, temp_dir=str(tmp_path)) as instance:
+def _documented_yaml(heading: str) -> dict:
+    """The yaml block of docs/deployment.md § Warm workers whose first line is `# <heading>`."""
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    section = text.split("## Warm workers", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    (block,) = [b for b in blocks if b.startswith(f"# {heading}")]
+    return yaml.safe_load(block)
+
+
+def test_the_launcher_is_configured_from_dagster_yaml_as_documented(tmp_path):
+    overrides = _documented_yaml("$DAGSTER_HOME/dagster.yaml")
+    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
         launcher = instance.run_launcher
-        assert isinstance(launcher, WarmRunLauncher) and launcher.workers == 3
+        assert isinstance(launcher, WarmRunLauncher) and launcher.workers == 2
         assert launcher.supports_check_run_worker_health
+    execution = _documented_yaml("the manifest")["execution"]
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = execution
+    assert parse_manifest(yaml.safe_dump(data)).manifest.execution.launcher == "warm"
 
 
 def test_every_run_starts_from_the_same_random_state():
