@@ -11,7 +11,9 @@ with any launcher; only where they execute changes.
   or chosen per build with `execution.launcher: warm` in the manifest: `gmates sync` then holds them
   (launch.WarmRuns), and they end with it.
 * A worker that dies mid-run (killed, out of memory) fails that run, naming the worker and its exit; a new
-  worker takes its place for the next runs.
+  worker takes its place for the next runs. The launcher watches its own workers, so it does not offer
+  Dagster's run-monitoring health check: the daemon asking a launcher object in another process (which knows
+  none of these runs) would fail them.
 * `dispose()` (the instance closing, e.g. at the end of or on Ctrl-C in `gmates sync`) interrupts the workers,
   waits for them to record their runs' end, kills any that do not stop, and fails runs still unfinished, so
   nothing is left running or STARTED. Workers also stop on their own when their launcher's process is gone.
@@ -31,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from dagster import Field
-from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.launcher import LaunchRunContext, RunLauncher
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 STOP_GRACE_SECONDS = 10.0
@@ -305,18 +307,6 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if not workers:  # still queued: no worker will take it (each checks the run's status)
             self._instance.report_run_canceled(run)
         return True
-
-    @property
-    def supports_check_run_worker_health(self) -> bool:
-        return True
-
-    def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        with self._lock:
-            executing = any(w is not None and w.run_id == run.run_id and w.process.poll() is None
-                            for w in self._slots)
-        if executing or (run.run_id in self._known and not run.is_finished):
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "")
-        return CheckRunHealthResult(WorkerStatus.UNKNOWN, "not launched by this process's warm launcher")
 
     def dispose(self) -> None:
         """Stop every worker: interrupt runs in progress (they record their end), kill what does not stop."""

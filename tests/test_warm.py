@@ -214,7 +214,6 @@ def test_the_launcher_is_configured_from_dagster_yaml_as_documented(tmp_path):
     with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
         launcher = instance.run_launcher
         assert isinstance(launcher, WarmRunLauncher) and launcher.workers == 2
-        assert launcher.supports_check_run_worker_health
     execution = _documented_yaml("the manifest")["execution"]
     data = yaml.safe_load(TESTS_MANIFEST.read_text())
     data["execution"] = execution
