@@ -85,9 +85,8 @@ class _Worker:
     def stop(self, grace: float) -> None:
         """End the worker: EOF on its inbox stops an idle one; SIGINT interrupts one executing a run, as Ctrl-C
         would (Dagster records the run's end); one still warming up is killed at once; after `grace` seconds
-        any is killed.
-        The outbox is left to the thread reading it (closing a reader another thread is blocked in would wait
-        for that read)."""
+        any is killed. The outbox is left to the thread reading it (closing a reader that another thread is
+        blocked in would wait for that read)."""
         try:
             self.inbox.close()
         except OSError:
@@ -197,8 +196,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             if run_id is None or self._closing:
                 break
             if not self._still_wanted(run_id):  # canceled while queued
+                self._known.discard(run_id)
                 continue
             worker, retry = self._run_on_worker(index, env, ref, worker, run_id, retry is not None)
+            if retry is None:
+                self._known.discard(run_id)  # ended (or failed): nothing left for dispose() to fail
             with self._lock:
                 self._generation += 1
                 self._changed.notify_all()
