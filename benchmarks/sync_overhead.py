@@ -10,10 +10,18 @@ pool), then synced again with nothing to do.
   event bookkeeping, input-version lookups, hashing and committing the artifact.
 * ratio: run overhead / compute, summed over the runs. The sync's own planning between waves (staleness
   resolution) is reported apart, as `planning_s`, since it does not grow with the work a partition holds.
-* overlapping runs: runs whose execution overlapped another's (> 0 only when runs go through the launcher).
+* overlapping runs: runs whose execution overlapped another's (> 0 only when runs go through a launcher).
+* worker_start_s (warm): seconds from the sync's start to its last worker being ready (Python, Dagster, the
+  Definitions, torch and the encoder, once per worker and sync). Runs are created only as workers become
+  ready, so this is in full_sync_s and planning_s, not in the runs' overhead.
+* run_*_s, the mean per run, from the event log: to_start (creation to RUN_START: launching, a process start
+  with the default launcher, planning the run), step_shell (inside steps, outside their compute: input
+  versions, hashing, committing, step events), run_shell (from RUN_START to the run's end, outside its steps).
+* With several launchers, each is measured in turn on its own copy of the pool, in this one process, and the
+  rows print side by side with the load average before and after.
 
     python benchmarks/sync_overhead.py --shards 2 16 64 128 --docs-per-shard 1200
-    python benchmarks/sync_overhead.py --shards 16 --launcher instance --max-concurrent 2
+    python benchmarks/sync_overhead.py --shards 16 --docs-per-shard 600 --launcher in_process instance warm
 """
 from __future__ import annotations
 
@@ -87,6 +95,39 @@ def _run_spans(instance, run_ids) -> dict[str, tuple[float, float, float]]:
     return spans
 
 
+def _phases(instance, run_ids) -> dict[str, float]:
+    """Mean seconds per run in each phase, from the event log: `to_start` (creation to RUN_START: launching,
+    process start, loading the Definitions, planning), `step_shell` (inside steps, outside their compute:
+    input versions, hashing, committing, step events), `run_shell` (RUN_START to the run's end, outside steps)."""
+    import dagster as dg
+
+    kinds = {dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE,
+             dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    totals = {"to_start": 0.0, "step_shell": 0.0, "run_shell": 0.0}
+    compute_by_run, _ = _compute_by_run(instance)
+    for run_id in run_ids:
+        record = instance.get_run_record_by_id(run_id)
+        events = instance.all_logs(run_id, of_type=kinds)
+        when = {}
+        steps = 0.0
+        open_steps = {}
+        for event in events:
+            kind = event.dagster_event.event_type
+            when.setdefault(kind, event.timestamp)
+            if kind == dg.DagsterEventType.STEP_START:
+                open_steps[event.step_key] = event.timestamp
+            elif kind in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+                steps += event.timestamp - open_steps.pop(event.step_key, event.timestamp)
+        start = when.get(dg.DagsterEventType.RUN_START)
+        end = when.get(dg.DagsterEventType.RUN_SUCCESS) or when.get(dg.DagsterEventType.RUN_FAILURE)
+        if start is None or end is None:
+            continue
+        totals["to_start"] += start - record.create_timestamp.timestamp()
+        totals["step_shell"] += steps - compute_by_run.get(run_id, 0.0)
+        totals["run_shell"] += (end - start) - steps
+    return {k: round(v / max(len(run_ids), 1), 3) for k, v in totals.items()}
+
+
 def _busy_seconds(spans: dict[str, tuple[float, float, float]]) -> float:
     """Seconds during which at least one run existed (the union of their creation-to-end spans)."""
     busy, reach = 0.0, float("-inf")
@@ -123,9 +164,12 @@ def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int, target
             started = time.monotonic()
             with _runs(defs, instance, str(manifest)) as runs:
                 report = sync(defs, instance, select=list(targets), runs=runs)
+                launcher = getattr(runs, "launcher", None)  # the warm launcher: its workers' start-up
+                worker_start = round(max(launcher.warm_seconds), 1) if launcher and launcher.warm_seconds else "-"
             full = time.monotonic() - started
             compute_by_run, partitions = _compute_by_run(instance)
             spans = _run_spans(instance, set(report.runs[1:]))  # runs[0] observed the sources
+            phases = _phases(instance, list(spans))
             started = time.monotonic()
             with _runs(defs, instance, str(manifest)) as runs:
                 noop = sync(defs, instance, select=list(targets), runs=runs)
@@ -138,28 +182,35 @@ def measure(n_shards: int, docs: int, launcher: str, max_concurrent: int, target
             "full_sync_s": round(full, 1), "compute_s": round(compute, 1),
             "run_overhead_s": round(overhead, 1), "overhead/partition_s": round(overhead / partitions, 3),
             "overhead/compute": round(overhead / max(compute, 1e-9), 3),
-            "planning_s": round(max(full - _busy_seconds(spans), 0.0), 1),
-            "noop_sync_s": round(noop_wall, 1), "overlapping_runs": _overlapping(spans)}
+            "planning_s": round(max(full - _busy_seconds(spans), 0.0), 1), "worker_start_s": worker_start,
+            "noop_sync_s": round(noop_wall, 1), "overlapping_runs": _overlapping(spans),
+            **{f"run_{k}_s": v for k, v in phases.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, nargs="+", default=[2, 16, 64, 128])
     parser.add_argument("--docs-per-shard", type=int, default=1200)
-    parser.add_argument("--launcher", choices=["in_process", "instance"], default="in_process")
+    parser.add_argument("--launcher", nargs="+", choices=["in_process", "instance", "warm"], default=["in_process"],
+                        help="one or more, measured one after another in this run and printed side by side")
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--smoke", action="store_true",
                         help="smallest size, in seconds: checks the script still runs (tests/test_benchmarks_run.py)")
     args = parser.parse_args()
     if args.smoke:
         args.shards, args.docs_per_shard = [2], 8  # and no encoder: the documents and their index only
+        args.launcher = ["in_process", "warm"]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    print(f"launcher={args.launcher} max_concurrent={args.max_concurrent}", flush=True)
+    print(f"launchers={' '.join(args.launcher)} max_concurrent={args.max_concurrent} "
+          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for n in args.shards:
-        targets = ["documents_index"] if args.smoke else TARGETS
-        rows.append(measure(n, args.docs_per_shard, args.launcher, args.max_concurrent, targets))
-        print(json.dumps(rows[-1]), flush=True)
+        for launcher in args.launcher:
+            targets = ["documents_index"] if args.smoke else TARGETS
+            rows.append({"launcher": launcher, **measure(n, args.docs_per_shard, launcher, args.max_concurrent,
+                                                         targets)})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:

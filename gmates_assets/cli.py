@@ -49,13 +49,14 @@ def _definitions(manifest: str):
 
 
 def _runs(defs, instance, manifest: str):
-    """Where a wave's runs execute: `execution.launcher` in the manifest (in_process or instance)."""
-    from .defs.launch import InProcessRuns, InstanceRuns
+    """Where a wave's runs execute: `execution.launcher` in the manifest (in_process, instance or warm)."""
+    from .defs.launch import InProcessRuns, InstanceRuns, WarmRuns
 
     gm = defs.resources["gmates"]
     execution = gm.manifest().manifest.execution
-    if execution.launcher == "instance":
-        return InstanceRuns(instance, str(Path(manifest).resolve()), str(gm.store().root), execution.max_concurrent,
+    if execution.launcher in ("instance", "warm"):
+        kind = WarmRuns if execution.launcher == "warm" else InstanceRuns
+        return kind(instance, str(Path(manifest).resolve()), str(gm.store().root), execution.max_concurrent,
                             execution.gpus)
     return InProcessRuns(defs, instance, after_run=_interrupts.check)
 

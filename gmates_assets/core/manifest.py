@@ -465,10 +465,12 @@ class ReleaseSection(Section):
 class ExecutionSection(Section):
     """Where and how runs execute. None of it changes a result, so none of it enters a code version."""
 
-    launcher: Literal["in_process", "instance"] = Field(
+    launcher: Literal["in_process", "instance", "warm"] = Field(
         "in_process", json_schema_extra=VOLATILE,
         description="in_process: `gmates sync` executes every run inside its own process, one after another; "
-                    "instance: it submits runs through the Dagster instance's coordinator and launcher (dagster.yaml)")
+                    "instance: it submits runs through the Dagster instance's coordinator and launcher (dagster.yaml); "
+                    "warm: it launches them into max_concurrent warm worker processes it starts once "
+                    "(gmates_assets.warm.WarmRunLauncher)")
     max_concurrent: int = Field(2, ge=1, json_schema_extra=VOLATILE, description="runs in flight at once")
     executor: str = Field(
         "in_process", json_schema_extra=VOLATILE,

@@ -48,8 +48,9 @@ def sensor_interval() -> int:
 
 def sensor_default_status(launcher: str) -> dg.DefaultSensorStatus:
     """On for `launcher: in_process` (`gmates ui`: the sensor rebuilds what is stale); off for `launcher:
-    instance`, where `gmates sync` submits the runs itself (and refuses while the sensor is on, launch.py)."""
-    return dg.DefaultSensorStatus.STOPPED if launcher == "instance" else dg.DefaultSensorStatus.RUNNING
+    instance` or `warm`, where `gmates sync` launches the runs itself (and refuses while the sensor is on,
+    launch.py)."""
+    return dg.DefaultSensorStatus.STOPPED if launcher in ("instance", "warm") else dg.DefaultSensorStatus.RUNNING
 
 
 # ------------------------------------------------------------------------------------------ the planning core

@@ -6,10 +6,13 @@ coordinator and launcher, exactly like a launch from the UI: `dagster.yaml` deci
 subprocesses with the default launcher, Kubernetes jobs with dagster-k8s' `K8sRunLauncher`, Docker, Celery),
 and inside a run the Definitions' executor decides how its steps run. Up to `max_concurrent` runs are in
 flight; runs that need a GPU get one of `execution.gpus` round robin through the run tag `gmates/gpu`.
+`WarmRuns` launches them through a `WarmRunLauncher` (gmates_assets/warm.py) that this sync holds:
+`max_concurrent` worker processes that pay Python, Dagster, torch and the encoder once for the whole sync.
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -134,6 +137,7 @@ class InstanceRuns:
         self.max_concurrent = max(1, int(max_concurrent))
         self.gpus = cycle(list(gpus)) if gpus else None
         self._stack = ExitStack()
+        self._plans: dict = {}  # asset selection -> (remote job, execution plan snapshot): same for every partition
 
     def __enter__(self) -> InstanceRuns:
         from dagster._core.workspace.context import WorkspaceProcessContext  # private, pinned dagster
@@ -190,18 +194,29 @@ class InstanceRuns:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    def _create_run(self, partition: Optional[str], assets: Sequence[str]):
+    def _launch(self, run_id: str) -> None:
+        self.instance.launch_run(run_id, self.workspace)
+
+    def _job_and_plan(self, keys: frozenset, checks: frozenset):
+        """The subset job and its execution plan for these assets and checks; they do not depend on the
+        partition."""
         from dagster._core.definitions.selector import JobSubsetSelector  # private, pinned dagster
 
+        if (keys, checks) not in self._plans:
+            selector = JobSubsetSelector(location_name=CODE_LOCATION, repository_name=self.repository.name,
+                                         job_name=ASSET_JOB, op_selection=None, asset_selection=keys,
+                                         asset_check_selection=checks)
+            remote_job = self.location.get_job(selector)
+            plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None,
+                                                    known_state=None, instance=self.instance)
+            self._plans[(keys, checks)] = (remote_job, plan)
+        return self._plans[(keys, checks)]
+
+    def _create_run(self, partition: Optional[str], assets: Sequence[str]):
         keys = frozenset(dg.AssetKey(a) for a in assets)
         checks = frozenset(checks_for_run(self.repository.asset_graph, keys))  # not up_to_date (uptodate.py)
-        selector = JobSubsetSelector(location_name=CODE_LOCATION, repository_name=self.repository.name,
-                                     job_name=ASSET_JOB, op_selection=None, asset_selection=keys,
-                                     asset_check_selection=checks)
-        remote_job = self.location.get_job(selector)
-        plan = self.location.get_execution_plan(remote_job, RUN_CONFIG, step_keys_to_execute=None, known_state=None,
-                                                instance=self.instance)
-        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags}
+        remote_job, plan = self._job_and_plan(keys, checks)
+        tags = {"gmates/launched_by": "gmates sync", **self.manifest_tags, **self._run_tags()}
         if partition is not None:
             tags["dagster/partition"] = partition
         if self.gpus is not None:
@@ -221,15 +236,15 @@ class InstanceRuns:
         self.check_no_sensor_race()  # also when someone turned it on during the sync
         pending, in_flight, done = list(groups), {}, []
         while pending or in_flight:
-            while pending and len(in_flight) < self.max_concurrent:
+            while pending and len(in_flight) < self._capacity():
                 partition, assets = pending.pop(0)
                 run = self._create_run(partition, assets)
                 if self.queue_serviced:
                     self.instance.submit_run(run.run_id, self.workspace)
                 else:
-                    self.instance.launch_run(run.run_id, self.workspace)
+                    self._launch(run.run_id)
                 in_flight[run.run_id] = (partition, assets)
-            time.sleep(POLL_SECONDS)
+            self._wait_for_progress()
             for run_id in list(in_flight):
                 run = self.instance.get_run_by_id(run_id)
                 if run is None or not run.is_finished:
@@ -245,6 +260,15 @@ class InstanceRuns:
                 done.append(run_id)
         return done
 
+    def _wait_for_progress(self) -> None:
+        time.sleep(POLL_SECONDS)
+
+    def _run_tags(self) -> dict[str, str]:
+        return {}  # launched runs are Dagster's run monitoring's to fail, not orphans.py's
+
+    def _capacity(self) -> int:
+        return self.max_concurrent
+
     def check_finished(self, run, partition: Optional[str], assets: Sequence[str]) -> None:
         """Raise RunFailed for a run that did not succeed, naming its failing step and the error's last line."""
         if run.status == dg.DagsterRunStatus.SUCCESS:
@@ -252,6 +276,70 @@ class InstanceRuns:
         raise RunFailed(f"run {run.run_id} ({_describe(partition, assets)}) ended {run.status.value}: "
                         f"{failure_summary(self.instance, run.run_id)}; its full logs are in the UI "
                         f"(gmates ui, or dagster-webserver on this instance) under Runs > {run.run_id}")
+
+
+class WarmRuns(InstanceRuns):
+    """InstanceRuns whose runs execute in `max_concurrent` warm worker processes this sync starts and stops
+    (gmates_assets/warm.py's WarmRunLauncher, as dagster.yaml would configure it). The runs are created from
+    the Definitions loaded in this process (an in-process code location: no code server), launched through
+    `instance.launch_run`, and recorded like any launched run. The workers start before the first wave is
+    planned and end with the sync, Ctrl-C included."""
+
+    def __enter__(self) -> WarmRuns:
+        from dagster._core.remote_origin import InProcessCodeLocationOrigin  # private, pinned dagster
+        from dagster._core.remote_representation.code_location import InProcessCodeLocation  # private, pinned
+        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin  # private, pinned dagster
+        from dagster._serdes import ConfigurableClassData
+
+        os.environ["GMATES_MANIFEST"] = self.manifest_path
+        os.environ["GMATES_HOME"] = self.store_root
+        launcher = ConfigurableClassData("gmates_assets.warm", "WarmRunLauncher", f"workers: {self.max_concurrent}\n")
+        self.launch_instance = self._stack.enter_context(
+            dg.DagsterInstance.from_ref(self.instance.get_ref()._replace(run_launcher_data=launcher)))
+        self.launcher = self.launch_instance.run_launcher
+        self.launcher.start()  # the workers warm up while the sync observes sources and plans
+        _code_location_for(self.manifest_path)
+        origin = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=CODE_MODULE, attribute="defs",
+                                 working_directory=os.getcwd()), location_name=CODE_LOCATION)
+        self.location = self._stack.enter_context(InProcessCodeLocation(origin, instance=self.instance))
+        self.workspace = None
+        self.repository = next(iter(self.location.get_repositories().values()))
+        self.queue_serviced = False  # this sync's launcher executes them, whatever the instance's coordinator
+        self.check_no_sensor_race()
+        return self
+
+    def _run_tags(self) -> dict[str, str]:
+        """This sync's process (orphans.py): its workers end with it (their watchdog), so a run whose sync is
+        gone without marking it is an orphan, which the next sync fails."""
+        return process_tags()
+
+    def _launch(self, run_id: str) -> None:
+        self.launch_instance.launch_run(run_id, self.workspace)
+
+    def _wait_for_progress(self) -> None:
+        self.launcher.wait_for_change(POLL_SECONDS)
+
+    def _capacity(self) -> int:
+        """Runs are created as workers become warm, so none waits for a worker's start inside its run."""
+        return min(self.max_concurrent, self.launcher.warm_workers)
+
+
+def _code_location_for(manifest_path: str) -> None:
+    """Make `gmates_assets.code_location`, if this process imported it already, hold the Definitions of this
+    manifest as it is now (an in-process code location imports it once per process; a test or benchmark may
+    sync several manifests, or an edited one, in one process)."""
+    import importlib
+
+    from .resources import changed_since_load
+
+    module = sys.modules.get(CODE_MODULE)
+    if module is None:
+        return
+    gm = (module.defs.resources or {}).get("gmates")
+    if gm is None or gm.manifest_path != str(Path(manifest_path).resolve()) \
+            or changed_since_load(gm.manifest_path, gm.manifest_fingerprint):
+        importlib.reload(module)
 
 
 def _error_line(error) -> str:

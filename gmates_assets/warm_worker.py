@@ -1,0 +1,165 @@
+"""A warm run worker: one long-lived process that executes Dagster runs one after another (warm.py starts it).
+
+It pays Python, Dagster, the Definitions, torch and the encoder once, then executes each run it is handed with
+Dagster's run worker API (`_execute_run_command_body`, what `dagster api execute_run` runs in the process the
+default launcher starts per run). The launcher talks to it over two pipes given as file descriptors, one JSON
+object per line (no pickle): it sends the instance ref (Dagster's own JSON serialization) once, then
+`{"run": id}`; the worker answers `{"ready": pid}` once warm, then `{"done": id}` or `{"stale": id}` (the run
+was submitted for another manifest than the one this process loaded: start a fresh worker for it).
+
+Between runs the global random generators (random, numpy, torch) are put back to their state when the worker
+became ready, so no run sees what an earlier run drew. A run that an interrupt (SIGINT/SIGTERM) reached ends the
+worker after Dagster has recorded the run's end; so does the loss of its launcher (the watchdog interrupts the
+run, as Ctrl-C would, then the worker exits).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+WATCHDOG_SECONDS = 1.0
+
+
+class LauncherGone(Exception):
+    pass
+
+
+def _send(outbox, message: dict) -> None:
+    try:
+        outbox.write(json.dumps(message) + "\n")
+        outbox.flush()
+    except (BrokenPipeError, ValueError):
+        raise LauncherGone from None
+
+
+def _watch_launcher(launcher_pid: int) -> None:
+    """Interrupt this worker when its launcher is gone (its pipes stay open while a run executes here)."""
+    def watch() -> None:
+        while os.getppid() == launcher_pid:
+            time.sleep(WATCHDOG_SECONDS)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="warm-worker-watchdog", daemon=True).start()
+
+
+class RandomState:
+    """The global generators' state at one moment, to give every run the same start."""
+
+    def __init__(self) -> None:
+        import numpy as np
+        import torch
+
+        self.python = random.getstate()
+        self.numpy = np.random.get_state()
+        self.torch = torch.random.get_rng_state()
+        self.torch_seed = torch.initial_seed()
+
+    def restore(self) -> None:
+        import numpy as np
+        import torch
+
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)
+        torch.random.set_rng_state(self.torch)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(self.torch_seed)
+
+
+def _code_location():
+    """The gmates Definitions of $GMATES_MANIFEST: the module launched runs reconstruct their job from."""
+    import importlib
+
+    return importlib.import_module("gmates_assets.code_location")
+
+
+def _warm_up(location) -> None:
+    """Import torch and load the encoder now, once, rather than in the first run that needs them."""
+    import torch  # noqa: F401
+
+    gm = location.defs.resources.get("gmates")
+    if gm is None:
+        return
+    loaded = gm.manifest()
+    if "embeddings" not in {k.to_user_string() for k in location.defs.resolve_asset_graph().materializable_asset_keys}:
+        return
+    from .core import encode
+    from .defs.assets.pool import encoder_location
+
+    section = loaded.manifest.encoder
+    try:
+        encode.load_encoder(encoder_location(loaded), section.revision, section.trust_remote_code,
+                            device=loaded.manifest.execution.device)
+    except Exception as err:  # the embeddings step will load it again and fail with the full error
+        print(f"warm worker {os.getpid()}: encoder not preloaded: {err}", file=sys.stderr, flush=True)
+
+
+def _loaded_digest(location) -> str | None:
+    from .defs.run_manifest import manifest_digest
+
+    gm = location.defs.resources.get("gmates")
+    return manifest_digest(gm.manifest().text) if gm is not None else None
+
+
+def _stale_for(instance, run_id: str, loaded_digest: str | None) -> bool:
+    """Was the run submitted for another manifest content than the one loaded here?"""
+    from .defs.run_manifest import MANIFEST_HASH_TAG
+
+    run = instance.get_run_by_id(run_id)
+    wanted = run.tags.get(MANIFEST_HASH_TAG) if run is not None else None
+    return wanted is not None and loaded_digest is not None and wanted != loaded_digest
+
+
+def _execute(instance, run_id: str) -> bool:
+    """Execute one run with Dagster's run worker API; True when an interrupt reached it."""
+    from dagster._cli.api import _execute_run_command_body  # private, pinned dagster
+    from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt  # private, pinned dagster
+
+    with capture_interrupts():
+        _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+        return check_captured_interrupt()
+
+
+def main(argv: list[str]) -> int:
+    fd_in, fd_out = int(argv[1]), int(argv[2])
+    inbox = os.fdopen(fd_in, "r", encoding="utf-8")
+    outbox = os.fdopen(fd_out, "w", encoding="utf-8")
+    _watch_launcher(os.getppid())
+    hello = inbox.readline()
+    if not hello:
+        return 0
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef  # private, pinned dagster
+    from dagster._serdes import deserialize_value
+
+    instance = dg.DagsterInstance.from_ref(deserialize_value(json.loads(hello)["instance_ref"], InstanceRef))
+    location = _code_location()
+    _warm_up(location)
+    digest = _loaded_digest(location)
+    fresh = RandomState()
+    _send(outbox, {"ready": os.getpid()})
+    for line in inbox:
+        message = json.loads(line)
+        run_id = message["run"]
+        if not message.get("retry") and _stale_for(instance, run_id, digest):
+            _send(outbox, {"stale": run_id})
+            return 0
+        fresh.restore()
+        interrupted = _execute(instance, run_id)
+        _send(outbox, {"done": run_id, "exiting": interrupted})
+        if interrupted:
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except KeyboardInterrupt:  # interrupted while idle or warming up: nothing of a run to record
+        sys.exit(130)
+    except LauncherGone:
+        sys.exit(0)
