@@ -65,7 +65,7 @@ SIGMA_WORDS = 0.8
 def demo_base_texts(smoke: bool) -> list[str]:
     from gmates_assets.core.demo_corpus import DemoCorpusParams, generate_demo_shard
 
-    params = DemoCorpusParams(n_docs=300 if smoke else 3000, n_shards=1, seed=7)
+    params = DemoCorpusParams(n_docs=1200 if smoke else 3000, n_shards=1, seed=7)
     return [doc.text for doc in generate_demo_shard(params, 0)]
 
 
@@ -191,8 +191,15 @@ def read_materializations(dagster_home: Path) -> list[dict]:
     rows = {}
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         for key in instance.get_asset_keys():
-            records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=100_000).records
-            for record in reversed(records):  # oldest first: the latest of a partition wins
+            records, cursor = [], None
+            while True:  # oldest first, so the latest of a partition wins; Dagster pages at 10,000
+                page = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=10_000,
+                                                       cursor=cursor, ascending=True)
+                records += page.records
+                if not page.has_more:
+                    break
+                cursor = page.cursor
+            for record in records:
                 event = record.asset_materialization
                 meta = event.metadata
                 rows[(key.to_user_string(), event.partition)] = {
