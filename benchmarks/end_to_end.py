@@ -26,7 +26,8 @@ a BPE of 2,048 trained on a 5,000-document sample, 512 LM tokens per document, t
 The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N, or for
 cluster_assignments fixed + c * N * k (k-means assignment and its training sample both grow with N * k, and
 k = N / docs-per-cluster). With two or more sizes each asset's two terms are fitted by least squares (both kept
->= 0); with one size, the assets that touch every document are taken as purely per-document and the rest as
+>= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its cost at the
+largest size is taken as load noise and dropped); with one size, the assets that touch every document are taken as purely per-document and the rest as
 fixed. Predictions for 1M and 10M documents are on this machine under the load measured (said beside them) and,
 with GPU figures (--gpu-figures, default gpu_figures.json beside --out; docs/performance.md "## GPU"), on one GPU:
 the assets whose per-document rate the GPU check measured (embeddings, the group_mates greedy) at the card's rate,
@@ -59,6 +60,7 @@ PER_DOC_ASSETS = {"documents", "tokenized_pool", "embeddings", "influence_scores
 NK_ASSETS = {"cluster_assignments"}  # cost grows with N * k
 OVERHEAD = "(overhead: sync and Dagster around the steps)"
 SIGMA_WORDS = 0.8
+NOISE_SHARE = 0.05  # a fixed-work asset's fitted per-document term below this share of its cost is dropped
 
 
 # ------------------------------------------------------------------------------------------------ the pool
@@ -299,14 +301,15 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
             ts = [r["assets"][row][metric] for r in sizes]
             if len(set(xs)) >= 2:
                 fixed, slope = fit_fixed_plus_linear(xs, ts)
-                entry["how"] = "fit"
+                how = "fit"
+                if row.split("[")[0] not in PER_DOC_ASSETS and slope * max(xs) < NOISE_SHARE * max(ts):
+                    fixed, slope = sum(ts) / len(ts), 0.0  # a fixed-work asset's slope this small is load noise
+                    how = "fit: fixed"
             elif row.split("[")[0] in PER_DOC_ASSETS or row == OVERHEAD:
-                fixed, slope = 0.0, ts[0] / xs[0]
-                entry["how"] = "one size: per document"
+                fixed, slope, how = 0.0, ts[0] / xs[0], "one size: per document"
             else:
-                fixed, slope = ts[0], 0.0
-                entry["how"] = "one size: fixed"
-            entry[metric] = {"fixed": fixed, "per_unit": slope}
+                fixed, slope, how = ts[0], 0.0, "one size: fixed"
+            entry[metric] = {"fixed": fixed, "per_unit": slope, "how": how}
         model[row] = entry
     return model
 
@@ -378,10 +381,10 @@ def run_table(run: dict) -> str:
 def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optional[dict]) -> str:
     loads = ", ".join(f"{r['docs']:,}: {r['load_before'][0]}→{r['load_after'][0]}" for r in runs if r["complete"])
     head = ("| asset | term | fixed (wall) | per document (wall) | fixed (CPU) | per document (CPU) | "
-            + " | ".join(f"{n // 1_000_000}M wall | {n // 1_000_000}M CPU" for n in PREDICT_DOCS))
+            + " | ".join(f"{n // 1_000_000}M wall | {n // 1_000_000}M CPU" for n in PREDICT_DOCS) + " |")
     gpu_rows = {}
     if gpu:
-        head += " | " + " | ".join(f"{n // 1_000_000}M one GPU" for n in PREDICT_DOCS)
+        head = head[:-2] + " | " + " | ".join(f"{n // 1_000_000}M one GPU" for n in PREDICT_DOCS) + " |"
         gpu_rows = {n: gpu_prediction(model, gpu, n, docs_per_cluster) for n in PREDICT_DOCS}
     lines = [head, "|" + "---|" * (head.count(" | ") + 1)]
     walls = {n: predict(model, n, docs_per_cluster, "step_s") for n in PREDICT_DOCS}
@@ -396,7 +399,8 @@ def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optio
 
     for row in order:
         e = model[row]
-        cells = [row, e["term"] + ("" if e["how"] == "fit" else f" ({e['how']})"),
+        how = e["step_s"]["how"]
+        cells = [row, e["term"] + ("" if how == "fit" else f" ({how})"),
                  f"{e['step_s']['fixed']:.1f} s", per_doc(e, "step_s", row),
                  f"{e['cpu_s']['fixed']:.1f} s", per_doc(e, "cpu_s", row)]
         for n in PREDICT_DOCS:

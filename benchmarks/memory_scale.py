@@ -191,7 +191,7 @@ def run_step(root: Path, step_name: str) -> dict:
         bench.commit(step, bench.graph[asset].compute)
         seconds = time.monotonic() - started
     return {"asset": step_name, "base_kib": base, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "seconds": round(seconds, 1)}
+            "seconds": round(seconds, 3)}
 
 
 # ------------------------------------------------------------------------------------------ driver

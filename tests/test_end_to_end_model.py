@@ -56,3 +56,11 @@ def test_gpu_figures_replace_only_the_measured_per_document_rows():
     seconds, replaced = e2e.gpu_prediction(e2e.fit_model(runs), figures, 1_000_000, 1000)
     assert seconds["embeddings"] == pytest.approx(1000) and seconds["selected_subset[group_mates]"] == pytest.approx(100)
     assert seconds["oracle_random"] == pytest.approx(50) and set(replaced) == {"embeddings", "selected_subset[group_mates]"}
+
+
+def test_a_fixed_work_asset_keeps_no_noise_slope_but_a_pool_asset_does():
+    runs = [run(1000, 1, {"probe_checkpoint": (40.0, 70.0), "documents": (1.0, 1.0)}),
+            run(4000, 4, {"probe_checkpoint": (41.0, 70.5), "documents": (1.01, 1.01)})]
+    model = e2e.fit_model(runs)
+    assert model["probe_checkpoint"]["step_s"] == {"fixed": pytest.approx(40.5), "per_unit": 0.0, "how": "fit: fixed"}
+    assert model["documents"]["step_s"]["per_unit"] > 0  # every document passes through it: the slope stays
