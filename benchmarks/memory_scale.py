@@ -178,6 +178,12 @@ def needed_steps(root: Path, wanted: list[str]) -> list[str]:
     return [s for s in STEPS if s in needed]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its waited-for children: unlike wall time, little moved by load."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_step(root: Path, step_name: str) -> dict:
     """One step in this process: its peak RSS, and the RSS before it started (after imports and setup)."""
     import dagster as dg
@@ -187,11 +193,11 @@ def run_step(root: Path, step_name: str) -> dict:
     with dg.DagsterInstance.ephemeral() as instance:
         step = bench.step(asset, partition, instance)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), cpu_seconds()
         bench.commit(step, bench.graph[asset].compute)
-        seconds = time.monotonic() - started
+        seconds, cpu = time.monotonic() - started, cpu_seconds() - cpu_started
     return {"asset": step_name, "base_kib": base, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3)}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -214,7 +220,8 @@ def measure(n_docs: int, args) -> dict[str, dict]:
             out = json.loads(child(["--run-step", name, "--root", tmp]).strip().splitlines()[-1])
             results[name] = out
             if name in args.steps:
-                print(f"  {name}: peak {out['peak_kib'] / 1024:.0f} MiB ({out['seconds']} s)", flush=True)
+                print(f"  {name}: peak {out['peak_kib'] / 1024:.0f} MiB ({out['seconds']} s wall, "
+                      f"{out['cpu_seconds']} s CPU; load {os.getloadavg()[0]:.1f})", flush=True)
         return {a: r for a, r in results.items() if a in args.steps}
 
 
@@ -231,7 +238,8 @@ def report(sizes: list[int], figures: dict[int, dict[str, dict]]) -> None:
     small, large = sizes[0], sizes[-1]
     header = (f"{'step':<30}" + "".join(f"{f'peak@{n}':>13}" for n in sizes) + f"{'base':>8}"
               + f"{'growth':>9}{'peak ratio':>12}{'step-only ratio':>17}"
-              + "".join(f"{f's@{n}':>11}" for n in sizes) + f"{'time ratio':>12}")
+              + "".join(f"{f's@{n}':>11}" for n in sizes) + f"{'time ratio':>12}"
+              + "".join(f"{f'cpu@{n}':>11}" for n in sizes) + f"{'cpu ratio':>11}")
     print("\n" + header + "\n" + "-" * len(header))
     for asset in figures[small]:
         a, b = figures[small][asset], figures[large][asset]
@@ -241,12 +249,15 @@ def report(sizes: list[int], figures: dict[int, dict[str, dict]]) -> None:
         growth = (b["peak_kib"] - a["peak_kib"]) / 1024
         seconds = "".join(f"{figures[n][asset]['seconds']:>11.1f}" for n in sizes)
         time_ratio = f"{b['seconds'] / a['seconds']:.1f}" if a["seconds"] > 0 else "-"
+        cpus = "".join(f"{figures[n][asset]['cpu_seconds']:>11.1f}" for n in sizes)
+        cpu_ratio = f"{b['cpu_seconds'] / a['cpu_seconds']:.1f}" if a["cpu_seconds"] > 0 else "-"
         print(f"{asset:<30}{peaks}{a['base_kib'] / 1024:>5.0f}MiB{growth:>+6.0f}MiB"
-              f"{b['peak_kib'] / a['peak_kib']:>12.2f}{ratio:>17}{seconds}{time_ratio:>12}")
+              f"{b['peak_kib'] / a['peak_kib']:>12.2f}{ratio:>17}{seconds}{time_ratio:>12}{cpus}{cpu_ratio:>11}")
     print(f"\npool size ratio {large / small:.0f}x. peak: the step process's ru_maxrss; base: the same process after "
           f"imports and setup,\nbefore the step; growth: peak@{large} - peak@{small}; step-only ratio: "
           f"(peak - base)@{large} / (peak - base)@{small};\ns@N: the step's wall seconds (compute and commit, "
-          f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}); time ratio: s@{large} / s@{small}")
+          f"load average now {' '.join(f'{x:.2f}' for x in os.getloadavg())}); time ratio: s@{large} / s@{small};\n"
+          f"cpu@N: the step's CPU seconds (user + system, with children), far less moved by the load than wall time")
 
 
 def main() -> None:
