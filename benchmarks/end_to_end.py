@@ -58,6 +58,7 @@ PER_DOC_ASSETS = {"documents", "tokenized_pool", "embeddings", "influence_scores
                   "tokenized_pool_index", "embeddings_index", "influence_scores_index", "cluster_assignments",
                   "selected_subset", "dataset_release"}
 NK_ASSETS = {"cluster_assignments"}  # cost grows with N * k
+SHARD_ASSETS = {"documents", "tokenized_pool", "embeddings", "influence_scores"}  # one partition per shard
 OVERHEAD = "(overhead: sync and Dagster around the steps)"
 SIGMA_WORDS = 0.8
 NOISE_SHARE = 0.05  # a fixed-work asset's fitted per-document term below this share of its cost is dropped
@@ -222,13 +223,32 @@ def aggregate(materializations: list[dict]) -> dict[str, dict]:
     by_row: dict[str, dict] = {}
     for m in materializations:
         row = by_row.setdefault(row_name(m["asset"], m["partition"]), {
-            "partitions": 0, "step_s": 0.0, "compute_s": 0.0, "cpu_s": 0.0, "peak_rss_mib": 0.0, "tokens": 0})
+            "partitions": 0, "step_s": 0.0, "compute_s": 0.0, "cpu_s": 0.0, "peak_rss_mib": 0.0, "tokens": 0,
+            "rows": 0})
         row["partitions"] += 1
+        row["rows"] += int(m["rows"] or 0)
         for key in ("step_s", "compute_s", "cpu_s"):
             row[key] = round(row[key] + float(m[key]), 3)
         row["peak_rss_mib"] = max(row["peak_rss_mib"], float(m["peak_rss_mib"]))
         row["tokens"] += int(m["tokens"] or 0)
     return by_row
+
+
+def expected_partitions(manifest: Path) -> dict[str, int]:
+    """Partitions of every table row in a whole build of this manifest (what a partial run is compared with)."""
+    from gmates_assets.core.manifest import load_manifest
+    from gmates_assets.defs.assets import DECLARATIONS
+    from gmates_assets.defs.graph import AssetGraph
+
+    graph = AssetGraph(load_manifest(manifest).manifest, DECLARATIONS)
+    expected: dict[str, int] = {}
+    for name, decl in graph.decls.items():
+        if decl.is_source or decl.compute is None:
+            continue
+        for partition in graph.partition_keys(name):
+            row = row_name(name, partition)
+            expected[row] = expected.get(row, 0) + 1
+    return expected
 
 
 def measure(n_docs: int, args) -> dict:
@@ -244,6 +264,7 @@ def measure(n_docs: int, args) -> dict:
     print(f"{n_docs} documents in {len(pool['shards'])} shards ({pool['words_per_doc']} words per document), "
           f"written in {time.monotonic() - started:.0f} s under {root}; k = {manifest['clustering']['k']}", flush=True)
     load_before = _load()
+    expected = expected_partitions(root / "manifest.yaml")
     sync = run_sync(root, root / "manifest.yaml", args.time_limit)
     load_after = _load()
     assets = aggregate(read_materializations(root / "dagster_home"))
@@ -253,11 +274,12 @@ def measure(n_docs: int, args) -> dict:
                                                                "source": str(args.jsonl) if args.jsonl else "demo-web"},
               "load_before": load_before, "load_after": load_after, "cpus": os.cpu_count(),
               "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "smoke": args.smoke, **sync,
-              "assets": assets}
-    result["assets"][OVERHEAD] = {"partitions": 0, "step_s": round(max(0.0, sync["wall_s"] - in_steps), 1),
-                                  "compute_s": 0.0,
-                                  "cpu_s": round(max(0.0, sync["cpu_s"] - sum(a["cpu_s"] for a in assets.values())), 1),
-                                  "peak_rss_mib": sync["peak_rss_mib"], "tokens": 0}
+              "expected_partitions": expected, "assets": assets}
+    if sync["complete"]:  # the sync's time outside steps is known only for a whole build
+        result["assets"][OVERHEAD] = {
+            "partitions": 0, "step_s": round(max(0.0, sync["wall_s"] - in_steps), 1), "compute_s": 0.0,
+            "cpu_s": round(max(0.0, sync["cpu_s"] - sum(a["cpu_s"] for a in assets.values())), 1),
+            "peak_rss_mib": sync["peak_rss_mib"], "tokens": 0, "rows": 0}
     state = "finished" if sync["complete"] else f"STOPPED (exit {sync['exit_code']}): partial figures"
     print(f"{n_docs} documents: sync {state} in {sync['wall_s']:.0f} s wall, {sync['cpu_s']:.0f} s CPU, peak "
           f"{sync['peak_rss_mib']:.0f} MiB; load {load_before} -> {load_after}", flush=True)
@@ -288,13 +310,36 @@ def work_units(row: str, n_docs: int, k: int) -> float:
     return float(n_docs) * k if row in NK_ASSETS else float(n_docs)
 
 
+def finished(row: str, run: dict) -> bool:
+    """Every partition of this row was built in this run (a stopped run finishes some assets only)."""
+    if row not in run["assets"]:
+        return False
+    if run["complete"]:
+        return True
+    return run["assets"][row]["partitions"] >= run.get("expected_partitions", {}).get(row, math.inf)
+
+
 def fit_model(runs: list[dict]) -> dict[str, dict]:
-    """Per row: fixed seconds and per-unit seconds, for wall (step_s) and CPU (cpu_s)."""
-    complete = [r for r in runs if r["complete"]]
-    rows = sorted({row for r in complete for row in r["assets"]})
+    """Per row: fixed seconds and per-unit seconds, for wall (step_s) and CPU (cpu_s).
+
+    Shard assets (one partition per shard of --docs-per-shard documents): seconds per document over every shard
+    any run finished, stopped runs included (a shard's fixed cost, e.g. loading the encoder, is then part of the
+    per-document cost, as it is at any N with that shard size). Other rows: fitted over the runs that built all of
+    their partitions (fit_fixed_plus_linear), or from one size (module docstring)."""
+    rows = sorted({row for r in runs for row in r["assets"]})
     model = {}
     for row in rows:
-        sizes = [r for r in complete if row in r["assets"]]
+        if row in SHARD_ASSETS:
+            done = [r["assets"][row] for r in runs if r["assets"].get(row, {}).get("rows")]
+            docs, shards = sum(a["rows"] for a in done), sum(a["partitions"] for a in done)
+            model[row] = {"term": "N", "sizes": [r["docs"] for r in runs if r["assets"].get(row, {}).get("rows")]}
+            for metric in ("step_s", "cpu_s"):
+                model[row][metric] = {"fixed": 0.0, "per_unit": sum(a[metric] for a in done) / docs,
+                                      "how": f"{docs:,} docs in {shards} shards"}
+            continue
+        sizes = [r for r in runs if finished(row, r)]
+        if not sizes:
+            continue
         xs = [work_units(row, r["docs"], r["k"]) for r in sizes]
         entry = {"term": "N*k" if row in NK_ASSETS else "N", "sizes": [r["docs"] for r in sizes]}
         for metric in ("step_s", "cpu_s"):
@@ -312,6 +357,12 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
             entry[metric] = {"fixed": fixed, "per_unit": slope, "how": how}
         model[row] = entry
     return model
+
+
+def unmeasured(model: dict, runs: list[dict]) -> list[str]:
+    """Rows of a whole build that no run finished: the predicted totals leave them out."""
+    expected = {row for r in runs for row in r.get("expected_partitions", {})}
+    return sorted(expected - set(model))
 
 
 def predict(model: dict, n_docs: int, docs_per_cluster: int, metric: str) -> dict[str, float]:
@@ -357,8 +408,9 @@ def duration(seconds: float) -> str:
 def rate(row: str, figures: dict, run: dict) -> str:
     if row.startswith("tokenized_pool") and figures["tokens"] and figures["step_s"]:
         return f"{figures['tokens'] / figures['step_s']:,.0f} tokens/s"
-    if row.split("[")[0] in PER_DOC_ASSETS and figures["step_s"]:
-        return f"{run['docs'] / figures['step_s']:,.0f} docs/s"
+    docs = figures.get("rows") if row in SHARD_ASSETS else run["docs"]
+    if row.split("[")[0] in PER_DOC_ASSETS and figures["step_s"] and docs:
+        return f"{docs / figures['step_s']:,.0f} docs/s"
     return "–"
 
 
@@ -366,6 +418,7 @@ def run_table(run: dict) -> str:
     total = run["wall_s"]
     state = "" if run["complete"] else (f" — **stopped after {duration(run['wall_s'])} (exit {run['exit_code']}): "
                                         f"partial, only the partitions listed finished**")
+    expected = run.get("expected_partitions", {})
     lines = [f"**{run['docs']:,} documents** ({run['pool']['shards']} shards of ≤ {run['docs_per_shard']:,}, "
              f"{run['pool']['words_per_doc']} words per document, k = {run['k']}, device {run['device']}): "
              f"{duration(total)} wall, {duration(run['cpu_s'])} CPU, peak {run['peak_rss_mib']:,.0f} MiB; load "
@@ -373,13 +426,17 @@ def run_table(run: dict) -> str:
              f"{' '.join(map(str, run['load_after']))} after, {run['cpus']} CPUs{state}", "",
              "| asset | partitions | wall | CPU | peak RSS | rate | share of wall |", "|---|---|---|---|---|---|---|"]
     for row, f in sorted(run["assets"].items(), key=lambda kv: -kv[1]["step_s"]):
-        lines.append(f"| {row} | {f['partitions'] or '–'} | {f['step_s']:,.1f} s | {f['cpu_s']:,.1f} s | "
+        done = f["partitions"] or "–"
+        if not run["complete"] and row in expected:
+            done = f"{f['partitions']} of {expected[row]}"
+        lines.append(f"| {row} | {done} | {f['step_s']:,.1f} s | {f['cpu_s']:,.1f} s | "
                      f"{f['peak_rss_mib']:,.0f} MiB | {rate(row, f, run)} | {100 * f['step_s'] / total:.1f}% |")
     return "\n".join(lines)
 
 
 def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optional[dict]) -> str:
-    loads = ", ".join(f"{r['docs']:,}: {r['load_before'][0]}→{r['load_after'][0]}" for r in runs if r["complete"])
+    loads = ", ".join(f"{r['docs']:,} ({'whole build' if r['complete'] else 'stopped'}): load "
+                      f"{r['load_before'][0]}→{r['load_after'][0]}" for r in runs)
     head = ("| asset | term | fixed (wall) | per document (wall) | fixed (CPU) | per document (CPU) | "
             + " | ".join(f"{n // 1_000_000}M wall | {n // 1_000_000}M CPU" for n in PREDICT_DOCS) + " |")
     gpu_rows = {}
@@ -409,14 +466,17 @@ def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optio
             seconds, replaced = gpu_rows[n]
             cells.append(duration(seconds[row]) + (" (card)" if row in replaced else ""))
         lines.append("| " + " | ".join(cells) + " |")
-    total = ["**total**", "", "", "", "", ""]
+    missing = unmeasured(model, runs)
+    total = ["**total**" + (" of the rows above" if missing else ""), "", "", "", "", ""]
     for n in PREDICT_DOCS:
         total += [f"**{duration(sum(walls[n].values()))}**", f"**{duration(sum(cpus[n].values()))}**"]
     for n in (PREDICT_DOCS if gpu else ()):
         total.append(f"**{duration(sum(gpu_rows[n][0].values()))}**")
     lines.append("| " + " | ".join(total) + " |")
-    notes = [f"Fitted on the complete runs (N: load before→after) {loads}; k = N / {docs_per_cluster:,} "
+    notes = [f"Runs: {loads}; k = N / {docs_per_cluster:,} "
              f"({', '.join(f'{n // 1_000_000}M: k = {clusters_for(n, docs_per_cluster):,}' for n in PREDICT_DOCS)})."]
+    if missing:
+        notes.append(f"No run finished {', '.join(missing)}: the totals leave them out.")
     if gpu:
         notes.append(f"One GPU: {gpu.get('card')} ({'smoke figures, meaningless' if gpu.get('smoke') else 'measured'}"
                      f" by benchmarks/gpu_check.py); rows marked (card) use its per-document rate, the rest this "
@@ -457,7 +517,11 @@ def main() -> None:
     for n_docs in sizes:
         runs.append(measure(n_docs, args))
     runs.sort(key=lambda r: r["docs"])
-    model = fit_model(runs) if any(r["complete"] for r in runs) else None
+    for run in runs:  # runs saved before expected_partitions was recorded: from their kept manifest
+        manifest = Path(run.get("log", "")).parent / "manifest.yaml"
+        if "expected_partitions" not in run and manifest.is_file():
+            run["expected_partitions"] = expected_partitions(manifest)
+    model = fit_model(runs) or None
     gpu_path = args.gpu_figures or (args.out.parent / "gpu_figures.json" if args.out else None)
     gpu = load_gpu_figures(gpu_path)
     tables = [run_table(r) for r in runs] if args.markdown or args.smoke else []
