@@ -332,6 +332,8 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
         if row in SHARD_ASSETS:
             done = [r["assets"][row] for r in runs if r["assets"].get(row, {}).get("rows")]
             docs, shards = sum(a["rows"] for a in done), sum(a["partitions"] for a in done)
+            if not docs:
+                continue
             model[row] = {"term": "N", "sizes": [r["docs"] for r in runs if r["assets"].get(row, {}).get("rows")]}
             for metric in ("step_s", "cpu_s"):
                 model[row][metric] = {"fixed": 0.0, "per_unit": sum(a[metric] for a in done) / docs,
@@ -517,10 +519,13 @@ def main() -> None:
     for n_docs in sizes:
         runs.append(measure(n_docs, args))
     runs.sort(key=lambda r: r["docs"])
-    for run in runs:  # runs saved before expected_partitions was recorded: from their kept manifest
-        manifest = Path(run.get("log", "")).parent / "manifest.yaml"
-        if "expected_partitions" not in run and manifest.is_file():
-            run["expected_partitions"] = expected_partitions(manifest)
+    for run in runs:  # a kept home (--keep) is read again: figures of steps that ended after the file was written
+        home = Path(run.get("log", "")).parent
+        if "expected_partitions" not in run and (home / "manifest.yaml").is_file():
+            run["expected_partitions"] = expected_partitions(home / "manifest.yaml")
+        if (home / "dagster_home").is_dir():
+            run["assets"] = {**aggregate(read_materializations(home / "dagster_home")),
+                             **({OVERHEAD: run["assets"][OVERHEAD]} if run["complete"] else {})}
     model = fit_model(runs) or None
     gpu_path = args.gpu_figures or (args.out.parent / "gpu_figures.json" if args.out else None)
     gpu = load_gpu_figures(gpu_path)
