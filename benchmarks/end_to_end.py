@@ -459,7 +459,8 @@ def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optio
     for row in order:
         e = model[row]
         how = e["step_s"]["how"]
-        cells = [row, e["term"] + ("" if how == "fit" else f" ({how})"),
+        term = "fixed" if e["step_s"]["per_unit"] == 0 and e["cpu_s"]["per_unit"] == 0 else e["term"]
+        cells = [row, term + ("" if how == "fit" else f" ({how})"),
                  f"{e['step_s']['fixed']:.1f} s", per_doc(e, "step_s", row),
                  f"{e['cpu_s']['fixed']:.1f} s", per_doc(e, "cpu_s", row)]
         for n in PREDICT_DOCS:
