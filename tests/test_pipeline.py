@@ -37,6 +37,14 @@ def test_full_build_is_fresh_and_complete(full_build):
     assert "group_mates" in comparison["comparison"] and "random" in comparison["comparison"]
 
 
+def test_every_materialization_records_what_its_step_cost(full_build):
+    for asset, partition in (("embeddings", "shard-000"), ("pretrained_checkpoint", "group_mates"),
+                             ("dataset_release", None)):
+        meta = full_build.latest_metadata(asset, partition)
+        assert meta["cpu_seconds"] > 0 and meta["peak_rss_mib"] > 50, (asset, meta)
+        assert meta["step_seconds"] >= meta["compute_seconds"], (asset, meta)
+
+
 def test_selection_sizes_equal_across_methods_and_checks_pass(full_build):
     sizes = {m: full_build.latest_metadata("selected_subset", m)["dagster/row_count"]
              for m in ("group_mates", "mates", "random")}

@@ -27,6 +27,7 @@ from ..core.finite import require_finite
 from ..core.manifest import LoadedManifest
 from ..core.manifest_access import ManifestView, undeclared_reads
 from ..core.progress import ProgressFn, RateMeter
+from ..core.step_usage import StepUsage
 from ..core.store import Artifact, ArtifactStore
 from .graph import AssetGraph
 from .resources import GmatesResource, ManifestChanged
@@ -204,8 +205,17 @@ def step_manifest(gm: GmatesResource, asset: str, code_version: Optional[str]) -
 
 
 def run_step(context, gm: GmatesResource, asset: str, code_version: Optional[str] = None) -> dg.MaterializeResult:
-    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions.
+    """Reuse the stored artifact for these exact inputs, or compute and commit it; report its versions and what
+    the step cost (step_seconds, cpu_seconds, peak_rss_mib: core/step_usage.py).
     `code_version`: the asset's code version in the Definitions (what Dagster records with the result)."""
+    with StepUsage() as usage:
+        data_version, metadata, checks = _materialize(context, gm, asset, code_version)
+    return dg.MaterializeResult(data_version=data_version, metadata={**metadata, **usage.metadata()},
+                                check_results=checks)
+
+
+def _materialize(context, gm: GmatesResource, asset: str, code_version: Optional[str]):
+    """(data version, metadata, check results) of the reused or newly built artifact."""
     loaded, graph = step_manifest(gm, asset, code_version)
     decl = graph[asset]
     store = gm.store()
@@ -247,17 +257,13 @@ def run_step(context, gm: GmatesResource, asset: str, code_version: Optional[str
         check_step = Step(context, loaded, store, graph, asset, partition, inputs(), versions, record_reads=False,
                           verified_shards=shards)
         checks = decl.check_fn(check_step, artifact)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(artifact.content_hash),
-        metadata={
-            **{k: _to_dagster(v) for k, v in metadata.items()},
-            "reused": reused,
-            "input_key": key,
-            "content_hash": artifact.content_hash,
-            "artifact_path": dg.MetadataValue.path(artifact.location),
-        },
-        check_results=checks,
-    )
+    return dg.DataVersion(artifact.content_hash), {
+        **{k: _to_dagster(v) for k, v in metadata.items()},
+        "reused": reused,
+        "input_key": key,
+        "content_hash": artifact.content_hash,
+        "artifact_path": dg.MetadataValue.path(artifact.location),
+    }, checks
 
 
 def _require_declared(decl, reads: set[str]) -> None:
