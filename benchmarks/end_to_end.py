@@ -28,7 +28,8 @@ cluster_assignments fixed + c * N * k (k-means assignment and its training sampl
 k = N / docs-per-cluster). With two or more sizes each asset's two terms are fitted by least squares (both kept
 >= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its cost at the
 largest size is taken as load noise and dropped); with one size, the assets that touch every document are
-taken as purely per-document and the rest as fixed. Predictions for 1M and 10M documents are on this machine under the load measured (said beside them) and,
+taken as purely per-document and the rest as fixed. Predictions for 1M and 10M documents are on this machine
+under the load measured (said beside them) and,
 with GPU figures (--gpu-figures, default gpu_figures.json beside --out; docs/performance.md "## GPU"), on one GPU:
 the assets whose per-document rate the GPU check measured (embeddings, the group_mates greedy) at the card's rate,
 everything else as measured here. Figures describe this 2-core machine; the load changes wall time far more than
