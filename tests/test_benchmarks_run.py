@@ -21,8 +21,12 @@ def test_benchmarks_are_discovered():
     assert len(SCRIPTS) >= 7
 
 
+SYSTEM = {"end_to_end", "incremental"}  # whole-graph builds, about a minute each: make test-system
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.system) if s.stem in SYSTEM else s
+                                    for s in SCRIPTS], ids=[s.stem for s in SCRIPTS])
 def test_benchmark_runs_at_its_smallest_size(script, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "GMATES_CACHE": str(tmp_path / "cache")}

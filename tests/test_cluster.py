@@ -597,6 +597,7 @@ def _in_process_build(folder: Path, env: dict[str, str]):
                             stderr=open(folder / "sync.log", "w"))
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgres_server, redis_url, monkeypatch):
     """docs/deployment.md, "Cluster mode on one machine (what the CI test runs)": this test reads its files and

@@ -38,7 +38,7 @@ import pytest
 
 from . import ui_helpers as h
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.system]
 
 ARTIFACTS = h.REPO_ROOT / "test-artifacts" / "ui"
 SENSOR = "gmates_automation"
