@@ -41,12 +41,12 @@ $(SERVICES):
 
 # `make test`: the suite without the multi-minute system tests (marker `system`); `make test-system`: those
 # (the cluster through Postgres/daemon/Celery, the UI in Chromium, 100-shard growth, whole-graph benchmark
-# smokes). CI (.ci/run) runs both.
+# smokes), a module per worker (--dist loadscope: the 100-shard fixture is built once). CI (.ci/run) runs both.
 test: $(STAMP) $(CHROMIUM) $(SERVICES)
 	$(BIN)/python -m pytest -q -n 2 -m "not system"
 
 test-system: $(STAMP) $(CHROMIUM) $(SERVICES)
-	$(BIN)/python -m pytest -q -n 2 -m system
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m system
 
 ui: $(STAMP)
 	$(BIN)/gmates ui --manifest $(DEMO)
