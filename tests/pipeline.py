@@ -92,5 +92,21 @@ class Build:
             return {k: v.value for k, v in event.metadata.items()}
 
 
+def store_key(build: Build, asset: str, partition: str) -> str:
+    """The store key asset[partition] builds under now (sources observed first, as sync and the job do)."""
+    from gmates_assets.defs.factory import graph_for
+    from gmates_assets.defs.runtime import input_key, input_versions
+    from gmates_assets.defs.sync import observe_sources
+
+    defs = build.defs()
+    gm = defs.resources["gmates"]
+    loaded = gm.manifest()
+    with build.instance() as instance:
+        observe_sources(defs, instance)
+        graph = graph_for(loaded)
+        return input_key(instance, gm.store(), graph, loaded, asset, partition,
+                         input_versions(instance, graph, asset, partition))
+
+
 def assets_of(items) -> set[str]:
     return {asset for asset, _ in items}

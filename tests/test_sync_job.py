@@ -19,7 +19,7 @@ import pytest
 from gmates_assets.defs.launch import failure_summary
 from gmates_assets.defs.sync_job import DESCRIPTION_HINT, JOB_NAME, PARENT_TAG, SYNC_JOB_TAG
 
-from .pipeline import ROOT
+from .pipeline import ROOT, store_key
 
 IN_MEMORY_LAUNCHER = ("run_launcher:\n  module: dagster._core.launcher.sync_in_memory_run_launcher\n"
                       "  class: SyncInMemoryRunLauncher\n")
@@ -146,22 +146,6 @@ def _launch_thread(build, defs=None) -> threading.Thread:
     return thread
 
 
-def _eval_scores_key(build, partition: str) -> str:
-    """The store key eval_scores[partition] builds under after the edit (sources observed, as the job does)."""
-    from gmates_assets.defs.factory import graph_for
-    from gmates_assets.defs.runtime import input_key, input_versions
-    from gmates_assets.defs.sync import observe_sources
-
-    defs = build.defs()
-    gm = defs.resources["gmates"]
-    loaded = gm.manifest()
-    with build.instance() as instance:
-        observe_sources(defs, instance)
-        graph = graph_for(loaded)
-        versions = input_versions(instance, graph, "eval_scores", partition)
-        return input_key(instance, gm.store(), graph, loaded, "eval_scores", partition, versions)
-
-
 def _wait_until(condition, what: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -184,7 +168,7 @@ def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_bu
 
     build = job_build()
     _edit_random_baseline(build)
-    key = _eval_scores_key(build, "mates")
+    key = store_key(build, "eval_scores", "mates")
 
     def in_flight_child(job_run) -> bool:
         with build.instance() as instance:

@@ -64,9 +64,8 @@ def test_select_limits_the_sync_to_an_asset_and_its_upstream():
         assert {a for a, _ in report.executed} == {"docs"}
 
 
-def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
-    """emb[p] reads only docs[p] (identity): it joins docs[p]'s run. tok[p] also reads agg (all of docs), so
-    it waits for agg's wave. A run covers one partition key, so the runs are p0, p1, agg, p0, p1."""
+def _source_and_docs():
+    """An observed partitioned source and the docs asset that reads it, partition by partition."""
     @dg.observable_source_asset(partitions_def=PARTS)
     def src():
         return dg.DataVersionsByPartition({"p0": dg.DataVersion("a"), "p1": dg.DataVersion("a")})
@@ -74,6 +73,14 @@ def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
     @dg.asset(partitions_def=PARTS, deps=[src])
     def docs():
         return dg.MaterializeResult(data_version=dg.DataVersion("d"))
+
+    return src, docs
+
+
+def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
+    """emb[p] reads only docs[p] (identity): it joins docs[p]'s run. tok[p] also reads agg (all of docs), so
+    it waits for agg's wave. A run covers one partition key, so the runs are p0, p1, agg, p0, p1."""
+    src, docs = _source_and_docs()
 
     @dg.asset(partitions_def=PARTS, deps=[dg.AssetDep(docs, partition_mapping=dg.IdentityPartitionMapping())])
     def emb():
@@ -98,15 +105,9 @@ def test_same_partition_chains_share_a_run_and_other_fan_ins_wait():
 
 def test_a_chain_of_unpartitioned_assets_shares_one_run():
     """idx and tok_model read only unpartitioned assets of the wave before them (idx <- agg <- docs[*]): they join
-    agg's run, whose steps Dagster orders, instead of one wave (a run's start, queue and launch) each. `fan` reads
-    every partition of docs too, through agg only: still one run. `late` reads emb[*], not yet built: it waits."""
-    @dg.observable_source_asset(partitions_def=PARTS)
-    def src():
-        return dg.DataVersionsByPartition({"p0": dg.DataVersion("a"), "p1": dg.DataVersion("a")})
-
-    @dg.asset(partitions_def=PARTS, deps=[src])
-    def docs():
-        return dg.MaterializeResult(data_version=dg.DataVersion("d"))
+    agg's run, whose steps Dagster orders, instead of one wave (a run's start, queue and launch) each. `late` reads emb[*],
+    not yet built: it waits."""
+    src, docs = _source_and_docs()
 
     @dg.asset(deps=[docs])
     def agg():

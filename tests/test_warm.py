@@ -24,7 +24,7 @@ from gmates_assets.defs.launch import WarmRuns
 from gmates_assets.defs.sync import sync
 from gmates_assets.warm import WarmRunLauncher
 
-from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build
+from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build, store_key
 
 WARM = {"launcher": "warm", "max_concurrent": 2, "executor": "in_process"}
 SCOPE = ["relational_model_init"]
@@ -56,22 +56,6 @@ def _data_versions(build: Build) -> dict:
                                                           limit=1000).records:
                 versions[(asset, record.partition_key)] = record.asset_materialization.tags["dagster/data_version"]
     return versions
-
-
-def _documents_key(build: Build, partition: str) -> str:
-    """The store key documents[partition] builds under (sources observed first, as sync does)."""
-    from gmates_assets.defs.factory import graph_for
-    from gmates_assets.defs.runtime import input_key, input_versions
-    from gmates_assets.defs.sync import observe_sources
-
-    defs = build.defs()
-    gm = defs.resources["gmates"]
-    loaded = gm.manifest()
-    with build.instance() as instance:
-        observe_sources(defs, instance)
-        graph = graph_for(loaded)
-        return input_key(instance, gm.store(), graph, loaded, "documents", partition,
-                         input_versions(instance, graph, "documents", partition))
 
 
 def _wait_until(condition, what: str, timeout: float = 120.0) -> None:
@@ -148,7 +132,7 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
             except Exception as err:  # expected: documents[shard-001] failed
                 outcome["error"] = err
 
-        with ArtifactStore(warm.store).locked("documents", _documents_key(warm, "shard-001")):  # holds its run
+        with ArtifactStore(warm.store).locked("documents", store_key(warm, "documents", "shard-001")):  # holds its run
             thread = threading.Thread(target=first_sync)
             thread.start()
             _wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
@@ -176,7 +160,7 @@ def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_pat
 
     build = _shard_build(tmp_path, max_concurrent=1)
     env = {**os.environ, **build.env(), "PYTHONPATH": str(ROOT)}
-    with ArtifactStore(build.store).locked("documents", _documents_key(build, "s1")):
+    with ArtifactStore(build.store).locked("documents", store_key(build, "documents", "s1")):
         sync_process = subprocess.Popen(
             [sys.executable, "-m", "gmates_assets.cli", "sync", "--manifest", str(build.manifest),
              "--select", "documents_index"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
