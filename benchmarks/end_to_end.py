@@ -23,9 +23,10 @@ of your file (field --text-field). The manifest keeps the quickstart's model siz
 a BPE of 2,048 trained on a 5,000-document sample, 512 LM tokens per document, the all-MiniLM-L6-v2 encoder at
 256 tokens in 2 chunks of 128, k = N / --docs-per-cluster clusters, methods group_mates, mates and random.
 
-The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N, or for
-cluster_assignments fixed + c * N * k (k-means assignment and its training sample both grow with N * k, and
-k = N / docs-per-cluster). With two or more sizes each asset's two terms are fitted by least squares (both kept
+The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N; for
+cluster_assignments fixed + c * N * k once two sizes are measured (k-means assignment and its training sample
+both grow with N * k, and k = N / docs-per-cluster; at one size it is taken as per-document); for lm_tokenizer
+fixed + c * min(N, 5,000) (it trains on a sample of at most 5,000 documents). With two or more sizes each asset's two terms are fitted by least squares (both kept
 >= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its cost at the
 largest size is taken as load noise and dropped); with one size, the assets that touch every document are
 taken as purely per-document and the rest as fixed. Predictions for 1M and 10M documents are on this machine
@@ -59,6 +60,8 @@ PER_DOC_ASSETS = {"documents", "tokenized_pool", "embeddings", "influence_scores
                   "tokenized_pool_index", "embeddings_index", "influence_scores_index", "cluster_assignments",
                   "selected_subset", "dataset_release"}
 NK_ASSETS = {"cluster_assignments"}  # cost grows with N * k
+TOKENIZER_TRAIN_DOCS = 5000  # the BPE trains on a sample of at most this many documents
+SAMPLED_ASSETS = {"lm_tokenizer"}  # cost grows with min(N, TOKENIZER_TRAIN_DOCS)
 SHARD_ASSETS = {"documents", "tokenized_pool", "embeddings", "influence_scores"}  # one partition per shard
 OVERHEAD = "(overhead: sync and Dagster around the steps)"
 SIGMA_WORDS = 0.8
@@ -143,7 +146,8 @@ def manifest_for(n_docs: int, shards: list[str], args) -> dict:
                        "shards": [{"name": Path(s).stem, "format": "jsonl", "paths": [s], "text_field": "text"}
                                   for s in shards]}
     if not args.smoke:
-        data["tokenizer"] = {"kind": "train_bpe", "vocab_size": 2048, "train_docs": 5000, "max_tokens": 512}
+        data["tokenizer"] = {"kind": "train_bpe", "vocab_size": 2048, "train_docs": TOKENIZER_TRAIN_DOCS,
+                             "max_tokens": 512}
         data["encoder"] = {"model": "builtin:all-MiniLM-L6-v2", "max_length": 256, "chunk_size": 128,
                            "pooling": "mean", "batch_size": 64}
         data["oracle"] = {**data["oracle"], "pool_size": 1000}
@@ -306,9 +310,18 @@ def fit_fixed_plus_linear(xs: list[float], ts: list[float]) -> tuple[float, floa
     return fixed, slope
 
 
-def work_units(row: str, n_docs: int, k: int) -> float:
-    """What a row's cost grows with: N, or N * k for clustering."""
-    return float(n_docs) * k if row in NK_ASSETS else float(n_docs)
+def term_of(row: str, sizes: int) -> str:
+    """What a row's cost grows with: N; N * k for clustering (needs two sizes to tell from N: at one size its
+    fixed overhead would be read as N * k work); the tokenizer's capped training sample."""
+    if row in NK_ASSETS and sizes >= 2:
+        return "N*k"
+    return f"min(N, {TOKENIZER_TRAIN_DOCS:,})" if row in SAMPLED_ASSETS else "N"
+
+
+def work_units(term: str, n_docs: int, k: int) -> float:
+    if term == "N*k":
+        return float(n_docs) * k
+    return float(min(n_docs, TOKENIZER_TRAIN_DOCS)) if term.startswith("min(") else float(n_docs)
 
 
 def finished(row: str, run: dict) -> bool:
@@ -343,8 +356,9 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
         sizes = [r for r in runs if finished(row, r)]
         if not sizes:
             continue
-        xs = [work_units(row, r["docs"], r["k"]) for r in sizes]
-        entry = {"term": "N*k" if row in NK_ASSETS else "N", "sizes": [r["docs"] for r in sizes]}
+        term = term_of(row, len({r["docs"] for r in sizes}))
+        xs = [work_units(term, r["docs"], r["k"]) for r in sizes]
+        entry = {"term": term, "sizes": [r["docs"] for r in sizes]}
         for metric in ("step_s", "cpu_s"):
             ts = [r["assets"][row][metric] for r in sizes]
             if len(set(xs)) >= 2:
@@ -353,7 +367,7 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
                 if row.split("[")[0] not in PER_DOC_ASSETS and slope * max(xs) < NOISE_SHARE * max(ts):
                     fixed, slope = sum(ts) / len(ts), 0.0  # a fixed-work asset's slope this small is load noise
                     how = "fit: fixed"
-            elif row.split("[")[0] in PER_DOC_ASSETS or row == OVERHEAD:
+            elif row.split("[")[0] in PER_DOC_ASSETS or row == OVERHEAD or row in SAMPLED_ASSETS:
                 fixed, slope, how = 0.0, ts[0] / xs[0], "one size: per document"
             else:
                 fixed, slope, how = ts[0], 0.0, "one size: fixed"
@@ -370,7 +384,8 @@ def unmeasured(model: dict, runs: list[dict]) -> list[str]:
 
 def predict(model: dict, n_docs: int, docs_per_cluster: int, metric: str) -> dict[str, float]:
     k = clusters_for(n_docs, docs_per_cluster)
-    return {row: e[metric]["fixed"] + e[metric]["per_unit"] * work_units(row, n_docs, k) for row, e in model.items()}
+    return {row: e[metric]["fixed"] + e[metric]["per_unit"] * work_units(e["term"], n_docs, k)
+            for row, e in model.items()}
 
 
 def load_gpu_figures(path: Optional[Path]) -> Optional[dict]:
@@ -453,8 +468,8 @@ def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optio
 
     def per_doc(e: dict, metric: str, row: str) -> str:
         unit = e[metric]["per_unit"]
-        if row in NK_ASSETS:
-            return f"{unit * 1e9:.3f} µs per doc·cluster"
+        if e["term"] == "N*k":
+            return f"{unit * 1e6:.4f} µs per doc·cluster"
         return f"{unit * 1e3:.3f} ms"
 
     for row in order:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from .core.manifest import DEFAULT_MANIFEST
+from .errors import user_cause
 from .interrupts import InterruptWatch
 
 
@@ -272,15 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cause(exc: BaseException) -> BaseException:
-    """The user-facing exception inside Dagster's wrappers (never the low-level error it was raised from)."""
-    while getattr(exc, "user_exception", None) is not None:
-        exc = exc.user_exception
-    return exc
-
-
 def error_line(command: str, exc: BaseException) -> str:
-    cause = _cause(exc)
+    cause = user_cause(exc)
     ours = type(cause).__module__.startswith("gmates_assets.")  # our errors already say file, line, field
     return f"gmates {command}: {cause if ours else f'{type(cause).__name__}: {cause}'}"
 

@@ -24,10 +24,28 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def full_build(tmp_path_factory):
-    """The tests profile built once by `sync` (what `gmates sync` runs); tests copy it before changing it."""
+    """The tests profile built once by `sync` (what `gmates sync` runs); tests copy it before changing it.
+
+    Under xdist it is built once for the whole run, by the first worker that asks (the others wait on a lock,
+    instead of building it again beside it), and each worker gets its own copy of it."""
+    from filelock import FileLock
+
+    from .pipeline import Build
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return _build_everything(tmp_path_factory.mktemp("full") / "b")
+    shared = tmp_path_factory.getbasetemp().parent / "full-build"  # this run's folder, common to its workers
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "complete").exists():
+            _build_everything(shared / "b")
+            (shared / "complete").touch()
+    return Build(shared / "b").copy_to(tmp_path_factory.mktemp("full") / "b")
+
+
+def _build_everything(root):
     from .pipeline import ALL_ASSETS, TESTS_MANIFEST, Build, assets_of
 
-    build = Build.create(tmp_path_factory.mktemp("full") / "b", TESTS_MANIFEST.read_text())
+    build = Build.create(root, TESTS_MANIFEST.read_text())
     report = build.sync()
     assert assets_of(report.executed) == ALL_ASSETS
     return build

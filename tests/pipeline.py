@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -110,3 +111,29 @@ def store_key(build: Build, asset: str, partition: str) -> str:
 
 def assets_of(items) -> set[str]:
     return {asset for asset, _ in items}
+
+
+DAGSTER_FAN_IN_THRESHOLD = 100  # Dagster 1.13's SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD
+
+
+@contextmanager
+def fan_in_threshold(partitions: int):
+    """Dagster stops tracking staleness (and input provenance) across an edge from 100 or more partitions, and
+    gmates makes up for it (sync._fan_in_cause, the shard indexes). Tests of that edge lower Dagster's constant
+    in every module that imported it, so that a dozen shards cross it instead of a hundred: the same code paths,
+    in this process (in-process runs), at a tenth of the cost."""
+    import sys
+
+    import pytest
+    from dagster._core.definitions import data_version
+    from dagster._core.execution.context import data_version_cache  # noqa: F401 - imports the constant by name
+
+    name = "SKIP_PARTITION_DATA_VERSION_DEPENDENCY_THRESHOLD"
+    assert getattr(data_version, name) == DAGSTER_FAN_IN_THRESHOLD, "the pinned Dagster moved its threshold"
+    holders = [m for key, m in list(sys.modules.items())
+               if key.startswith("dagster") and getattr(m, name, None) == DAGSTER_FAN_IN_THRESHOLD]
+    with pytest.MonkeyPatch.context() as patch:
+        for module in holders:
+            patch.setattr(module, name, partitions)
+        yield
+

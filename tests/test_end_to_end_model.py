@@ -81,3 +81,21 @@ def test_a_fixed_work_asset_keeps_no_noise_slope_but_a_pool_asset_does():
     model = e2e.fit_model(runs)
     assert model["probe_checkpoint"]["step_s"] == {"fixed": pytest.approx(40.5), "per_unit": 0.0, "how": "fit: fixed"}
     assert model["documents_index"]["step_s"]["per_unit"] > 0  # it reads every shard's entry: the slope stays
+
+
+def test_one_size_cannot_tell_clustering_n_times_k_from_its_overhead_so_counts_it_per_document():
+    model = e2e.fit_model([run(20000, 20, {"cluster_assignments": (0.6, 0.6)})])
+    assert model["cluster_assignments"]["term"] == "N"  # not 0.6 s / (20,000 * 20) per doc*cluster
+    wall = e2e.predict(model, 1_000_000, docs_per_cluster=1000, metric="step_s")
+    assert wall["cluster_assignments"] == pytest.approx(0.6 * 50)
+
+
+def test_the_tokenizer_grows_with_its_capped_training_sample_only():
+    runs = [run(2000, 2, {"lm_tokenizer": (1.0 + 2000 * 1e-3, 3.0)}),
+            run(20000, 20, {"lm_tokenizer": (1.0 + e2e.TOKENIZER_TRAIN_DOCS * 1e-3, 6.0)})]
+    model = e2e.fit_model(runs)
+    assert model["lm_tokenizer"]["step_s"]["fixed"] == pytest.approx(1.0)
+    wall = e2e.predict(model, 10_000_000, docs_per_cluster=1000, metric="step_s")
+    assert wall["lm_tokenizer"] == pytest.approx(1.0 + e2e.TOKENIZER_TRAIN_DOCS * 1e-3)  # as at 20,000
+    one = e2e.predict(e2e.fit_model(runs[1:]), 1_000_000, docs_per_cluster=1000, metric="step_s")
+    assert one["lm_tokenizer"] == pytest.approx(runs[1]["assets"]["lm_tokenizer"]["step_s"])

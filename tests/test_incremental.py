@@ -64,7 +64,9 @@ def test_positional_mode_keeps_the_earlier_draw():
 
 
 # ------------------------------------------------------------------------------------------ append a shard
-N_SHARDS = 100  # at the 100-partition threshold where Dagster stops tracking staleness across the pool edge
+FAN_IN_THRESHOLD = 10  # Dagster's 100, lowered for these tests (pipeline.fan_in_threshold)
+N_SHARDS = 10  # at the threshold where Dagster stops tracking staleness across the pool edge
+DOCS_PER_SHARD = 30  # a pool of 300 documents, as the 100 shards of 3 documents this test had before
 PROBE_AND_MODELS = {"probe_checkpoint", "probe_pool", "oracle_random", "relational_model_init",
                     "bootstrap_rollouts", "oracle_bootstrap", "relational_model"}
 
@@ -108,7 +110,7 @@ def _write_pool_shard(root, i: int, suffix: str = "") -> None:
     path = root / "pool" / f"s{i:03d}.jsonl"
     path.parent.mkdir(exist_ok=True)
     path.write_text("".join(json.dumps({"text": f"shard {i} document {j} about topic {j % 5} and item {i * 7 % 11}"
-                                                f"{suffix}"}) + "\n" for j in range(3)))
+                                                f"{suffix}"}) + "\n" for j in range(DOCS_PER_SHARD)))
 
 
 def _append_shard(build, i: int) -> None:
@@ -122,7 +124,15 @@ def _append_shard(build, i: int) -> None:
 
 @pytest.fixture(scope="module")
 def grown_pool(tmp_path_factory):
-    """100 shards built up to the release with a frozen probe, then shard 120 appended and synced again."""
+    """N_SHARDS shards (at Dagster's fan-in threshold, lowered to 10) built up to the release with a frozen
+    probe, then one more shard appended and synced again."""
+    from .pipeline import fan_in_threshold
+
+    with fan_in_threshold(FAN_IN_THRESHOLD):  # only while building and judging: later tests see Dagster's own
+        return _grow_pool(tmp_path_factory)
+
+
+def _grow_pool(tmp_path_factory):
     from .pipeline import Build
 
     build = Build.create(tmp_path_factory.mktemp("grow") / "b", _pool_manifest(N_SHARDS))
@@ -136,7 +146,7 @@ def grown_pool(tmp_path_factory):
     after_read = _not_fresh(build)
     append = build.sync(select=["dataset_release"])
     append.waves[:0] = read.waves
-    return build, cold, append, (before_read, after_read)
+    return build, cold, append, (before_read, after_read), build.not_fresh(["dataset_release", "influence_scores"])
 
 
 def _not_fresh(build) -> dict:
@@ -148,11 +158,10 @@ def _not_fresh(build) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.system
 def test_appending_a_shard_rebuilds_only_the_new_shard_and_the_whole_pool_steps(grown_pool):
     from gmates_assets.defs.rebuilds import split_rebuilt
 
-    build, cold, append, _ = grown_pool
+    build, cold, append, _, not_fresh_after = grown_pool
     assert len(cold.executed) > 4 * N_SHARDS
     with build.instance() as instance:
         rebuilt, reused = split_rebuilt(instance, append.executed)
@@ -165,7 +174,7 @@ def test_appending_a_shard_rebuilds_only_the_new_shard_and_the_whole_pool_steps(
     # the oracles and both relational models are not even asked (their inputs kept their data versions).
     assert reused == {("probe_checkpoint", None), ("probe_pool", None)}
     assert not {asset for asset, _ in append.executed} & (PROBE_AND_MODELS - {"probe_checkpoint", "probe_pool"})
-    assert build.not_fresh(["dataset_release", "influence_scores"]) == set()
+    assert not_fresh_after == set()
 
 
 WHOLE_POOL_STEPS = {"documents_index", "tokenized_pool_index", "embeddings_index", "influence_scores_index",
@@ -173,9 +182,8 @@ WHOLE_POOL_STEPS = {"documents_index", "tokenized_pool_index", "embeddings_index
 
 
 @pytest.mark.slow
-@pytest.mark.system
 def test_status_after_an_append_says_the_pool_grew_in_one_line(grown_pool):
-    _, _, _, (before_read, after_read) = grown_pool
+    _, _, _, (before_read, after_read), _ = grown_pool
     new = f"s{N_SHARDS:03d}"
     never_built = {"pretrained_checkpoint", "eval_scores", "method_comparison"}  # the syncs stop at the release
     missing = {key for key, (status, _) in before_read.items() if status == "missing" and key[0] not in never_built}
@@ -186,7 +194,7 @@ def test_status_after_an_append_says_the_pool_grew_in_one_line(grown_pool):
                for (asset, _), causes in stale.items())
     stale = {key: causes for key, (status, causes) in after_read.items() if status == "stale"}
     assert {asset for asset, _ in stale} == WHOLE_POOL_STEPS
-    assert all(causes == (f"{asset}: the pool grew by 3 documents in 1 shard ({new})",)
+    assert all(causes == (f"{asset}: the pool grew by {DOCS_PER_SHARD} documents in 1 shard ({new})",)
                for (asset, _), causes in stale.items())
 
 

@@ -1,8 +1,10 @@
 """Past 100 shards Dagster drops staleness across the pool -> whole-pool edge; the shard indexes carry it.
 
-120 local jsonl shards, built up to the BPE tokenizer (which reads every shard through documents_index). Editing
-one document of one shard must show that shard stale, then (once it is rebuilt) the index, exactly as at 16
-shards; `gmates status` says so, and sync rebuilds exactly the shard, the index and the tokenizer.
+Local jsonl shards past Dagster's threshold (lowered from 100 to 10 here, see pipeline.fan_in_threshold: 12
+shards take the code paths of 120), built up to the BPE tokenizer (which reads every shard through
+documents_index). Editing one document of one shard must show that shard stale, then (once it is rebuilt) the
+index, exactly as below the threshold; `gmates status` says so, and sync rebuilds exactly the shard, the index
+and the tokenizer.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import pytest
 from gmates_assets.cli import main
 from gmates_assets.defs.sync import STALE
 
-from .pipeline import TESTS_MANIFEST, Build
+from .pipeline import TESTS_MANIFEST, Build, fan_in_threshold
 
-N_SHARDS = 120  # past the 100-partition threshold where Dagster stops tracking staleness
+THRESHOLD = 10  # Dagster's 100, lowered for this test (pipeline.fan_in_threshold)
+N_SHARDS = 12  # past the threshold where Dagster stops tracking staleness
 
 
 def _manifest(n: int) -> str:
@@ -38,7 +41,13 @@ def _write_shard(build: Build, i: int, suffix: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_one_edited_shard_of_120_propagates_to_whole_pool_readers(tmp_path, capsys, monkeypatch):
+def test_one_edited_shard_past_dagsters_fan_in_threshold_propagates_to_whole_pool_readers(tmp_path, capsys,
+                                                                                          monkeypatch):
+    with fan_in_threshold(THRESHOLD):
+        _edit_one_shard_and_sync(tmp_path, capsys, monkeypatch)
+
+
+def _edit_one_shard_and_sync(tmp_path, capsys, monkeypatch) -> None:
     build = Build.create(tmp_path / "b", _manifest(N_SHARDS))
     for i in range(N_SHARDS):
         _write_shard(build, i)
@@ -53,7 +62,7 @@ def test_one_edited_shard_of_120_propagates_to_whole_pool_readers(tmp_path, caps
 
     report = build.sync(select=["documents"])
     assert report.executed == [("documents", "s007")]
-    # Dagster alone reports documents_index fresh here (120 >= 100 partitions); gmates compares input keys.
+    # Dagster alone reports documents_index fresh here (12 >= its threshold); gmates compares input keys.
     assert _stale_in_status(build, monkeypatch, capsys) == {
         ("documents_index", None): ["documents_index: an input partition has a new data version since the last build"]}
 

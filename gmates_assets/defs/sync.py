@@ -22,6 +22,7 @@ from dagster._core.loader import LoadingContextForTest  # private
 
 from ..core.sources import ReadStats
 from ..core.store import Artifact, ArtifactStore, UnreadableRecord
+from ..errors import user_cause
 from .factory import graph_for
 from .growth import growth_cause
 from .launch import RUN_CONFIG
@@ -266,15 +267,9 @@ class SyncFailed(RuntimeError):
     """Several runs failed; everything that does not depend on them was built."""
 
 
-def _cause(err: BaseException) -> BaseException:
-    while getattr(err, "user_exception", None) is not None:  # the user's error inside Dagster's wrappers
-        err = err.user_exception
-    return err
-
-
 def _failure_text(failure) -> str:
     (partition, assets), err = failure
-    return f"{', '.join(f'{a}[{partition}]' if partition else a for a in assets)}: {_cause(err)}"
+    return f"{', '.join(f'{a}[{partition}]' if partition else a for a in assets)}: {user_cause(err)}"
 
 
 def _failed(failures: list) -> BaseException:
