@@ -59,3 +59,10 @@ def build_env(monkeypatch):
             monkeypatch.setenv(name, value)
 
     return point_at
+
+
+def pytest_collection_modifyitems(config, items):
+    """The multi-minute tests (marker `system`: the cluster, the UI in Chromium) first, so that under xdist they
+    start at once on their own workers while the short tests fill the other workers and the cores these tests
+    leave idle (they mostly wait on servers, ticks and queues)."""
+    items.sort(key=lambda item: item.get_closest_marker("system") is None)  # stable: the rest keep their order

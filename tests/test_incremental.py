@@ -158,6 +158,7 @@ def _not_fresh(build) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("grown_pool")  # one worker builds the module fixture (--dist loadgroup)
 def test_appending_a_shard_rebuilds_only_the_new_shard_and_the_whole_pool_steps(grown_pool):
     from gmates_assets.defs.rebuilds import split_rebuilt
 
@@ -182,6 +183,7 @@ WHOLE_POOL_STEPS = {"documents_index", "tokenized_pool_index", "embeddings_index
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("grown_pool")
 def test_status_after_an_append_says_the_pool_grew_in_one_line(grown_pool):
     _, _, _, (before_read, after_read), _ = grown_pool
     new = f"s{N_SHARDS:03d}"
