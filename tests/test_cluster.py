@@ -541,14 +541,47 @@ def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
 
 
 def _run_phases(instance, runs) -> str:
-    """Where a run's time goes: queued (submitted -> the daemon started it) and running (start -> end), means."""
+    """Where the runs' time goes, from their event logs (means per run): `queued` (created -> the daemon
+    dequeued it: RUN_STARTING), `launch` (-> RUN_START: the launcher's process or worker begins it), `celery`
+    (each step: submitted -> a worker reports it executing), `steps` (STEP_START -> STEP_SUCCESS), `shell` (the
+    rest of RUN_START -> the run's end: the executor's 1 s polling, the worker's set-up); and `busy`, the seconds
+    during which any run existed (the rest of a sync's time is its own: start, planning between waves)."""
     import dagster as dg
 
-    records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
-    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
-    running = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
-    return (f"{len(records)} runs: mean {sum(queued) / max(1, len(queued)):.1f} s queued, "
-            f"{sum(running) / max(1, len(running)):.1f} s running, {sum(running):.0f} s running in all")
+    kind = dg.DagsterEventType
+    totals = dict.fromkeys(["queued", "launch", "celery", "steps", "shell"], 0.0)
+    spans, n = [], 0
+    for run in runs:
+        created = instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
+        first, submitted, picked, started = {}, {}, {}, {}
+        steps = 0.0
+        for event in instance.all_logs(run.run_id):
+            what, at = event.dagster_event and event.dagster_event.event_type, event.timestamp
+            first.setdefault(what, at)
+            if what == kind.ENGINE_EVENT and event.step_key and "Submitting celery task" in event.message:
+                submitted[event.step_key] = at
+            elif what == kind.ENGINE_EVENT and event.step_key and "in celery worker" in event.message:
+                picked[event.step_key] = at
+            elif what == kind.STEP_START:
+                started[event.step_key] = at
+            elif what == kind.STEP_SUCCESS:
+                steps += at - started.get(event.step_key, at)
+        start, end = first.get(kind.RUN_START), first.get(kind.RUN_SUCCESS) or first.get(kind.RUN_FAILURE)
+        if start is None or end is None:
+            continue
+        n += 1
+        spans.append((created, end))
+        totals["queued"] += first.get(kind.RUN_STARTING, start) - created
+        totals["launch"] += start - first.get(kind.RUN_STARTING, start)
+        totals["celery"] += sum(picked[k] - submitted[k] for k in picked if k in submitted)
+        totals["steps"] += steps
+        totals["shell"] += (end - start) - steps - sum(picked[k] - submitted[k] for k in picked if k in submitted)
+    busy, reach = 0.0, float("-inf")
+    for created, end in sorted(spans):
+        busy += max(0.0, end - max(created, reach))
+        reach = max(reach, end)
+    means = ", ".join(f"{name} {value / max(1, n):.2f} s" for name, value in totals.items())
+    return f"{n} runs, means per run: {means}; runs busy {busy:.0f} s"
 
 
 def _release_hash(instance) -> str:
@@ -623,6 +656,12 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
     for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"):
         monkeypatch.setenv(name, env[name])  # this process reads the instance too
     logs: list[Path] = []
+    laps, lap_from = [], [started_at]
+
+    def lap(name: str) -> None:  # where the test's time goes (printed at the end)
+        now = time.monotonic()
+        laps.append(f"{name} {now - lap_from[0]:.0f} s")
+        lap_from[0] = now
 
     def start(words: list[str]):
         log = folder / f"{words[0]}-{len(logs)}.log"
@@ -653,6 +692,7 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
                 assert time.monotonic() < deadline, tails()
                 time.sleep(1)
+            lap("daemon up")
 
             def sync_runs(after: frozenset = frozenset()) -> list:
                 return [r for r in instance.get_runs()
@@ -660,6 +700,7 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
 
             # 1. the whole graph: every partition materialized exactly once, by the sync's runs
             first_waves = _waves(succeeds(SYNC))
+            lap("sync 1")
             first = sync_runs()
             first_counts = _materialized(instance, [r.run_id for r in first])
             every = _partitions_of(manifest)
@@ -670,7 +711,9 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             # 2. edit one shard's file: the plan, then a sync that materializes what the edit reaches, once each
             (folder / "s1.jsonl").write_text(_jsonl_shard(1, edited=True))
             plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
+            lap("plan")
             second_waves = _waves(succeeds(SYNC))
+            lap("sync 2")
             second = sync_runs(frozenset(r.run_id for r in first))
             second_counts = _materialized(instance, [r.run_id for r in second])
             assert set(second_counts.values()) == {1}, second_counts
@@ -683,6 +726,7 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             statuses = json.loads(succeeds(STATUS, "--json"))
             assert {s["status"] for s in statuses} == {"fresh"}, [s for s in statuses if s["status"] != "fresh"]
             succeeds(VERIFY)
+            lap("status and verify")
             cluster_release = _release_hash(instance)
             phases = _run_phases(instance, first + second)
 
@@ -698,18 +742,21 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
                     raise AssertionError(f"a sync of {other.name} ran wave after wave\n{tails()}") from None
             assert sync.returncode == 2 and "ManifestMismatch" in err and other.name in err, err[-3000:]
             assert time.monotonic() - started < 120  # one failed wave, not wave after wave
+            lap("other manifest")
         worker_logs = [log.read_text() for log in logs if log.name.startswith("dagster-celery")]
         assert len(worker_logs) == 2 and all("succeeded in" in text for text in worker_logs), tails()
 
         # the same manifest and shards built in process, in another home and store: the same release
         reference = processes[0]
         assert reference.wait(timeout=600) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
+        lap("in-process reference")
     finally:
         for process in reversed(processes):
             _stop_group(process)
+    lap("stop")
     local = tmp_path / "in_process" / "dagster_home"
     with dg.DagsterInstance.from_config(str(local)) as instance:
         assert _release_hash(instance) == cluster_release
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
-          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s; {phases}")
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}")
