@@ -362,7 +362,8 @@ def postgres_server():
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE dagster")
         connection.close()
-        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster"}
+        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster",
+               "pid_file": root / "data" / "postmaster.pid"}
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True,
                        cwd=root)
@@ -399,6 +400,24 @@ def redis_url(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (with the children each reaped)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        if parent in stats and parent not in tree:
+            tree.add(parent)
+            todo += [child for child, (ppid, _) in stats.items() if ppid == parent]
+    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop_group(process) -> None:
@@ -750,6 +769,8 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
         reference = processes[0]
         assert reference.wait(timeout=600) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
         lap("in-process reference")
+        cpu = {log.stem: _tree_cpu_seconds(process.pid) for log, process in zip(logs, processes[1:])}
+        cpu["postgres"] = _tree_cpu_seconds(int(postgres_server["pid_file"].read_text().split()[0]))
     finally:
         for process in reversed(processes):
             _stop_group(process)
@@ -759,4 +780,5 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
         assert _release_hash(instance) == cluster_release
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
-          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}")
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; CPU s of the servers "
+          f"(alive at the end): {', '.join(f'{name} {seconds:.0f}' for name, seconds in cpu.items())}")
