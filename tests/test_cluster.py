@@ -353,8 +353,10 @@ def postgres_server():
     initdb, pg_ctl = binaries
     run = dict(check=True, capture_output=True, cwd=root)
     subprocess.run([*as_user, initdb, "-D", str(root / "data"), "-A", "trust", "-U", "dagster"], **run)
+    # a throwaway server: no fsync (a commit here waits for no disk; nothing must survive a crash)
     subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], **run)
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                    f"-c full_page_writes=off", "start"], **run)
     try:
         import psycopg2
 
@@ -487,10 +489,13 @@ def _doc_cluster_steps() -> tuple[dict[str, str], dict[str, str], list[list[str]
 
 def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp_path):
     """The doc's commands are the test's, its execution section is the shipped cluster_ci manifest's, the workers'
-    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas (fast: no servers)."""
+    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas, the warm run launcher's
+    included (fast: no servers)."""
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config
     from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    from gmates_assets.warm import WarmRunLauncher
 
     files, env, background, foreground = _doc_cluster_steps()
     assert set(files) == {"dagster_home/dagster.yaml", "workspace.yaml", "celery.yaml", "cluster_ci.yaml: execution"}
@@ -509,6 +514,10 @@ def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     result = process_config(QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"])
     assert result.success, result.errors
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("gmates_assets.warm", "WarmRunLauncher")
+    result = process_config(WarmRunLauncher.config_type(), launcher["config"])
+    assert result.success and result.value["workers"] == shipped["execution"]["max_concurrent"], result.errors
 
 
 def _jsonl_shard(i: int, n: int = 16, edited: bool = False) -> str:
