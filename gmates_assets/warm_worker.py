@@ -151,7 +151,10 @@ def main(argv: list[str]) -> int:
     from dagster._core.instance.ref import InstanceRef  # private, pinned dagster
     from dagster._serdes import deserialize_value
 
-    instance = dg.DagsterInstance.from_ref(deserialize_value(json.loads(hello)["instance_ref"], InstanceRef))
+    from .pooled import hold_connections
+
+    instance = hold_connections(dg.DagsterInstance.from_ref(deserialize_value(json.loads(hello)["instance_ref"],
+                                                                              InstanceRef)))
     location = _code_location()
     _warm_up(location)
     digest = _loaded_digest(location)

@@ -365,7 +365,7 @@ def postgres_server():
         connection.cursor().execute("CREATE DATABASE dagster")
         connection.close()
         yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster",
-               "pid_file": root / "data" / "postmaster.pid"}
+               "pid_file": root / "data" / "postmaster.pid", "log": root / "log"}
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True,
                        cwd=root)
@@ -402,6 +402,38 @@ def redis_url(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_gmates_keeps_its_postgres_connections_pooled(postgres_server, tmp_path):
+    """dagster-postgres opens a connection (a forked Postgres backend) per query; `gmates sync` asks thousands of
+    questions (3,678 connections in one sync of the cluster test), so gmates' processes pool them (pooled.py)."""
+    import time
+
+    import dagster as dg
+    import psycopg2
+
+    from gmates_assets.pooled import hold_connections
+
+    db = {key: postgres_server[key] for key in ("hostname", "port", "username", "db_name")}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_db": {
+        **db, "password": "unused", "scheme": "postgresql+psycopg2"}}}}))
+    admin = psycopg2.connect(host=db["hostname"], port=db["port"], user=db["username"], dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute("ALTER SYSTEM SET log_connections = on")
+    admin.cursor().execute("SELECT pg_reload_conf()")
+    admin.close()
+    time.sleep(0.5)  # the server rereads its configuration
+
+    def connections_for(instance) -> int:
+        before = postgres_server["log"].read_text().count("connection authorized")
+        for _ in range(20):
+            instance.get_runs(limit=1)
+        time.sleep(0.2)
+        return postgres_server["log"].read_text().count("connection authorized") - before
+
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert connections_for(instance) >= 20  # Dagster's default: one per query
+        assert connections_for(hold_connections(instance)) <= 1  # one, kept
 
 
 def _tree_cpu_seconds(pid: int) -> float:
