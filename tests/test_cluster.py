@@ -69,6 +69,22 @@ def test_execution_executor_config_configures_the_celery_executor_with_redis(tmp
     assert resolved.value["config"]["backend"] == redis["backend"]
 
 
+def test_the_celery_executor_looks_at_its_steps_ten_times_a_second(tmp_path, monkeypatch):
+    """dagster-celery's loop sleeps TICK_SECONDS (1) between looks at its steps' results (celery_tick.py); the
+    Definitions of a Celery manifest shorten it in the process that loads them, which is the run's."""
+    pytest.importorskip("dagster_celery", reason="the `cluster` extra is not installed")
+    from dagster_celery import core_execution_loop
+
+    from gmates_assets.defs import build_definitions
+    from gmates_assets.defs.celery_tick import CELERY_TICK_SECONDS
+
+    monkeypatch.setattr(core_execution_loop, "TICK_SECONDS", 1)  # dagster-celery's own value
+    build_definitions(_manifest_with(tmp_path, executor="multiprocess"))
+    assert core_execution_loop.TICK_SECONDS == 1  # only a Celery executor changes it
+    build_definitions(_manifest_with(tmp_path, launcher="instance", executor="dagster_celery:celery_executor"))
+    assert core_execution_loop.TICK_SECONDS == CELERY_TICK_SECONDS == 0.1
+
+
 def test_executor_config_merges_with_multiprocess_max_concurrent(tmp_path):
     from gmates_assets.defs import build_definitions
 
