@@ -660,6 +660,20 @@ def _run_phases(instance, runs) -> str:
     return f"{n} runs, means per run: {means}; runs busy {busy:.0f} s"
 
 
+def _sync_own_time(instance, runs, started: float, ended: float) -> str:
+    """A sync's time while none of its runs existed: before its first run (start, observing the sources,
+    planning), between waves (planning the next), after its last run."""
+    spans = sorted((instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp(),
+                    instance.get_run_record_by_id(r.run_id).end_time or ended) for r in runs)
+    if not spans:
+        return f"{ended - started:.0f} s without runs"
+    between, reach = 0.0, spans[0][1]
+    for created, end in spans[1:]:
+        between += max(0.0, created - reach)
+        reach = max(reach, end)
+    return f"first run after {spans[0][0] - started:.1f} s, {between:.1f} s between runs, {ended - reach:.1f} s after"
+
+
 def _release_hash(instance) -> str:
     """The released dataset's content hash (its files and lineage; the artifact also records when and by which
     runs it was built, so its data version differs between any two builds)."""
@@ -775,7 +789,9 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
                         if r.tags.get("gmates/launched_by") == "gmates sync" and r.run_id not in after]
 
             # 1. the whole graph: every partition materialized exactly once, by the sync's runs
+            sync_spans = [time.time()]
             first_waves = _waves(succeeds(SYNC))
+            sync_spans.append(time.time())
             lap("sync 1")
             first = sync_runs()
             first_counts = _materialized(instance, [r.run_id for r in first])
@@ -788,7 +804,9 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             (folder / "s1.jsonl").write_text(_jsonl_shard(1, edited=True))
             plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
             lap("plan")
+            sync_spans.append(time.time())
             second_waves = _waves(succeeds(SYNC))
+            sync_spans.append(time.time())
             lap("sync 2")
             second = sync_runs(frozenset(r.run_id for r in first))
             second_counts = _materialized(instance, [r.run_id for r in second])
@@ -805,6 +823,7 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             lap("status and verify")
             cluster_release = _release_hash(instance)
             phases = _run_phases(instance, first + second)
+            own = [_sync_own_time(instance, runs, *sync_spans[2 * i:2 * i + 2]) for i, runs in enumerate([first, second])]
 
             # 3. a sync naming a manifest the daemon's code location did not load fails fast, naming both
             other = _other_pool_manifest(folder)
@@ -837,5 +856,6 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
         assert _release_hash(instance) == cluster_release
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
-          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; CPU s of the servers "
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; the syncs' own time: "
+          f"{'; '.join(own)}; CPU s of the servers "
           f"(alive at the end): {', '.join(f'{name} {seconds:.0f}' for name, seconds in cpu.items())}")
