@@ -790,7 +790,8 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
 
             # 1. the whole graph: every partition materialized exactly once, by the sync's runs
             sync_spans = [time.time()]
-            first_waves = _waves(succeeds(SYNC))
+            outputs = [succeeds(SYNC)]
+            first_waves = _waves(outputs[-1])
             sync_spans.append(time.time())
             lap("sync 1")
             first = sync_runs()
@@ -805,7 +806,8 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
             lap("plan")
             sync_spans.append(time.time())
-            second_waves = _waves(succeeds(SYNC))
+            outputs.append(succeeds(SYNC))
+            second_waves = _waves(outputs[-1])
             sync_spans.append(time.time())
             lap("sync 2")
             second = sync_runs(frozenset(r.run_id for r in first))
@@ -857,5 +859,5 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
           f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; the syncs' own time: "
-          f"{'; '.join(own)}; CPU s of the servers "
+          f"{'; '.join(own)}; asset index entries repaired: {sum(o.count('repaired') for o in outputs)}; CPU s of the servers "
           f"(alive at the end): {', '.join(f'{name} {seconds:.0f}' for name, seconds in cpu.items())}")
