@@ -32,15 +32,18 @@ def ensure_dagster_home() -> Path:
 
 def _instance():
     """The Dagster instance at $DAGSTER_HOME, opened under a lock: two gmates processes starting on a new home
-    must not both create its sqlite databases (Dagster would stamp their schema twice)."""
+    must not both create its sqlite databases (Dagster would stamp their schema twice). On Postgres it keeps its
+    connections pooled (pooled.py)."""
     import fcntl
 
     import dagster as dg
 
+    from .pooled import hold_connections
+
     home = ensure_dagster_home()
     with open(home / ".gmates-open.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return dg.DagsterInstance.get()
+        return hold_connections(dg.DagsterInstance.get())
 
 
 def _definitions(manifest: str):

@@ -48,23 +48,28 @@ def _watch_launcher(launcher_pid: int) -> None:
 
 
 class RandomState:
-    """The global generators' state at one moment, to give every run the same start."""
+    """The global generators' state at one moment, to give every run the same start. torch's only when it is
+    imported by then: a worker whose runs execute their steps elsewhere (a Celery or multiprocess executor) never
+    imports it, and one whose steps run here imports it while warming up."""
 
     def __init__(self) -> None:
         import numpy as np
-        import torch
 
         self.python = random.getstate()
         self.numpy = np.random.get_state()
-        self.torch = torch.random.get_rng_state()
-        self.torch_seed = torch.initial_seed()
+        torch = sys.modules.get("torch")
+        self.torch = torch.random.get_rng_state() if torch is not None else None
+        self.torch_seed = torch.initial_seed() if torch is not None else None
 
     def restore(self) -> None:
         import numpy as np
-        import torch
 
         random.setstate(self.python)
         np.random.set_state(self.numpy)
+        if self.torch is None:
+            return
+        import torch
+
         torch.random.set_rng_state(self.torch)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.manual_seed_all(self.torch_seed)
@@ -77,8 +82,18 @@ def _code_location():
     return importlib.import_module("gmates_assets.code_location")
 
 
+def _steps_run_here(location) -> bool:
+    """Do the runs' steps execute in this process (the in_process executor, the default)? With another executor
+    (multiprocess, Celery, Kubernetes) a run only hands its steps to other processes."""
+    gm = location.defs.resources.get("gmates")
+    return gm is None or gm.manifest().manifest.execution.executor == "in_process"
+
+
 def _warm_up(location) -> None:
-    """Import torch and load the encoder now, once, rather than in the first run that needs them."""
+    """Import torch and load the encoder now, once, rather than in the first run that needs them; nothing when
+    the steps run in other processes (it would only cost this worker's start)."""
+    if not _steps_run_here(location):
+        return
     import torch  # noqa: F401
 
     gm = location.defs.resources.get("gmates")
@@ -136,7 +151,10 @@ def main(argv: list[str]) -> int:
     from dagster._core.instance.ref import InstanceRef  # private, pinned dagster
     from dagster._serdes import deserialize_value
 
-    instance = dg.DagsterInstance.from_ref(deserialize_value(json.loads(hello)["instance_ref"], InstanceRef))
+    from .pooled import hold_connections
+
+    instance = hold_connections(dg.DagsterInstance.from_ref(deserialize_value(json.loads(hello)["instance_ref"],
+                                                                              InstanceRef)))
     location = _code_location()
     _warm_up(location)
     digest = _loaded_digest(location)

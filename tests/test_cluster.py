@@ -69,6 +69,22 @@ def test_execution_executor_config_configures_the_celery_executor_with_redis(tmp
     assert resolved.value["config"]["backend"] == redis["backend"]
 
 
+def test_the_celery_executor_looks_at_its_steps_ten_times_a_second(tmp_path, monkeypatch):
+    """dagster-celery's loop sleeps TICK_SECONDS (1) between looks at its steps' results (celery_tick.py); the
+    Definitions of a Celery manifest shorten it in the process that loads them, which is the run's."""
+    pytest.importorskip("dagster_celery", reason="the `cluster` extra is not installed")
+    from dagster_celery import core_execution_loop
+
+    from gmates_assets.defs import build_definitions
+    from gmates_assets.defs.celery_tick import CELERY_TICK_SECONDS
+
+    monkeypatch.setattr(core_execution_loop, "TICK_SECONDS", 1)  # dagster-celery's own value
+    build_definitions(_manifest_with(tmp_path, executor="multiprocess"))
+    assert core_execution_loop.TICK_SECONDS == 1  # only a Celery executor changes it
+    build_definitions(_manifest_with(tmp_path, launcher="instance", executor="dagster_celery:celery_executor"))
+    assert core_execution_loop.TICK_SECONDS == CELERY_TICK_SECONDS == 0.1
+
+
 def test_executor_config_merges_with_multiprocess_max_concurrent(tmp_path):
     from gmates_assets.defs import build_definitions
 
@@ -353,8 +369,10 @@ def postgres_server():
     initdb, pg_ctl = binaries
     run = dict(check=True, capture_output=True, cwd=root)
     subprocess.run([*as_user, initdb, "-D", str(root / "data"), "-A", "trust", "-U", "dagster"], **run)
+    # a throwaway server: no fsync (a commit here waits for no disk; nothing must survive a crash)
     subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], **run)
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+                    f"-c full_page_writes=off", "start"], **run)
     try:
         import psycopg2
 
@@ -362,7 +380,8 @@ def postgres_server():
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE dagster")
         connection.close()
-        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster"}
+        yield {"hostname": "127.0.0.1", "port": port, "username": "dagster", "db_name": "dagster",
+               "pid_file": root / "data" / "postmaster.pid", "log": root / "log"}
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True,
                        cwd=root)
@@ -399,6 +418,56 @@ def redis_url(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_gmates_keeps_its_postgres_connections_pooled(postgres_server, tmp_path):
+    """dagster-postgres opens a connection (a forked Postgres backend) per query; `gmates sync` asks thousands of
+    questions (3,678 connections in one sync of the cluster test), so gmates' processes pool them (pooled.py)."""
+    import time
+
+    import dagster as dg
+    import psycopg2
+
+    from gmates_assets.pooled import hold_connections
+
+    db = {key: postgres_server[key] for key in ("hostname", "port", "username", "db_name")}
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_db": {
+        **db, "password": "unused", "scheme": "postgresql+psycopg2"}}}}))
+    admin = psycopg2.connect(host=db["hostname"], port=db["port"], user=db["username"], dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute("ALTER SYSTEM SET log_connections = on")
+    admin.cursor().execute("SELECT pg_reload_conf()")
+    admin.close()
+    time.sleep(0.5)  # the server rereads its configuration
+
+    def connections_for(instance) -> int:
+        before = postgres_server["log"].read_text().count("connection authorized")
+        for _ in range(20):
+            instance.get_runs(limit=1)
+        time.sleep(0.2)
+        return postgres_server["log"].read_text().count("connection authorized") - before
+
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert connections_for(instance) >= 20  # Dagster's default: one per query
+        assert connections_for(hold_connections(instance)) <= 1  # one, kept
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants (with the children each reaped)."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(stat.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        if parent in stats and parent not in tree:
+            tree.add(parent)
+            todo += [child for child, (ppid, _) in stats.items() if ppid == parent]
+    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _stop_group(process) -> None:
@@ -468,10 +537,13 @@ def _doc_cluster_steps() -> tuple[dict[str, str], dict[str, str], list[list[str]
 
 def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp_path):
     """The doc's commands are the test's, its execution section is the shipped cluster_ci manifest's, the workers'
-    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas (fast: no servers)."""
+    broker is the runs' broker, and its dagster.yaml passes Dagster's config schemas, the warm run launcher's
+    included (fast: no servers)."""
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config
     from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    from gmates_assets.warm import WarmRunLauncher
 
     files, env, background, foreground = _doc_cluster_steps()
     assert set(files) == {"dagster_home/dagster.yaml", "workspace.yaml", "celery.yaml", "cluster_ci.yaml: execution"}
@@ -490,6 +562,10 @@ def test_the_deployment_doc_cluster_steps_are_the_ones_the_cluster_test_runs(tmp
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     result = process_config(QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"])
     assert result.success, result.errors
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("gmates_assets.warm", "WarmRunLauncher")
+    result = process_config(WarmRunLauncher.config_type(), launcher["config"])
+    assert result.success and result.value["workers"] == shipped["execution"]["max_concurrent"], result.errors
 
 
 def _jsonl_shard(i: int, n: int = 16, edited: bool = False) -> str:
@@ -541,14 +617,61 @@ def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
 
 
 def _run_phases(instance, runs) -> str:
-    """Where a run's time goes: queued (submitted -> the daemon started it) and running (start -> end), means."""
+    """Where the runs' time goes, from their event logs (means per run): `queued` (created -> the daemon
+    dequeued it: RUN_STARTING), `launch` (-> RUN_START: the launcher's process or worker begins it), `celery`
+    (each step: submitted -> a worker reports it executing), `steps` (STEP_START -> STEP_SUCCESS), `shell` (the
+    rest of RUN_START -> the run's end: the executor's 1 s polling, the worker's set-up); and `busy`, the seconds
+    during which any run existed (the rest of a sync's time is its own: start, planning between waves)."""
     import dagster as dg
 
-    records = instance.get_run_records(dg.RunsFilter(run_ids=[r.run_id for r in runs]))
-    queued = [r.start_time - r.create_timestamp.timestamp() for r in records if r.start_time]
-    running = [r.end_time - r.start_time for r in records if r.start_time and r.end_time]
-    return (f"{len(records)} runs: mean {sum(queued) / max(1, len(queued)):.1f} s queued, "
-            f"{sum(running) / max(1, len(running)):.1f} s running, {sum(running):.0f} s running in all")
+    kind = dg.DagsterEventType
+    totals = dict.fromkeys(["queued", "launch", "celery", "steps", "shell"], 0.0)
+    spans, n = [], 0
+    for run in runs:
+        created = instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
+        first, submitted, picked, started = {}, {}, {}, {}
+        steps = 0.0
+        for event in instance.all_logs(run.run_id):
+            what, at = event.dagster_event and event.dagster_event.event_type, event.timestamp
+            first.setdefault(what, at)
+            if what == kind.ENGINE_EVENT and event.step_key and "Submitting celery task" in event.message:
+                submitted[event.step_key] = at
+            elif what == kind.ENGINE_EVENT and event.step_key and "in celery worker" in event.message:
+                picked[event.step_key] = at
+            elif what == kind.STEP_START:
+                started[event.step_key] = at
+            elif what == kind.STEP_SUCCESS:
+                steps += at - started.get(event.step_key, at)
+        start, end = first.get(kind.RUN_START), first.get(kind.RUN_SUCCESS) or first.get(kind.RUN_FAILURE)
+        if start is None or end is None:
+            continue
+        n += 1
+        spans.append((created, end))
+        totals["queued"] += first.get(kind.RUN_STARTING, start) - created
+        totals["launch"] += start - first.get(kind.RUN_STARTING, start)
+        totals["celery"] += sum(picked[k] - submitted[k] for k in picked if k in submitted)
+        totals["steps"] += steps
+        totals["shell"] += (end - start) - steps - sum(picked[k] - submitted[k] for k in picked if k in submitted)
+    busy, reach = 0.0, float("-inf")
+    for created, end in sorted(spans):
+        busy += max(0.0, end - max(created, reach))
+        reach = max(reach, end)
+    means = ", ".join(f"{name} {value / max(1, n):.2f} s" for name, value in totals.items())
+    return f"{n} runs, means per run: {means}; runs busy {busy:.0f} s"
+
+
+def _sync_own_time(instance, runs, started: float, ended: float) -> str:
+    """A sync's time while none of its runs existed: before its first run (start, observing the sources,
+    planning), between waves (planning the next), after its last run."""
+    spans = sorted((instance.get_run_record_by_id(r.run_id).create_timestamp.timestamp(),
+                    instance.get_run_record_by_id(r.run_id).end_time or ended) for r in runs)
+    if not spans:
+        return f"{ended - started:.0f} s without runs"
+    between, reach = 0.0, spans[0][1]
+    for created, end in spans[1:]:
+        between += max(0.0, created - reach)
+        reach = max(reach, end)
+    return f"first run after {spans[0][0] - started:.1f} s, {between:.1f} s between runs, {ended - reach:.1f} s after"
 
 
 def _release_hash(instance) -> str:
@@ -623,6 +746,12 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
     for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD"):
         monkeypatch.setenv(name, env[name])  # this process reads the instance too
     logs: list[Path] = []
+    laps, lap_from = [], [started_at]
+
+    def lap(name: str) -> None:  # where the test's time goes (printed at the end)
+        now = time.monotonic()
+        laps.append(f"{name} {now - lap_from[0]:.0f} s")
+        lap_from[0] = now
 
     def start(words: list[str]):
         log = folder / f"{words[0]}-{len(logs)}.log"
@@ -653,13 +782,18 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             while not instance.get_daemon_statuses(["QUEUED_RUN_COORDINATOR"])["QUEUED_RUN_COORDINATOR"].healthy:
                 assert time.monotonic() < deadline, tails()
                 time.sleep(1)
+            lap("daemon up")
 
             def sync_runs(after: frozenset = frozenset()) -> list:
                 return [r for r in instance.get_runs()
                         if r.tags.get("gmates/launched_by") == "gmates sync" and r.run_id not in after]
 
             # 1. the whole graph: every partition materialized exactly once, by the sync's runs
-            first_waves = _waves(succeeds(SYNC))
+            sync_spans = [time.time()]
+            outputs = [succeeds(SYNC)]
+            first_waves = _waves(outputs[-1])
+            sync_spans.append(time.time())
+            lap("sync 1")
             first = sync_runs()
             first_counts = _materialized(instance, [r.run_id for r in first])
             every = _partitions_of(manifest)
@@ -670,7 +804,12 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             # 2. edit one shard's file: the plan, then a sync that materializes what the edit reaches, once each
             (folder / "s1.jsonl").write_text(_jsonl_shard(1, edited=True))
             plan = {(s["asset"], s["partition"]) for s in json.loads(succeeds(PLAN, "--json"))}
-            second_waves = _waves(succeeds(SYNC))
+            lap("plan")
+            sync_spans.append(time.time())
+            outputs.append(succeeds(SYNC))
+            second_waves = _waves(outputs[-1])
+            sync_spans.append(time.time())
+            lap("sync 2")
             second = sync_runs(frozenset(r.run_id for r in first))
             second_counts = _materialized(instance, [r.run_id for r in second])
             assert set(second_counts.values()) == {1}, second_counts
@@ -683,8 +822,10 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             statuses = json.loads(succeeds(STATUS, "--json"))
             assert {s["status"] for s in statuses} == {"fresh"}, [s for s in statuses if s["status"] != "fresh"]
             succeeds(VERIFY)
+            lap("status and verify")
             cluster_release = _release_hash(instance)
             phases = _run_phases(instance, first + second)
+            own = [_sync_own_time(instance, runs, *sync_spans[2 * i:2 * i + 2]) for i, runs in enumerate([first, second])]
 
             # 3. a sync naming a manifest the daemon's code location did not load fails fast, naming both
             other = _other_pool_manifest(folder)
@@ -698,18 +839,25 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
                     raise AssertionError(f"a sync of {other.name} ran wave after wave\n{tails()}") from None
             assert sync.returncode == 2 and "ManifestMismatch" in err and other.name in err, err[-3000:]
             assert time.monotonic() - started < 120  # one failed wave, not wave after wave
+            lap("other manifest")
         worker_logs = [log.read_text() for log in logs if log.name.startswith("dagster-celery")]
         assert len(worker_logs) == 2 and all("succeeded in" in text for text in worker_logs), tails()
 
         # the same manifest and shards built in process, in another home and store: the same release
         reference = processes[0]
         assert reference.wait(timeout=600) == 0, (tmp_path / "in_process" / "sync.log").read_text()[-3000:]
+        lap("in-process reference")
+        cpu = {log.stem: _tree_cpu_seconds(process.pid) for log, process in zip(logs, processes[1:])}
+        cpu["postgres"] = _tree_cpu_seconds(int(postgres_server["pid_file"].read_text().split()[0]))
     finally:
         for process in reversed(processes):
             _stop_group(process)
+    lap("stop")
     local = tmp_path / "in_process" / "dagster_home"
     with dg.DagsterInstance.from_config(str(local)) as instance:
         assert _release_hash(instance) == cluster_release
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
-          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s; {phases}")
+          f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; the syncs' own time: "
+          f"{'; '.join(own)}; asset index entries repaired: {sum(o.count('repaired') for o in outputs)}; CPU s of the servers "
+          f"(alive at the end): {', '.join(f'{name} {seconds:.0f}' for name, seconds in cpu.items())}")

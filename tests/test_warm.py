@@ -231,3 +231,21 @@ def test_a_worker_hands_back_a_run_submitted_for_another_manifest(tmp_path):
         assert _stale_for(instance, tagged.run_id, "b" * 64)
         assert not _stale_for(instance, tagged.run_id, "a" * 64)
         assert not _stale_for(instance, untagged.run_id, "b" * 64)  # the UI's or the sensor's runs: not checked
+
+
+@pytest.mark.parametrize("executor,imports_torch", [("in_process", True), ("multiprocess", False)])
+def test_a_worker_preloads_torch_only_when_its_runs_execute_their_steps_in_it(tmp_path, executor, imports_torch):
+    """A worker warms up (torch, the encoder) for the in_process executor; with another one (multiprocess,
+    Celery: steps run in other processes) nothing there would use them, and its start stays short."""
+    data = yaml.safe_load(TESTS_MANIFEST.read_text())
+    data["execution"] = {"launcher": "instance", "executor": executor}
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump(data))
+    code = ("import sys; from gmates_assets import warm_worker as w; location = w._code_location(); "
+            "w._warm_up(location); w.RandomState().restore(); print('torch' in sys.modules)")
+    env = {**os.environ, "GMATES_MANIFEST": str(manifest), "GMATES_HOME": str(tmp_path / "store"),
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(imports_torch)

@@ -11,6 +11,7 @@ from dagster._config import validate_config  # private, pinned dagster
 
 from ..core.manifest import DEFAULT_MANIFEST, load_manifest
 from .automation import automation_sensor, sensor_default_status
+from .celery_tick import quicken_celery_loop
 from .console import gmates_console_logger
 from .factory import dagster_assets, graph_for
 from .resources import GmatesResource, changed_since_load, manifest_fingerprint
@@ -78,4 +79,5 @@ def _named_executor(execution, where) -> dg.ExecutorDefinition:
         what = "nothing" if executor is None else type(executor).__name__
         raise ValueError(f"{where('execution.executor')}: {execution.executor!r} is {what}, not a Dagster executor "
                          f"(an ExecutorDefinition such as dagster_celery:celery_executor)")
+    quicken_celery_loop(module_name)
     return executor

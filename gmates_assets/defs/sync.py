@@ -23,6 +23,7 @@ from dagster._core.loader import LoadingContextForTest  # private
 from ..core.sources import ReadStats
 from ..core.store import Artifact, ArtifactStore, UnreadableRecord
 from ..errors import user_cause
+from .asset_index import repair_latest_materialization
 from .factory import graph_for
 from .growth import growth_cause
 from .launch import RUN_CONFIG
@@ -407,4 +408,7 @@ def sync(
                                                           for p in wave))
         report.runs.extend(runs.run_all(_run_groups(wave), log, failures))
         report.waves.append([(p.asset, p.partition) for p in wave])
+        for name in repair_latest_materialization(instance, {p.asset for p in wave}):
+            log(f"  {name}: its index entry named an older materialization than the latest (two runs at once); "
+                f"repaired")
     raise RuntimeError(f"sync did not converge after {max_waves} waves; still pending: {pending}")
