@@ -39,14 +39,15 @@ SERVICES := /usr/bin/redis-server /usr/lib/postgresql/15/bin/postgres
 $(SERVICES):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server
 
-# `make test`: the suite without the multi-minute system tests (marker `system`); `make test-system`: those
-# (the cluster through Postgres/daemon/Celery, the UI in Chromium, 100-shard growth, whole-graph benchmark
-# smokes), a module per worker (--dist loadscope: the 100-shard fixture is built once). CI (.ci/run) runs both.
+# `make test`: the whole suite on 3 xdist workers (2 cores: the multi-minute tests, marker `system`, mostly wait
+# on servers, ticks and queues, and start first so the short tests fill the cores they leave). --dist loadgroup:
+# tests marked with one xdist_group share a worker (a module fixture built once). `make test-system`: only
+# the multi-minute tests (the cluster through Postgres/daemon/Celery, the UI in Chromium, whole-graph smokes).
 test: $(STAMP) $(CHROMIUM) $(SERVICES)
-	$(BIN)/python -m pytest -q -n 2 -m "not system"
+	$(BIN)/python -m pytest -q -n 3 --dist loadgroup
 
 test-system: $(STAMP) $(CHROMIUM) $(SERVICES)
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m system
+	$(BIN)/python -m pytest -q -n 3 --dist loadgroup -m system
 
 ui: $(STAMP)
 	$(BIN)/gmates ui --manifest $(DEMO)

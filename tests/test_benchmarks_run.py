@@ -21,7 +21,7 @@ def test_benchmarks_are_discovered():
     assert len(SCRIPTS) >= 7
 
 
-SYSTEM = {"end_to_end", "incremental"}  # whole-graph builds, about a minute each: make test-system
+SYSTEM = {"end_to_end", "incremental"}  # whole-graph builds, about a minute each: started first (conftest)
 
 
 @pytest.mark.slow
