@@ -23,6 +23,7 @@ import threading
 import time
 
 WATCHDOG_SECONDS = 1.0
+CANCEL_POLL_SECONDS = 0.5
 
 
 class LauncherGone(Exception):
@@ -114,13 +115,74 @@ def _stale_for(instance, run_id: str, loaded_digest: str | None) -> bool:
     return wanted is not None and loaded_digest is not None and wanted != loaded_digest
 
 
+def _code_files() -> dict[str, int]:
+    """gmates' own modules loaded in this process -> their files' mtime_ns (to notice an edit of the code)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.abspath(path).startswith(package + os.sep):
+            try:
+                files[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                files[path] = -1
+    return files
+
+
+def _outdated(location, code_files: dict[str, int]) -> str | None:
+    """Why what this worker loaded no longer is what a fresh process would load: the manifest on disk changed
+    (the UI's "Reload definitions" after an edit; its runs carry no manifest tag) or gmates' code did. None
+    while both are as loaded."""
+    from .defs.resources import changed_since_load
+
+    gm = location.defs.resources.get("gmates")
+    if gm is not None:
+        changed = changed_since_load(gm.manifest_path, gm.manifest_fingerprint)
+        if changed:
+            return changed
+    if _code_files_changed(code_files):
+        return "gmates' code changed on disk since this worker loaded it"
+    return None
+
+
+def _code_files_changed(code_files: dict[str, int]) -> bool:
+    for path, mtime in code_files.items():
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _watch_for_cancel(instance, run_id: str, done: threading.Event) -> None:
+    """Interrupt this worker (as Ctrl-C would) once the run it executes is asked to stop (CANCELING): the UI's
+    Terminate reaches the launcher object of the webserver's process, not the daemon's that holds this worker,
+    so the request travels through the run's status."""
+    from dagster import DagsterRunStatus
+
+    def watch() -> None:
+        while not done.wait(CANCEL_POLL_SECONDS):
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status == DagsterRunStatus.CANCELING:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    threading.Thread(target=watch, name="warm-worker-cancel-watch", daemon=True).start()
+
+
 def _execute(instance, run_id: str) -> bool:
     """Execute one run with Dagster's run worker API; True when an interrupt reached it."""
     from dagster._cli.api import _execute_run_command_body  # private, pinned dagster
     from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt  # private, pinned dagster
 
+    done = threading.Event()
     with capture_interrupts():
-        _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+        _watch_for_cancel(instance, run_id, done)
+        try:
+            _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+        finally:
+            done.set()
         return check_captured_interrupt()
 
 
@@ -140,12 +202,13 @@ def main(argv: list[str]) -> int:
     location = _code_location()
     _warm_up(location)
     digest = _loaded_digest(location)
+    code_files = _code_files()
     fresh = RandomState()
     _send(outbox, {"ready": os.getpid()})
     for line in inbox:
         message = json.loads(line)
         run_id = message["run"]
-        if not message.get("retry") and _stale_for(instance, run_id, digest):
+        if not message.get("retry") and (_stale_for(instance, run_id, digest) or _outdated(location, code_files)):
             _send(outbox, {"stale": run_id})
             return 0
         fresh.restore()
