@@ -451,6 +451,7 @@ class StepClock:
     def __init__(self):
         self.steps: list[tuple[str, float, float, float]] = []  # name, start, end (epoch s), CPU seconds
         self.current: Optional[tuple[str, float, float]] = None
+        h.adopt_orphans()
         self.cpu_before = h.tree_cpu_seconds()  # the session so far: the fixtures (and the shared full build)
         self.load_before = os.getloadavg()[0]
 

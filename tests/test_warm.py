@@ -296,13 +296,13 @@ def test_terminate_from_another_process_stops_the_run_its_worker_executes(tmp_pa
             thread.start()
             _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
             held = _started_run(build, "s1")
-            worker = _worker_pid(instance, held.run_id)
             webserver_launcher = ConfigurableClassData("gmates_assets.warm", "WarmRunLauncher", "workers: 1\n")
             with dg.DagsterInstance.from_ref(instance.get_ref()._replace(run_launcher_data=webserver_launcher)) \
                     as webserver:
                 assert webserver.run_launcher.terminate(held.run_id)
-            # still holding the lock its step waits for: only an interrupt ends that step
-            _wait_until(lambda: not _alive(worker), "the worker executing the run to stop", timeout=60)
+            # still holding the lock its step waits for: only an interrupt of its worker ends that step
+            _wait_until(lambda: instance.all_logs(held.run_id, of_type=dg.DagsterEventType.STEP_FAILURE),
+                        "the worker to interrupt the run's step", timeout=60)
             _wait_until(lambda: instance.get_run_by_id(held.run_id).is_finished, "the run to end", timeout=60)
         thread.join(timeout=120)
         assert instance.get_run_by_id(held.run_id).status == dg.DagsterRunStatus.CANCELED
@@ -310,3 +310,18 @@ def test_terminate_from_another_process_stops_the_run_its_worker_executes(tmp_pa
         built = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("documents")),
                                                 limit=10).records
         assert held.run_id not in {r.run_id for r in built}
+
+
+def test_gmates_ui_gives_its_home_warm_workers_and_keeps_a_dagster_yaml_someone_edited(tmp_path):
+    from gmates_assets.local_instance import ensure_ui_instance, local_instance_yaml
+
+    home = tmp_path / "home"
+    ensure_ui_instance(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_launcher, WarmRunLauncher) and instance.run_launcher.workers == 2
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    custom = local_instance_yaml() + "run_queue:\n  max_concurrent_runs: 3\n"
+    (edited / "dagster.yaml").write_text(custom)
+    ensure_ui_instance(edited)
+    assert (edited / "dagster.yaml").read_text() == custom
