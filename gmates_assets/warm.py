@@ -23,7 +23,9 @@ with any launcher; only where they execute changes.
   from Dagster's default launcher, so they never hold a worker their own runs wait for.
 * A worker executes what a fresh process would: before each run it checks the manifest on disk against the one
   it loaded (the UI's runs carry no manifest tag; after an edit and "Reload definitions" they must run the new
-  Definitions) and gmates' own source files; on a change it hands the run to a fresh worker.
+  Definitions) and gmates' own source files; on a change it hands the run to a fresh worker. An idle worker
+  whose manifest or code changed is replaced at once (checked every second), so after an edit in the UI the
+  fresh workers warm up while the user presses "Reload definitions".
 * Terminate (from the UI, whose webserver holds another launcher object than the daemon holding the workers)
   marks the run CANCELING; the worker executing it watches for that and interrupts itself, and a run still
   waiting for a worker is canceled when a slot takes it.
@@ -45,7 +47,10 @@ from dagster import DagsterRunStatus, Field
 from dagster._core.launcher import DefaultRunLauncher, LaunchRunContext, RunLauncher
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
+from .warm_worker import outdated
+
 STOP_GRACE_SECONDS = 10.0
+IDLE_CHECK_SECONDS = 1.0  # how often an idle slot checks that its worker's manifest and code are still current
 WORKER_MODULE = "gmates_assets.warm_worker"
 ASSET_JOB = "__ASSET_JOB"  # the runs a worker executes; other jobs' runs get a process each
 
@@ -72,6 +77,7 @@ class _Worker:
         self.outbox = os.fdopen(from_worker_r, "r", encoding="utf-8")
         self.run_id: Optional[str] = None
         self.ready = False
+        self.loaded: dict = {}  # what it loaded (warm_worker.loaded_state)
         self.send({"instance_ref": instance_ref_json})
 
     def send(self, message: dict) -> None:
@@ -189,6 +195,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             worker.close()
             raise WorkerGone(f"(pid {worker.process.pid}) {gone} while starting") from None
         worker.ready = True
+        worker.loaded = ready.get("loaded") or {}
         self._mark_warm(index)
         return worker
 
@@ -207,7 +214,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         worker = self._try_spawn(index, env, ref)
         retry: Optional[str] = None
         while True:
-            run_id = retry or self._queue.get()
+            try:
+                run_id = retry or self._queue.get(timeout=IDLE_CHECK_SECONDS)
+            except queue.Empty:
+                worker = self._renew_if_outdated(index, env, ref, worker)
+                continue
             if run_id is None or self._closing:
                 break
             if not self._still_wanted(run_id):  # canceled while queued
@@ -224,6 +235,14 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if worker is not None:
             worker.stop(STOP_GRACE_SECONDS)
             worker.outbox.close()
+
+    def _renew_if_outdated(self, index: int, env, ref: str, worker: Optional[_Worker]) -> Optional[_Worker]:
+        """An idle worker whose manifest or code changed on disk (an edit in the UI, before its "Reload
+        definitions") is replaced now, so the runs after the reload find a warm worker with the new ones."""
+        if worker is None or self._closing or worker.process.poll() is not None or not outdated(worker.loaded):
+            return worker
+        worker.close()
+        return self._try_spawn(index, env, ref)
 
     def _run_on_worker(self, index: int, env, ref: str, worker: Optional[_Worker], run_id: str,
                        retry: bool) -> tuple[Optional[_Worker], Optional[str]]:

@@ -4,8 +4,10 @@ It pays Python, Dagster, the Definitions, torch and the encoder once, then execu
 Dagster's run worker API (`_execute_run_command_body`, what `dagster api execute_run` runs in the process the
 default launcher starts per run). The launcher talks to it over two pipes given as file descriptors, one JSON
 object per line (no pickle): it sends the instance ref (Dagster's own JSON serialization) once, then
-`{"run": id}`; the worker answers `{"ready": pid}` once warm, then `{"done": id}` or `{"stale": id}` (the run
-was submitted for another manifest than the one this process loaded: start a fresh worker for it).
+`{"run": id}`; the worker answers `{"ready": pid, "loaded": ...}` once warm (what it loaded: warm.py replaces
+an idle worker whose manifest or code changed on disk), then `{"done": id}` or `{"stale": id}` (the run
+was submitted for another manifest than the one this process loaded, or what it loaded changed on disk since:
+start a fresh worker for it).
 
 Between runs the global random generators (random, numpy, torch) are put back to their state when the worker
 became ready, so no run sees what an earlier run drew. A run that an interrupt (SIGINT/SIGTERM) reached ends the
@@ -14,6 +16,7 @@ run, as Ctrl-C would, then the worker exits).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -129,30 +132,36 @@ def _code_files() -> dict[str, int]:
     return files
 
 
-def _outdated(location, code_files: dict[str, int]) -> str | None:
-    """Why what this worker loaded no longer is what a fresh process would load: the manifest on disk changed
-    (the UI's "Reload definitions" after an edit; its runs carry no manifest tag) or gmates' code did. None
-    while both are as loaded."""
-    from .defs.resources import changed_since_load
-
+def loaded_state(location) -> dict:
+    """What this worker loaded and a fresh process would load again if it changed: the manifest (path, sha256 of
+    its text) and gmates' source files (mtime_ns). Sent to the launcher with `ready`."""
     gm = location.defs.resources.get("gmates")
+    state: dict = {"code": _code_files()}
     if gm is not None:
-        changed = changed_since_load(gm.manifest_path, gm.manifest_fingerprint)
-        if changed:
-            return changed
-    if _code_files_changed(code_files):
-        return "gmates' code changed on disk since this worker loaded it"
-    return None
+        state.update(manifest=gm.manifest_path, sha256=_loaded_digest(location))
+    return state
 
 
-def _code_files_changed(code_files: dict[str, int]) -> bool:
-    for path, mtime in code_files.items():
+def outdated(loaded: dict) -> str | None:
+    """Why `loaded` (loaded_state) is no longer what is on disk: the manifest's text or gmates' code changed.
+    The UI's runs carry no manifest tag: after an edit and "Reload definitions" they must not execute with the
+    old Definitions (their steps would refuse them: ManifestChanged). None while all is as loaded."""
+    path = loaded.get("manifest")
+    if path:
         try:
-            if os.stat(path).st_mtime_ns != mtime:
-                return True
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            return f"manifest {path} unreadable: {err}"
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != loaded["sha256"]:
+            return f"manifest {path} changed on disk since this worker loaded it"
+    for source, mtime in loaded.get("code", {}).items():
+        try:
+            if os.stat(source).st_mtime_ns != mtime:
+                return f"{source} changed on disk since this worker loaded it"
         except OSError:
-            return True
-    return False
+            return f"{source} is gone"
+    return None
 
 
 def _watch_for_cancel(instance, run_id: str, done: threading.Event) -> None:
@@ -202,13 +211,13 @@ def main(argv: list[str]) -> int:
     location = _code_location()
     _warm_up(location)
     digest = _loaded_digest(location)
-    code_files = _code_files()
+    loaded = loaded_state(location)
     fresh = RandomState()
-    _send(outbox, {"ready": os.getpid()})
+    _send(outbox, {"ready": os.getpid(), "loaded": loaded})
     for line in inbox:
         message = json.loads(line)
         run_id = message["run"]
-        if not message.get("retry") and (_stale_for(instance, run_id, digest) or _outdated(location, code_files)):
+        if not message.get("retry") and (_stale_for(instance, run_id, digest) or outdated(loaded)):
             _send(outbox, {"stale": run_id})
             return 0
         fresh.restore()

@@ -136,7 +136,14 @@ def page(browser):
 # ------------------------------------------------------------------------------------------ UI actions
 @timed
 def open_page(page, dev: h.DagsterDev, path: str) -> None:
-    page.goto(dev.url + path, wait_until="networkidle", timeout=120_000)
+    """Load a page of the UI; callers wait for what they need on it (the UI keeps polling: "networkidle"
+    cost 2-3 s a page for nothing)."""
+    page.goto(dev.url + path, wait_until="load", timeout=120_000)
+
+
+def park(page) -> None:
+    """Leave the UI while waiting for builds: an open asset page polls the webserver every 2 s (live data)."""
+    page.goto("about:blank")
 
 
 def open_materialize_menu(page) -> None:
@@ -265,14 +272,20 @@ def runs_in_flight(dev: h.DagsterDev) -> list[dict]:
 @timed
 def check_graph(page, dev: h.DagsterDev, names: set[str]) -> None:
     """Every asset of the definitions is one node of the expanded graph; screenshot it."""
-    open_page(page, dev, expanded_graph_path(GROUPS))
-    labels = graph_labels(page)
+    labels = shot_graph(page, dev, "asset_graph")
     unmatched = [n for n in names if sum(label_matches(label, n) for label in labels) != 1]
     assert len(labels) == len(names) and not unmatched, f"graph labels {labels} vs assets {sorted(names)}"
+    check_png(ARTIFACTS / "asset_graph.png")
+
+
+def shot_graph(page, dev: h.DagsterDev, name: str) -> list[str]:
+    """The expanded asset graph, laid out, as test-artifacts/ui/<name>.png; its node labels."""
+    open_page(page, dev, expanded_graph_path(GROUPS))
+    labels = graph_labels(page)
     close_search_dropdown(page)
     wait_for_settled_graph(page)
-    page.screenshot(path=str(ARTIFACTS / "asset_graph.png"))
-    check_png(ARTIFACTS / "asset_graph.png")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    return labels
 
 
 @timed
@@ -347,10 +360,18 @@ def tick_after(dev: h.DagsterDev, after: float, reason: str, timeout: float = 30
 
 @timed
 def wait_fresh(dev: h.DagsterDev, nodes: dict, after: float) -> None:
-    """Until nothing is in flight, the UI calls every partition fresh and a sensor tick after `after` said so."""
-    h.wait_until(lambda: not runs_in_flight(dev) and not not_fresh(dev, nodes), PHASE_TIMEOUT,
-                 "every asset partition fresh with nothing in flight", every=2)
-    tick_after(dev, after, "fresh", timeout=PHASE_TIMEOUT)
+    """Until a sensor tick after `after` says fresh (its verdict covers runs and backfills in flight); then
+    the UI too calls every partition fresh with nothing in flight. Polls the ticks (cheap), not the UI's
+    staleness of every partition (costly for the webserver while it serves the runs)."""
+    def fresh_tick() -> bool:
+        reasons = [t["skipReason"] or "" for t in h.sensor_ticks(dev.gql, SENSOR, limit=20)
+                   if t["timestamp"] > after and t["status"] != "STARTED"]
+        assert not [r for r in reasons if "held back after a failed" in r], failure_report(dev)
+        return any(r.startswith("fresh") for r in reasons)
+
+    h.wait_until(fresh_tick, PHASE_TIMEOUT, f"a tick of {SENSOR} saying 'fresh'", every=1)
+    h.wait_until(lambda: not runs_in_flight(dev) and not not_fresh(dev, nodes), 60,
+                 "every asset partition fresh with nothing in flight", every=1)
     assert not [r for r in h.runs(dev.gql) if r["status"] == "FAILURE"], failure_report(dev)
 
 
@@ -536,16 +557,18 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
                                      .get("description", "")), 120, "the check to list the stale partitions", every=0.5)
     shot(page, server, f"/assets/{EDITED}?view=checks&checkDetail=up_to_date", "edit_check_lists_stale_partitions",
          f"{EDITED}[{nodes[EDITED]['partitionKeys'][0]}]")
+    park(page)
     wait_fresh(server, nodes, t_reload)
     assert h.descendants(nodes, EDITED) == DOWNSTREAM
     new = rebuilt_since(server, nodes, built)
     assert new == reached(nodes), f"every reached asset partition is rebuilt exactly once: {new}"
     assert cli_statuses(server.manifest, capsys) == {"fresh"}
-    shot(page, server, expanded_graph_path(GROUPS), "edit_rebuilt_graph")
+    shot_graph(page, server, "edit_rebuilt_graph")
 
     # 3. an edit made while the UI was down: the sensor of the new UI converges
     clock.start("3 edit while down")
     built = h.materialization_counts(server.gql, nodes)
+    park(page)
     timed(server.stop)()
     replace_in_manifest(server.manifest, BASELINE, reverse=True)
     timed(server.start)()
@@ -566,10 +589,12 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     reload_definitions(page, server, "dataset_release")
     dialog = press_materialize_unsynced(page, server)
     assert "dataset_release" in dialog and EDITED not in dialog, dialog  # Dagster 1.13.27 ignores stale partitions
+    park(page)
     wait(lambda: rebuilt_since(server, nodes, built).get(("dataset_release", None)) and
                  not runs_in_flight(server), PHASE_TIMEOUT, "the button's run")
     t_on = time.time()
     toggle_sensor(page, server, running=True)
+    park(page)
     wait_fresh(server, nodes, t_on)
     assert rebuilt_since(server, nodes, built) == {**reached(nodes), ("dataset_release", None): 1}
     assert cli_statuses(server.manifest, capsys) == {"fresh"}
@@ -581,6 +606,7 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     replace_in_manifest(server.manifest, BASELINE, reverse=True)
     reload_definitions(page, server, EDITED)
     run_id = launch_sync_job(page, server)
+    park(page)
     wait(lambda: next(r for r in h.runs(server.gql) if r["runId"] == run_id)["status"] in h.FINISHED,
                  PHASE_TIMEOUT, "the gmates_sync run to end")
     assert next(r for r in h.runs(server.gql) if r["runId"] == run_id)["status"] == "SUCCESS", failure_report(server)
@@ -595,6 +621,7 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     built = h.materialization_counts(server.gql, nodes)
     toggle_sensor(page, server, running=True)
     backfill = press_materialize_all(page, server, f"key:{EDITED}+", 1 + len(DOWNSTREAM))
+    park(page)
     wait(lambda: any(f"backfill {backfill}" in (t["skipReason"] or "") for t in
                              h.sensor_ticks(server.gql, SENSOR, limit=20) if t["timestamp"] > t_all),
                  PHASE_TIMEOUT, "a tick that waits for the backfill", every=1)

@@ -233,29 +233,31 @@ def test_a_worker_hands_back_a_run_submitted_for_another_manifest(tmp_path):
         assert not _stale_for(instance, untagged.run_id, "b" * 64)  # the UI's or the sensor's runs: not checked
 
 
-def test_a_worker_hands_back_a_run_after_the_manifest_or_its_code_changed_on_disk(tmp_path):
+def test_a_worker_is_outdated_once_the_manifest_or_its_code_changed_on_disk(tmp_path):
     """The UI's and the sensor's runs carry no manifest tag: after an edit and "Reload definitions" a worker
     that loaded the old manifest must not execute them with the old Definitions (their steps would refuse:
-    ManifestChanged); nor with gmates code older than what a fresh process imports."""
-    from gmates_assets.defs.resources import GmatesResource, manifest_fingerprint
-    from gmates_assets.warm_worker import _code_files, _code_files_changed, _outdated
+    ManifestChanged); nor with gmates code older than what a fresh process imports. The worker checks before
+    each run; the launcher replaces an idle one as soon as this says so."""
+    from gmates_assets.defs.resources import GmatesResource
+    from gmates_assets.warm_worker import loaded_state, outdated
 
     manifest = tmp_path / "m.yaml"
     manifest.write_text(TESTS_MANIFEST.read_text())
-    gm = GmatesResource(manifest_path=str(manifest),
-                        manifest_fingerprint=manifest_fingerprint(parse_manifest(manifest.read_text()).manifest))
-    location = type("Location", (), {"defs": dg.Definitions(resources={"gmates": gm})})
-    loaded = _code_files()
-    assert any(path.endswith("warm_worker.py") for path in loaded)
-    assert _outdated(location, loaded) is None
+    location = type("Location", (), {"defs": dg.Definitions(resources={
+        "gmates": GmatesResource(manifest_path=str(manifest))})})
+    loaded = loaded_state(location)
+    assert any(path.endswith("warm_worker.py") for path in loaded["code"])
+    assert outdated(loaded) is None
     manifest.write_text(manifest.read_text().replace("random_baseline: 0.25}", "random_baseline: 0.3}"))
-    assert "changed on disk" in _outdated(location, loaded)
+    assert "changed on disk" in outdated(loaded)
+    manifest.write_text(TESTS_MANIFEST.read_text())  # reverted: what the worker loaded again
+    assert outdated(loaded) is None
     source = tmp_path / "module.py"
     source.write_text("x = 1\n")
-    seen = {str(source): source.stat().st_mtime_ns}
-    assert not _code_files_changed(seen)
+    seen = {**loaded, "code": {str(source): source.stat().st_mtime_ns}}
+    assert outdated(seen) is None
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1_000_000))
-    assert _code_files_changed(seen)
+    assert "module.py changed on disk" in outdated(seen)
 
 
 def test_runs_of_other_jobs_than_the_asset_job_go_to_a_process_of_their_own(tmp_path):
