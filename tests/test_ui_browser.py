@@ -414,9 +414,10 @@ def show_latest_skip_reason(page, dev: h.DagsterDev, reason: str, name: str) -> 
 
 @timed
 def press_materialize_unsynced(page, dev: h.DagsterDev) -> str:
-    """The dialog's text, then its "Materialize N assets" button (what a user does)."""
+    """The dialog's text, then its "Materialize N assets" button (what a user does), until its run exists."""
     from playwright.sync_api import expect
 
+    known = {r["runId"] for r in h.runs(dev.gql)}
     open_page(page, dev, "/asset-groups")
     open_materialize_menu(page)
     page.get_by_text("Materialize unsynced", exact=True).click()
@@ -426,6 +427,8 @@ def press_materialize_unsynced(page, dev: h.DagsterDev) -> str:
     text = dialog.inner_text()
     page.screenshot(path=str(ARTIFACTS / "materialize_unsynced_dialog.png"))
     dialog.get_by_role("button", name=re.compile(r"^Materialize \d+ assets?$")).click()
+    # until the run exists: leaving the page sooner would drop the UI's launch request
+    h.wait_until(lambda: [r for r in h.runs(dev.gql) if r["runId"] not in known], 60, "the button's run", every=0.5)
     return text
 
 
