@@ -293,11 +293,18 @@ def check_asset_page(page, dev: h.DagsterDev, node: dict) -> None:
     """Description, group, kinds, manifest_sections and partitions as the asset's page shows them."""
     name = "/".join(node["assetKey"]["path"])
     open_page(page, dev, f"/assets/{name}")
-    page.get_by_text("manifest_sections", exact=True).first.wait_for(timeout=60_000)
-    text = page.locator("body").inner_text()
     sections = next(m["text"] for m in node["metadataEntries"] if m["label"] == "manifest_sections")
-    for expected in (node["description"].strip(), f"Group\n{node['groupName']}", sections, "Kinds\n"):
-        assert expected in text, f"/assets/{name} does not show {expected!r}"
+    expected = (node["description"].strip(), f"Group\n{node['groupName']}", sections, "Kinds\n")
+
+    def shown() -> Optional[str]:  # the page renders its parts as their queries answer
+        text = page.locator("body").inner_text()
+        return text if all(e in text for e in expected) else None
+
+    try:
+        text = h.wait_until(shown, 60, f"/assets/{name} to show its description, group, sections, kinds", every=0.5)
+    except TimeoutError:
+        text = page.locator("body").inner_text()
+        raise AssertionError(f"/assets/{name} does not show {[e for e in expected if e not in text]}") from None
     kinds_shown = text.split("Kinds\n", 1)[1].split("Tags", 1)[0].lower()
     assert all(k.lower() in kinds_shown for k in node["kinds"]), f"kinds {node['kinds']} vs {kinds_shown!r}"
     page.screenshot(path=str(ARTIFACTS / f"asset_{name}.png"), full_page=False)
