@@ -34,16 +34,17 @@ Measured alone on the 2-core machine while other sessions used it (`pytest tests
                          load 1.4 -> 6.9
   fixtures (setup)       31 s                           35 s (the shared full build included)
 
-Warm workers alone (the test as it was) gave 329 s (269 s CPU, load 2.7 -> 3.1); the rest came from the test's
-waits: pages load to "load" rather than "networkidle" (2-3 s a page), the page is parked on about:blank while
-builds run (an asset page polls the webserver every 2 s), and wait_fresh polls the sensor's ticks rather than
-the staleness of every partition.
+A second run after (load 0.9 -> 1.8): 273 s, 261 s CPU (steps 10 + 13, 51, 37, 37, 31, 94 s; CPU 15 + 20, 55, 45,
+43, 50, 33 s): the CPU figures vary more between runs than the wall times. Warm workers alone (the test as it was)
+gave 329 s (269 s CPU, load 2.7 -> 3.1); the rest came from the test's waits: pages load to "load" rather than
+"networkidle" (2-3 s a page), the page is parked on about:blank while builds run (an asset page polls the webserver
+every 2 s), and wait_fresh polls the sensor's ticks rather than the staleness of every partition.
 
 A run took 7-13 s from creation to start before (queue, a new process importing Dagster and the Definitions)
 and 1-7 s after (1 s once the workers are warm). Step 6 waits for Dagster's backfill daemon, whose loop is a
 fixed 30 s in 1.13.27 (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable): a
 backfill of two waves takes 60-90 s of it, so with it the scenario stays above the issue's 3 minutes
-(the other steps together: 169 s). No fixed sleeps: every wait polls a condition against a deadline. The
+(the other steps together: 169 s and 179 s). No fixed sleeps: every wait polls a condition against a deadline. The
 sensor is evaluated every SENSOR_INTERVAL seconds here ($GMATES_AUTOMATION_INTERVAL_S) and the run queue every
 second (RUN_QUEUE_YAML).
 """
