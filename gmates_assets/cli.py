@@ -21,12 +21,14 @@ from .errors import user_cause
 from .interrupts import InterruptWatch
 
 
-def ensure_dagster_home() -> Path:
-    from .local_instance import ensure_local_instance
+def ensure_dagster_home(ui: bool = False) -> Path:
+    """$DAGSTER_HOME (default .dagster_home/) with its dagster.yaml; `ui`: the one `gmates ui` uses (warm run
+    workers, local_instance.py)."""
+    from .local_instance import ensure_local_instance, ensure_ui_instance
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve()))).resolve()
     os.environ["DAGSTER_HOME"] = str(home)
-    ensure_local_instance(home)
+    (ensure_ui_instance if ui else ensure_local_instance)(home)
     return home
 
 
@@ -174,7 +176,7 @@ def _report_verify(checks) -> list:
 def cmd_ui(args) -> int:
     """`dagster dev` on loopback with DAGSTER_HOME set; default signal handlers so Ctrl-C/TERM stop it. The
     running interpreter's dagster (`python -m dagster`): with the venv not activated, none is on PATH."""
-    ensure_dagster_home()
+    ensure_dagster_home(ui=True)
     os.environ["GMATES_MANIFEST"] = str(Path(args.manifest).resolve())
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)

@@ -5,12 +5,19 @@ per process: gmates_assets/event_log.py) instead of one new database per run, wh
 per run on a laptop (profiled: creating the per-run database and connecting to it per event dominated).
 The event log's path is relative to the home, so a home can be copied or moved (Dagster's own sqlite storages
 already live under the home). Clusters use Postgres instead: see deploy/dagster.yaml.
+
+`gmates ui` adds a run launcher to a home whose dagster.yaml is gmates' own: warm workers (gmates_assets/warm.py)
+held by the UI's daemon, so a run the sensor, a backfill or a button launches does not start Python, Dagster,
+the Definitions and torch first. A dagster.yaml someone edited is left as it is.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 EVENTS_DIR = "history/events"
+UI_WORKERS = 2  # each holds Dagster, the Definitions, torch and the encoder (~0.5 GiB here)
+WARM_LAUNCHER_YAML = ("run_launcher:\n  module: gmates_assets.warm\n  class: WarmRunLauncher\n"
+                      f"  config:\n    workers: {UI_WORKERS}\n")
 
 
 def local_instance_yaml(home: Path | None = None, events: str | Path = EVENTS_DIR) -> str:
@@ -37,3 +44,18 @@ def _legacy_absolute(text: str) -> bool:
     events = text[len(prefix):].strip() if text.startswith(prefix) else ""
     return (Path(events).is_absolute() and Path(events).parts[-2:] == ("history", "events")
             and text == local_instance_yaml(events=events))
+
+
+def ui_instance_yaml() -> str:
+    """The dagster.yaml `gmates ui` gives a local home: gmates' local instance with warm run workers."""
+    return local_instance_yaml() + WARM_LAUNCHER_YAML
+
+
+def ensure_ui_instance(home: Path) -> Path:
+    """The home's dagster.yaml for `gmates ui`: gmates' own file gains the warm launcher; any other is kept."""
+    config = ensure_local_instance(home)
+    if config.read_text() == local_instance_yaml():
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_text(ui_instance_yaml())
+        tmp.replace(config)
+    return config

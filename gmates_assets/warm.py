@@ -18,6 +18,17 @@ with any launcher; only where they execute changes.
   waits for them to record their runs' end, kills any that do not stop, and fails runs still unfinished, so
   nothing is left running or STARTED. Workers also stop on their own when their launcher's process is gone.
 * Runs on one host split its cores: a worker gets OMP_NUM_THREADS = cores / workers unless it is set.
+* Only asset runs (the `__ASSET_JOB` that sync, the sensor, backfills and the UI's Materialize buttons launch) go
+  to workers; other jobs' runs (`gmates_sync`, which waits for the asset runs it submits) get a process each
+  from Dagster's default launcher, so they never hold a worker their own runs wait for.
+* A worker executes what a fresh process would: before each run it checks the manifest on disk against the one
+  it loaded (the UI's runs carry no manifest tag; after an edit and "Reload definitions" they must run the new
+  Definitions) and gmates' own source files; on a change it hands the run to a fresh worker. An idle worker
+  whose manifest or code changed is replaced at once (checked every second), so after an edit in the UI the
+  fresh workers warm up while the user presses "Reload definitions".
+* Terminate (from the UI, whose webserver holds another launcher object than the daemon holding the workers)
+  marks the run CANCELING; the worker executing it watches for that and interrupts itself, and a run still
+  waiting for a worker is canceled when a slot takes it.
 """
 from __future__ import annotations
 
@@ -32,12 +43,20 @@ import time
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from dagster import Field
-from dagster._core.launcher import LaunchRunContext, RunLauncher
+from dagster import DagsterRunStatus, Field
+from dagster._core.launcher import DefaultRunLauncher, LaunchRunContext, RunLauncher
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
+from .warm_worker import outdated
+
 STOP_GRACE_SECONDS = 10.0
+IDLE_CHECK_SECONDS = 1.0  # how often an idle slot checks that its worker's manifest and code are still current
 WORKER_MODULE = "gmates_assets.warm_worker"
+ASSET_JOB = "__ASSET_JOB"  # the runs a worker executes; other jobs' runs get a process each
+
+
+def _is_asset_run(run) -> bool:
+    return run.job_name == ASSET_JOB
 
 
 class WorkerGone(RuntimeError):
@@ -58,6 +77,7 @@ class _Worker:
         self.outbox = os.fdopen(from_worker_r, "r", encoding="utf-8")
         self.run_id: Optional[str] = None
         self.ready = False
+        self.loaded: dict = {}  # what it loaded (warm_worker.loaded_state)
         self.send({"instance_ref": instance_ref_json})
 
     def send(self, message: dict) -> None:
@@ -117,6 +137,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._slots: list[Optional[_Worker]] = []
         self._threads: list[threading.Thread] = []
         self._closing = False
+        self._default: Optional[DefaultRunLauncher] = None
         self._known: set[str] = set()
         self._warmed: set[int] = set()  # slots whose first worker became ready
         self._started_at = 0.0
@@ -174,6 +195,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             worker.close()
             raise WorkerGone(f"(pid {worker.process.pid}) {gone} while starting") from None
         worker.ready = True
+        worker.loaded = ready.get("loaded") or {}
         self._mark_warm(index)
         return worker
 
@@ -192,7 +214,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         worker = self._try_spawn(index, env, ref)
         retry: Optional[str] = None
         while True:
-            run_id = retry or self._queue.get()
+            try:
+                run_id = retry or self._queue.get(timeout=IDLE_CHECK_SECONDS)
+            except queue.Empty:
+                worker = self._renew_if_outdated(index, env, ref, worker)
+                continue
             if run_id is None or self._closing:
                 break
             if not self._still_wanted(run_id):  # canceled while queued
@@ -209,6 +235,14 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         if worker is not None:
             worker.stop(STOP_GRACE_SECONDS)
             worker.outbox.close()
+
+    def _renew_if_outdated(self, index: int, env, ref: str, worker: Optional[_Worker]) -> Optional[_Worker]:
+        """An idle worker whose manifest or code changed on disk (an edit in the UI, before its "Reload
+        definitions") is replaced now, so the runs after the reload find a warm worker with the new ones."""
+        if worker is None or self._closing or worker.process.poll() is not None or not outdated(worker.loaded):
+            return worker
+        worker.close()
+        return self._try_spawn(index, env, ref)
 
     def _run_on_worker(self, index: int, env, ref: str, worker: Optional[_Worker], run_id: str,
                        retry: bool) -> tuple[Optional[_Worker], Optional[str]]:
@@ -264,7 +298,11 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             return None
 
     def _still_wanted(self, run_id: str) -> bool:
+        """Not finished and not asked to stop; a run Terminate reached while it waited here ends canceled."""
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
+        if run is not None and run.status == DagsterRunStatus.CANCELING:
+            self._instance.report_run_canceled(run)
+            return False
         return run is not None and not run.is_finished
 
     def _fail_unfinished(self, run_id: str, message: str) -> None:
@@ -289,6 +327,9 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
 
     # ------------------------------------------------------------------ RunLauncher
     def launch_run(self, context: LaunchRunContext) -> None:
+        if not _is_asset_run(context.dagster_run):
+            self._process_launcher().launch_run(context)
+            return
         if self._closing:
             raise RuntimeError("the warm run launcher is closed")
         self.start()
@@ -296,18 +337,31 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         self._known.add(run_id)
         self._queue.put(run_id)
 
+    def _process_launcher(self) -> DefaultRunLauncher:
+        """Dagster's default launcher (a process per run, through the code server), for runs of other jobs:
+        `gmates_sync` only waits for the asset runs it submits, so on a worker it would hold that worker while
+        its own runs queue for one (with one worker, forever)."""
+        with self._lock:
+            if self._default is None:
+                self._default = DefaultRunLauncher()
+                self._default.register_instance(self._instance)
+            return self._default
+
     def terminate(self, run_id: str) -> bool:
-        """Cancel a run: interrupt the worker executing it (Dagster records the run as canceled or failed)."""
+        """Cancel a run: mark it CANCELING; the worker executing it, held by this launcher or by the same
+        launcher in another process (the UI's Terminate runs in the webserver, the workers live in the daemon),
+        sees that and interrupts itself (Dagster then records the run canceled); a run still queued here is
+        canceled at once, one queued in another process's launcher when a slot takes it."""
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
         if run is None or run.is_finished:
             return False
+        if not _is_asset_run(run):
+            return self._process_launcher().terminate(run_id)
         self._instance.report_run_canceling(run)
         with self._lock:
-            workers = [w for w in self._slots if w is not None and w.run_id == run_id]
-        for worker in workers:
-            worker.process.send_signal(signal.SIGINT)
-        if not workers:  # still queued: no worker will take it (each checks the run's status)
-            self._instance.report_run_canceled(run)
+            executing = any(w is not None and w.run_id == run_id for w in self._slots)
+        if run_id in self._known and not executing:
+            self._instance.report_run_canceled(self._instance.get_run_by_id(run_id))
         return True
 
     def dispose(self) -> None:
@@ -327,3 +381,5 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             thread.join(timeout=STOP_GRACE_SECONDS)
         for run_id in list(self._known):
             self._fail_unfinished(run_id, "the warm launcher was closed before this run finished")
+        if self._default is not None:
+            self._default.dispose()

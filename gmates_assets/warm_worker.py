@@ -4,8 +4,10 @@ It pays Python, Dagster, the Definitions, torch and the encoder once, then execu
 Dagster's run worker API (`_execute_run_command_body`, what `dagster api execute_run` runs in the process the
 default launcher starts per run). The launcher talks to it over two pipes given as file descriptors, one JSON
 object per line (no pickle): it sends the instance ref (Dagster's own JSON serialization) once, then
-`{"run": id}`; the worker answers `{"ready": pid}` once warm, then `{"done": id}` or `{"stale": id}` (the run
-was submitted for another manifest than the one this process loaded: start a fresh worker for it).
+`{"run": id}`; the worker answers `{"ready": pid, "loaded": ...}` once warm (what it loaded: warm.py replaces
+an idle worker whose manifest or code changed on disk), then `{"done": id}` or `{"stale": id}` (the run
+was submitted for another manifest than the one this process loaded, or what it loaded changed on disk since:
+start a fresh worker for it).
 
 Between runs the global random generators (random, numpy, torch) are put back to their state when the worker
 became ready, so no run sees what an earlier run drew. A run that an interrupt (SIGINT/SIGTERM) reached ends the
@@ -14,6 +16,7 @@ run, as Ctrl-C would, then the worker exits).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -23,6 +26,7 @@ import threading
 import time
 
 WATCHDOG_SECONDS = 1.0
+CANCEL_POLL_SECONDS = 0.5
 
 
 class LauncherGone(Exception):
@@ -129,13 +133,80 @@ def _stale_for(instance, run_id: str, loaded_digest: str | None) -> bool:
     return wanted is not None and loaded_digest is not None and wanted != loaded_digest
 
 
+def _code_files() -> dict[str, int]:
+    """gmates' own modules loaded in this process -> their files' mtime_ns (to notice an edit of the code)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.abspath(path).startswith(package + os.sep):
+            try:
+                files[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                files[path] = -1
+    return files
+
+
+def loaded_state(location) -> dict:
+    """What this worker loaded and a fresh process would load again if it changed: the manifest (path, sha256 of
+    its text) and gmates' source files (mtime_ns). Sent to the launcher with `ready`."""
+    gm = location.defs.resources.get("gmates")
+    state: dict = {"code": _code_files()}
+    if gm is not None:
+        state.update(manifest=gm.manifest_path, sha256=_loaded_digest(location))
+    return state
+
+
+def outdated(loaded: dict) -> str | None:
+    """Why `loaded` (loaded_state) is no longer what is on disk: the manifest's text or gmates' code changed.
+    The UI's runs carry no manifest tag: after an edit and "Reload definitions" they must not execute with the
+    old Definitions (their steps would refuse them: ManifestChanged). None while all is as loaded."""
+    path = loaded.get("manifest")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            return f"manifest {path} unreadable: {err}"
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != loaded["sha256"]:
+            return f"manifest {path} changed on disk since this worker loaded it"
+    for source, mtime in loaded.get("code", {}).items():
+        try:
+            if os.stat(source).st_mtime_ns != mtime:
+                return f"{source} changed on disk since this worker loaded it"
+        except OSError:
+            return f"{source} is gone"
+    return None
+
+
+def _watch_for_cancel(instance, run_id: str, done: threading.Event) -> None:
+    """Interrupt this worker (as Ctrl-C would) once the run it executes is asked to stop (CANCELING): the UI's
+    Terminate reaches the launcher object of the webserver's process, not the daemon's that holds this worker,
+    so the request travels through the run's status."""
+    from dagster import DagsterRunStatus
+
+    def watch() -> None:
+        while not done.wait(CANCEL_POLL_SECONDS):
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status == DagsterRunStatus.CANCELING:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    threading.Thread(target=watch, name="warm-worker-cancel-watch", daemon=True).start()
+
+
 def _execute(instance, run_id: str) -> bool:
     """Execute one run with Dagster's run worker API; True when an interrupt reached it."""
     from dagster._cli.api import _execute_run_command_body  # private, pinned dagster
     from dagster._utils.interrupts import capture_interrupts, check_captured_interrupt  # private, pinned dagster
 
+    done = threading.Event()
     with capture_interrupts():
-        _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+        _watch_for_cancel(instance, run_id, done)
+        try:
+            _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+        finally:
+            done.set()
         return check_captured_interrupt()
 
 
@@ -158,12 +229,13 @@ def main(argv: list[str]) -> int:
     location = _code_location()
     _warm_up(location)
     digest = _loaded_digest(location)
+    loaded = loaded_state(location)
     fresh = RandomState()
-    _send(outbox, {"ready": os.getpid()})
+    _send(outbox, {"ready": os.getpid(), "loaded": loaded})
     for line in inbox:
         message = json.loads(line)
         run_id = message["run"]
-        if not message.get("retry") and _stale_for(instance, run_id, digest):
+        if not message.get("retry") and (_stale_for(instance, run_id, digest) or outdated(loaded)):
             _send(outbox, {"stale": run_id})
             return 0
         fresh.restore()

@@ -161,6 +161,7 @@ def test_ui_runs_the_interpreters_own_dagster(monkeypatch, tmp_path):
     ((program, argv),) = calls
     assert program == sys.executable and argv[:4] == [sys.executable, "-m", "dagster", "dev"]
     assert argv[-2:] == ["-p", "3999"]
+    assert "class: WarmRunLauncher" in (tmp_path / "home" / "dagster.yaml").read_text()  # the UI's run workers
 
 
 # ------------------------------------------------------------------------------ 3./4. interrupted and killed syncs

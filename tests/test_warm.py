@@ -249,3 +249,99 @@ def test_a_worker_preloads_torch_only_when_its_runs_execute_their_steps_in_it(tm
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str(imports_torch)
+
+
+def test_a_worker_is_outdated_once_the_manifest_or_its_code_changed_on_disk(tmp_path):
+    """The UI's and the sensor's runs carry no manifest tag: after an edit and "Reload definitions" a worker
+    that loaded the old manifest must not execute them with the old Definitions (their steps would refuse:
+    ManifestChanged); nor with gmates code older than what a fresh process imports. The worker checks before
+    each run; the launcher replaces an idle one as soon as this says so."""
+    from gmates_assets.defs.resources import GmatesResource
+    from gmates_assets.warm_worker import loaded_state, outdated
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(TESTS_MANIFEST.read_text())
+    location = type("Location", (), {"defs": dg.Definitions(resources={
+        "gmates": GmatesResource(manifest_path=str(manifest))})})
+    loaded = loaded_state(location)
+    assert any(path.endswith("warm_worker.py") for path in loaded["code"])
+    assert outdated(loaded) is None
+    manifest.write_text(manifest.read_text().replace("random_baseline: 0.25}", "random_baseline: 0.3}"))
+    assert "changed on disk" in outdated(loaded)
+    manifest.write_text(TESTS_MANIFEST.read_text())  # reverted: what the worker loaded again
+    assert outdated(loaded) is None
+    source = tmp_path / "module.py"
+    source.write_text("x = 1\n")
+    seen = {**loaded, "code": {str(source): source.stat().st_mtime_ns}}
+    assert outdated(seen) is None
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 1_000_000))
+    assert "module.py changed on disk" in outdated(seen)
+
+
+def test_runs_of_other_jobs_than_the_asset_job_go_to_a_process_of_their_own(tmp_path):
+    """`gmates_sync` waits for the asset runs it submits: on a worker it would hold the worker they need. The
+    launcher hands such runs to Dagster's default launcher (which needs the caller's workspace: none here)."""
+    from dagster._core.launcher import LaunchRunContext
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        launcher = WarmRunLauncher(workers=1)
+        launcher.register_instance(instance)
+        run = instance.create_run_for_job(dg.GraphDefinition("gmates_sync").to_job())
+        with pytest.raises(dg.DagsterInvariantViolationError, match="DefaultRunLauncher requires a workspace"):
+            launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+        assert launcher.warm_workers == 0 and _children(os.getpid()) == []
+        launcher.dispose()
+
+
+@pytest.mark.slow
+def test_terminate_from_another_process_stops_the_run_its_worker_executes(tmp_path):
+    """The UI's Terminate calls the launcher of the webserver's process; the workers belong to the daemon's.
+    The run must end canceled, stopped where it was (it builds nothing), not be marked canceled while a worker
+    goes on executing it."""
+    from dagster._serdes import ConfigurableClassData
+
+    from gmates_assets.core.store import ArtifactStore
+
+    build = _shard_build(tmp_path, max_concurrent=1)
+    outcome = {}
+    with build.instance() as instance, _warm_runs(build, instance) as runs:
+        def first_sync() -> None:
+            try:
+                sync(build.defs(), instance, select=["documents"], runs=runs)
+            except Exception as err:  # expected: documents[s1] was canceled
+                outcome["error"] = err
+
+        with ArtifactStore(build.store).locked("documents", store_key(build, "documents", "s1")):  # holds its run
+            thread = threading.Thread(target=first_sync)
+            thread.start()
+            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
+            held = _started_run(build, "s1")
+            webserver_launcher = ConfigurableClassData("gmates_assets.warm", "WarmRunLauncher", "workers: 1\n")
+            with dg.DagsterInstance.from_ref(instance.get_ref()._replace(run_launcher_data=webserver_launcher)) \
+                    as webserver:
+                assert webserver.run_launcher.terminate(held.run_id)
+            # still holding the lock its step waits for: only an interrupt of its worker ends that step
+            _wait_until(lambda: instance.all_logs(held.run_id, of_type=dg.DagsterEventType.STEP_FAILURE),
+                        "the worker to interrupt the run's step", timeout=60)
+            _wait_until(lambda: instance.get_run_by_id(held.run_id).is_finished, "the run to end", timeout=60)
+        thread.join(timeout=120)
+        assert instance.get_run_by_id(held.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert "canceled" in str(outcome.get("error", "")).lower(), outcome
+        built = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("documents")),
+                                                limit=10).records
+        assert held.run_id not in {r.run_id for r in built}
+
+
+def test_gmates_ui_gives_its_home_warm_workers_and_keeps_a_dagster_yaml_someone_edited(tmp_path):
+    from gmates_assets.local_instance import ensure_ui_instance, local_instance_yaml
+
+    home = tmp_path / "home"
+    ensure_ui_instance(home)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_launcher, WarmRunLauncher) and instance.run_launcher.workers == 2
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    custom = local_instance_yaml() + "run_queue:\n  max_concurrent_runs: 3\n"
+    (edited / "dagster.yaml").write_text(custom)
+    ensure_ui_instance(edited)
+    assert (edited / "dagster.yaml").read_text() == custom

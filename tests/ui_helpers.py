@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from gmates_assets.local_instance import local_instance_yaml
+from gmates_assets.local_instance import ui_instance_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # The run queue is polled every second instead of every 5 s: runs the sensor requests start sooner.
-# gmates' local instance (one consolidated event log, where `gmates sync` wrote the build) + a fast run queue.
+# What `gmates ui` gives a local home (gmates' consolidated event log, where `gmates sync` wrote the build, and
+# warm run workers held by the daemon) + a fast run queue.
 RUN_QUEUE_YAML = "run_queue:\n  dequeue_interval_seconds: 1\n"
 LOCATION = "gmates"
 REPOSITORY = "__repository__"
@@ -74,7 +75,7 @@ class DagsterDev:
     def start(self) -> DagsterDev:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         self.gmates_home.mkdir(parents=True, exist_ok=True)
-        (self.dagster_home / "dagster.yaml").write_text(local_instance_yaml(self.dagster_home) + RUN_QUEUE_YAML)
+        (self.dagster_home / "dagster.yaml").write_text(ui_instance_yaml() + RUN_QUEUE_YAML)
         exe = Path(sys.executable).parent / "dagster"  # the venv's, even when the venv is not activated
         cmd = [str(exe) if exe.is_file() else "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
                "-h", "127.0.0.1", "-p", str(self.port)]
@@ -162,6 +163,46 @@ def processes_with_env(needle: str) -> list[tuple[int, str]]:
         if raw in environ.split(b"\0") and state[state.rindex(")") + 2] != "Z":
             found.append((int(entry.name), cmdline.strip()))
     return found
+
+
+def adopt_orphans() -> None:
+    """Make this process the child subreaper (Linux prctl): processes orphaned below it (a daemon's children
+    when the daemon stops first) stay in its tree, so tree_cpu_seconds still counts them."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and everything it started: its live descendants with what
+    they reaped, plus the children it reaped itself (dagster dev, chromium, the runs' processes). A process
+    whose parent died before it (reparented to init) is not counted: dagster dev's processes do not do that."""
+    import resource
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid ... utime(11) stime(12) cutime(13) cstime(14)
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
+    me = os.getpid()
+    ours = {me}
+    changed = True
+    while changed:
+        new = {pid for pid, ppid in parents.items() if ppid in ours and pid not in ours}
+        ours |= new
+        changed = bool(new)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+            + sum(cpu[pid] for pid in ours if pid != me))
 
 
 # ------------------------------------------------------------------------------------------ sockets
@@ -316,7 +357,7 @@ def materialization_counts(gql: Gql, nodes: dict[str, dict]) -> dict[tuple[str, 
     return out
 
 
-RUN_FIELDS = "runId status tags { key value } assetSelection { path } startTime endTime"
+RUN_FIELDS = "runId status tags { key value } assetSelection { path } creationTime startTime endTime"
 
 
 def runs(gql: Gql, limit: int = 500) -> list[dict]:
