@@ -23,18 +23,17 @@ of your file (field --text-field). The manifest keeps the quickstart's model siz
 a BPE of 2,048 trained on a 5,000-document sample, 512 LM tokens per document, the all-MiniLM-L6-v2 encoder at
 256 tokens in 2 chunks of 128, k = N / --docs-per-cluster clusters, methods group_mates, mates and random.
 
-The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N; for
-cluster_assignments fixed + c * N * k once two sizes are measured (k-means assignment and its training sample
-both grow with N * k, and k = N / docs-per-cluster; at one size it is taken as per-document); for lm_tokenizer
-fixed + c * min(N, 5,000) (it trains on a sample of at most 5,000 documents). With two or more sizes each
-asset's two terms are fitted by least squares (both kept >= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its cost at the
-largest size is taken as load noise and dropped); with one size, the assets that touch every document are
-taken as purely per-document and the rest as fixed. Predictions for 1M and 10M documents are on this machine
-under the load measured (said beside them) and,
-with GPU figures (--gpu-figures, default gpu_figures.json beside --out; docs/performance.md "## GPU"), on one GPU:
-the assets whose per-document rate the GPU check measured (embeddings, the group_mates greedy) at the card's rate,
-everything else as measured here. Figures describe this 2-core machine; the load changes wall time far more than
-CPU time.
+The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N; for cluster_assignments
+fixed + c * N * k once two sizes are measured (k-means assignment and its training sample both grow with N * k, and
+k = N / docs-per-cluster; at one size it is taken as per-document); for lm_tokenizer fixed + c * min(N, 5,000) (it
+trains on a sample of at most 5,000 documents). With two or more sizes each asset's two terms are fitted by least
+squares (both kept >= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its
+cost at the largest size is taken as load noise and dropped); with one size, the assets that touch every document
+are taken as purely per-document and the rest as fixed. Predictions for 1M and 10M documents are on this machine
+under the load measured (said beside them) and, with GPU figures (--gpu-figures, default gpu_figures.json beside
+--out; docs/performance.md "## GPU"), on one GPU: the assets whose per-document rate the GPU check measured
+(embeddings, the group_mates greedy) at the card's rate, everything else as measured here. Figures describe this
+2-core machine; the load changes wall time far more than CPU time.
 """
 from __future__ import annotations
 
