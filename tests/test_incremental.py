@@ -106,17 +106,17 @@ def fixed_tokenizer(root) -> None:
     tokenize.save_tokenizer_dir(tokenize.train_bpe_tokenizer(texts, 300), root / "tok")
 
 
-def _write_pool_shard(root, i: int, suffix: str = "") -> None:
+def _write_pool_shard(root, i: int, docs: int) -> None:
     path = root / "pool" / f"s{i:03d}.jsonl"
     path.parent.mkdir(exist_ok=True)
     path.write_text("".join(json.dumps({"text": f"shard {i} document {j} about topic {j % 5} and item {i * 7 % 11}"
-                                                f"{suffix}"}) + "\n" for j in range(DOCS_PER_SHARD)))
+                                                }) + "\n" for j in range(docs)))
 
 
-def _append_shard(build, i: int) -> None:
+def _append_shard(build, i: int, docs: int) -> None:
     import yaml
 
-    _write_pool_shard(build.root, i)
+    _write_pool_shard(build.root, i, docs)
     data = yaml.safe_load(build.manifest.read_text())
     data["sources"]["shards"].append(_shard(i))
     build.manifest.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -138,9 +138,9 @@ def _grow_pool(tmp_path_factory):
     build = Build.create(tmp_path_factory.mktemp("grow") / "b", _pool_manifest(N_SHARDS))
     fixed_tokenizer(build.root)
     for i in range(N_SHARDS):
-        _write_pool_shard(build.root, i)
+        _write_pool_shard(build.root, i, DOCS_PER_SHARD)
     cold = build.sync(select=["dataset_release"])
-    _append_shard(build, N_SHARDS)
+    _append_shard(build, N_SHARDS, DOCS_PER_SHARD)
     before_read = _not_fresh(build)
     read = build.sync(select=["documents"])  # the new shard's documents: now status knows how many there are
     after_read = _not_fresh(build)
@@ -262,7 +262,7 @@ def test_appending_a_shard_outside_the_bpe_sample_keeps_the_tokenizer_only_when_
     earlier draw over positions): the larger pool reshuffles the sample and the tokenizer changes."""
     build = _bpe_build(tmp_path, mode)
     before = _tokenizer_hash(build)
-    _append_shard(build, _shard_outside_the_bpe_sample())
+    _append_shard(build, _shard_outside_the_bpe_sample(), BPE_DOCS)  # all of its documents stay out
     build.sync(select=["lm_tokenizer"])
     assert (_tokenizer_hash(build) == before) == (mode == "stable")
 
