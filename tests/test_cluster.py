@@ -454,20 +454,10 @@ def test_gmates_keeps_its_postgres_connections_pooled(postgres_server, tmp_path)
 
 def _tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process and its live descendants (with the children each reaped)."""
-    stats = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(stat.parent.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    tree, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        if parent in stats and parent not in tree:
-            tree.add(parent)
-            todo += [child for child, (ppid, _) in stats.items() if ppid == parent]
-    return sum(stats[p][1] for p in tree) / os.sysconf("SC_CLK_TCK")
+    from .procs import cpu_seconds, process_stats, tree
+
+    stats = process_stats()
+    return sum(cpu_seconds(stats[p]) for p in tree(pid, stats))
 
 
 def _stop_group(process) -> None:

@@ -58,6 +58,21 @@ def _data_versions(build: Build) -> dict:
     return versions
 
 
+def _sync_on_a_thread(build: Build, instance, runs, select: list[str]) -> tuple[threading.Thread, dict]:
+    """A sync started on a thread; the error it ends with lands in the dict's "error"."""
+    outcome = {}
+
+    def run() -> None:
+        try:
+            sync(build.defs(), instance, select=select, runs=runs)
+        except Exception as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
 def _wait_until(condition, what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -93,15 +108,10 @@ def _alive(pid: int) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":  # a zombie has exited: it runs nothing
-            out.append(int(stat.parent.name))
-    return out
+    from .procs import process_stats
+
+    # a zombie has exited: it runs nothing
+    return [child for child, fields in process_stats().items() if int(fields[1]) == pid and fields[0] != "Z"]
 
 
 @pytest.mark.slow
@@ -124,17 +134,9 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     monkeypatch.setenv("GMATES_MANIFEST", str(warm.manifest))  # restored after the test
     monkeypatch.setenv("GMATES_HOME", str(warm.store))
-    outcome = {}
     with warm.instance() as instance, _warm_runs(warm, instance) as runs:
-        def first_sync() -> None:
-            try:
-                sync(warm.defs(), instance, select=SCOPE, runs=runs)
-            except Exception as err:  # expected: documents[shard-001] failed
-                outcome["error"] = err
-
         with ArtifactStore(warm.store).locked("documents", store_key(warm, "documents", "shard-001")):  # holds its run
-            thread = threading.Thread(target=first_sync)
-            thread.start()
+            thread, outcome = _sync_on_a_thread(warm, instance, runs, SCOPE)  # expected: documents[shard-001] fails
             _wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
             held = _started_run(warm, "shard-001")
             killed = _worker_pid(instance, held.run_id)
@@ -310,17 +312,9 @@ def test_terminate_from_another_process_stops_the_run_its_worker_executes(tmp_pa
     from gmates_assets.core.store import ArtifactStore
 
     build = _shard_build(tmp_path, max_concurrent=1)
-    outcome = {}
     with build.instance() as instance, _warm_runs(build, instance) as runs:
-        def first_sync() -> None:
-            try:
-                sync(build.defs(), instance, select=["documents"], runs=runs)
-            except Exception as err:  # expected: documents[s1] was canceled
-                outcome["error"] = err
-
         with ArtifactStore(build.store).locked("documents", store_key(build, "documents", "s1")):  # holds its run
-            thread = threading.Thread(target=first_sync)
-            thread.start()
+            thread, outcome = _sync_on_a_thread(build, instance, runs, ["documents"])  # expected: s1 canceled
             _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
             held = _started_run(build, "s1")
             webserver_launcher = ConfigurableClassData("gmates_assets.warm", "WarmRunLauncher", "workers: 1\n")

@@ -20,6 +20,8 @@ from typing import Optional
 
 from gmates_assets.local_instance import ui_instance_yaml
 
+from .procs import cpu_seconds, process_stats, tree
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -135,18 +137,7 @@ class DagsterDev:
 
 
 def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, fields in process_stats().items() if fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 def processes_with_env(needle: str) -> list[tuple[int, str]]:
@@ -180,29 +171,11 @@ def tree_cpu_seconds() -> float:
     whose parent died before it (reparented to init) is not counted: dagster dev's processes do not do that."""
     import resource
 
-    ticks = os.sysconf("SC_CLK_TCK")
-    parents, cpu = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # state ppid ... utime(11) stime(12) cutime(13) cstime(14)
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
-    me = os.getpid()
-    ours = {me}
-    changed = True
-    while changed:
-        new = {pid for pid, ppid in parents.items() if ppid in ours and pid not in ours}
-        ours |= new
-        changed = bool(new)
+    stats, me = process_stats(), os.getpid()
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
-            + sum(cpu[pid] for pid in ours if pid != me))
+            + sum(cpu_seconds(stats[pid]) for pid in tree(me, stats) if pid != me))
 
 
 # ------------------------------------------------------------------------------------------ sockets
