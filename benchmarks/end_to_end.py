@@ -24,8 +24,9 @@ a BPE of 2,048 trained on a 5,000-document sample, 512 LM tokens per document, t
 256 tokens in 2 chunks of 128, k = N / --docs-per-cluster clusters, methods group_mates, mates and random.
 
 The cost model, per asset and for wall and CPU seconds alike: t(N) = fixed + per_doc * N; for cluster_assignments
-fixed + c * N * k once two sizes are measured (k-means assignment and its training sample both grow with N * k, and
-k = N / docs-per-cluster; at one size it is taken as per-document); for lm_tokenizer fixed + c * min(N, 5,000) (it
+fixed + c * N * k from two sizes and fixed + per_doc * N + c * N * k from three or more (k-means assignment and its
+training sample both grow with N * k, and k = N / docs-per-cluster; reading the vectors and writing the assignments
+is linear; at one size it is taken as per-document); for lm_tokenizer fixed + c * min(N, 5,000) (it
 trains on a sample of at most 5,000 documents). With two or more sizes each asset's two terms are fitted by least
 squares (both kept >= 0; for an asset that does a fixed amount of work, a per-document term worth under 5% of its
 cost at the largest size is taken as load noise and dropped); with one size, the assets that touch every document
@@ -309,16 +310,44 @@ def fit_fixed_plus_linear(xs: list[float], ts: list[float]) -> tuple[float, floa
     return fixed, slope
 
 
+def fit_fixed_linear_and_nk(ns: list[float], nks: list[float], ts: list[float]) -> tuple[float, float, float]:
+    """t = fixed + per_doc * N + per_nk * N*k by least squares with every term >= 0: the best of the fits over
+    each subset of the three terms whose coefficients are all >= 0."""
+    import itertools
+
+    import numpy as np
+
+    columns = np.array([[1.0] * len(ns), ns, nks]).T
+    target = np.array(ts, dtype=float)
+    best, best_error = (max(float(target.mean()), 0.0), 0.0, 0.0), math.inf
+    for keep in itertools.product((False, True), repeat=3):
+        if not any(keep):
+            continue
+        coef, *_ = np.linalg.lstsq(columns[:, list(keep)], target, rcond=None)
+        if (coef < 0).any():
+            continue
+        error = float(((columns[:, list(keep)] @ coef - target) ** 2).sum())
+        if error < best_error * (1 - 1e-9):  # a tie keeps the fit found first
+            full = np.zeros(3)
+            full[list(keep)] = coef
+            best, best_error = (float(full[0]), float(full[1]), float(full[2])), error
+    return best
+
+
 def term_of(row: str, sizes: int) -> str:
-    """What a row's cost grows with: N; N * k for clustering (needs two sizes to tell from N: at one size its
-    fixed overhead would be read as N * k work); the tokenizer's capped training sample."""
+    """What a row's cost grows with: N; for clustering N * k from two sizes (at one size its fixed overhead would
+    be read as N * k work) and N + N * k from three (reading every vector and writing every assignment is
+    linear: with N * k alone, a linear cost at k = N / 1,000 is read as quadratic); the tokenizer's capped
+    training sample."""
+    if row in NK_ASSETS and sizes >= 3:
+        return "N + N*k"
     if row in NK_ASSETS and sizes >= 2:
         return "N*k"
     return f"min(N, {TOKENIZER_TRAIN_DOCS:,})" if row in SAMPLED_ASSETS else "N"
 
 
 def work_units(term: str, n_docs: int, k: int) -> float:
-    if term == "N*k":
+    if term in ("N*k", "N + N*k"):  # the per_unit term; "N + N*k" adds per_doc * N
         return float(n_docs) * k
     return float(min(n_docs, TOKENIZER_TRAIN_DOCS)) if term.startswith("min(") else float(n_docs)
 
@@ -360,6 +389,10 @@ def fit_model(runs: list[dict]) -> dict[str, dict]:
         entry = {"term": term, "sizes": [r["docs"] for r in sizes]}
         for metric in ("step_s", "cpu_s"):
             ts = [r["assets"][row][metric] for r in sizes]
+            if term == "N + N*k":
+                fixed, per_doc, slope = fit_fixed_linear_and_nk([r["docs"] for r in sizes], xs, ts)
+                entry[metric] = {"fixed": fixed, "per_unit": slope, "per_doc": per_doc, "how": "fit"}
+                continue
             if len(set(xs)) >= 2:
                 fixed, slope = fit_fixed_plus_linear(xs, ts)
                 how = "fit"
@@ -384,7 +417,7 @@ def unmeasured(model: dict, runs: list[dict]) -> list[str]:
 def predict(model: dict, n_docs: int, docs_per_cluster: int, metric: str) -> dict[str, float]:
     k = clusters_for(n_docs, docs_per_cluster)
     return {row: e[metric]["fixed"] + e[metric]["per_unit"] * work_units(e["term"], n_docs, k)
-            for row, e in model.items()}
+            + e[metric].get("per_doc", 0.0) * n_docs for row, e in model.items()}
 
 
 def load_gpu_figures(path: Optional[Path]) -> Optional[dict]:
@@ -467,6 +500,8 @@ def model_table(model: dict, runs: list[dict], docs_per_cluster: int, gpu: Optio
 
     def per_doc(e: dict, metric: str, row: str) -> str:
         unit = e[metric]["per_unit"]
+        if e["term"] == "N + N*k":
+            return f"{e[metric]['per_doc'] * 1e3:.3f} ms + {unit * 1e6:.4f} µs per doc·cluster"
         if e["term"] == "N*k":
             return f"{unit * 1e6:.4f} µs per doc·cluster"
         return f"{unit * 1e3:.3f} ms"

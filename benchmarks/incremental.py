@@ -14,7 +14,7 @@ the store handed back without computing (`reused`), and whether any probe/oracle
 `--tokenizer train_bpe` measures a BPE tokenizer trained on a stable sample of `--train-docs` documents instead.
 
     python benchmarks/incremental.py                 # 128 shards x 20 documents
-    python benchmarks/incremental.py --smoke         # 3 shards x 6 documents (seconds; a check that it runs)
+    python benchmarks/incremental.py --smoke         # 3 shards x 6 documents up to probe_pool (a check that it runs)
 """
 from __future__ import annotations
 
@@ -139,11 +139,13 @@ def main() -> None:
     parser.add_argument("--docs-per-shard", type=int, default=20)
     parser.add_argument("--tokenizer", choices=["pretrained", "train_bpe"], default="pretrained")
     parser.add_argument("--train-docs", type=int, default=200)
-    parser.add_argument("--target", default="dataset_release")
-    parser.add_argument("--smoke", action="store_true", help="3 shards x 6 documents")
+    parser.add_argument("--target", help="the asset to sync (default dataset_release; probe_pool with --smoke)")
+    parser.add_argument("--smoke", action="store_true", help="3 shards x 6 documents, up to the frozen probe pool")
     args = parser.parse_args()
-    if args.smoke:
+    if args.smoke:  # the per-shard assets and a frozen asset: every code path here, without three whole builds
         args.shards, args.docs_per_shard = 3, 6
+        args.target = args.target or "probe_pool"
+    args.target = args.target or "dataset_release"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = measure(args.shards, args.docs_per_shard, args.tokenizer, args.train_docs, args.target)
     print(json.dumps(result, indent=1))

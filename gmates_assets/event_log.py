@@ -25,6 +25,8 @@ from dagster._core.storage.sql import create_engine  # private, pinned dagster
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # private, pinned dagster
 from sqlalchemy.pool import NullPool
 
+from .backfill_loop import quicken_backfill_loop
+
 
 class EventLogElsewhere(RuntimeError):
     pass
@@ -32,6 +34,7 @@ class EventLogElsewhere(RuntimeError):
 
 class ConsolidatedEventLogStorage(ConsolidatedSqliteEventLogStorage):
     def __init__(self, base_dir, inst_data=None):
+        quicken_backfill_loop()  # in the UI's daemon: backfills from its buttons advance every few seconds
         self._configured_dir = str(base_dir)
         if os.path.isabs(base_dir):
             super().__init__(base_dir, inst_data)

@@ -66,3 +66,26 @@ def pytest_collection_modifyitems(config, items):
     start at once on their own workers while the short tests fill the other workers and the cores these tests
     leave idle (they mostly wait on servers, ticks and queues)."""
     items.sort(key=lambda item: item.get_closest_marker("system") is None)  # stable: the rest keep their order
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With GMATES_TEST_CPU_LOG=FILE, append each test's wall and CPU seconds (this process, and the children it
+    waited for: servers, syncs, scripts) to FILE, tab-separated, for finding where the suite's CPU goes."""
+    log = os.environ.get("GMATES_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu(who):
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    wall, own, children = time.monotonic(), cpu(resource.RUSAGE_SELF), cpu(resource.RUSAGE_CHILDREN)
+    yield
+    row = (item.nodeid, time.monotonic() - wall, cpu(resource.RUSAGE_SELF) - own,
+           cpu(resource.RUSAGE_CHILDREN) - children)
+    with open(log, "a") as out:
+        out.write("\t".join([row[0]] + [f"{value:.1f}" for value in row[1:]]) + "\n")

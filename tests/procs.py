@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -34,3 +35,15 @@ def tree(pid: int, stats: dict[int, list[str]]) -> set[int]:
 def cpu_seconds(fields: list[str]) -> float:
     """User + system CPU seconds of a process and of the children it reaped."""
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(predicate, what: str, timeout: float = 120.0, every: float = 0.25):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)

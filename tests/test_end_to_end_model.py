@@ -99,3 +99,23 @@ def test_the_tokenizer_grows_with_its_capped_training_sample_only():
     assert wall["lm_tokenizer"] == pytest.approx(1.0 + e2e.TOKENIZER_TRAIN_DOCS * 1e-3)  # as at 20,000
     one = e2e.predict(e2e.fit_model(runs[1:]), 1_000_000, docs_per_cluster=1000, metric="step_s")
     assert one["lm_tokenizer"] == pytest.approx(runs[1]["assets"]["lm_tokenizer"]["step_s"])
+
+
+def test_three_sizes_separate_clusterings_per_document_work_from_its_n_times_k_work():
+    """Clustering reads every document's vector and writes its assignment (linear) besides the k-means work (N*k).
+    With only fixed + N*k terms, three sizes of a linear cost were read as N*k: at 1M documents (k = 1,000)
+    that predicted 6.4 min where the step measured 57 s with k = 2,000 (benchmarks/memory_scale.py)."""
+    sizes = [(5000, 5), (20000, 20), (100000, 100)]
+
+    def fitted(seconds):
+        runs = [run(n, k, {"cluster_assignments": (seconds(n, k), seconds(n, k))}) for n, k in sizes]
+        model = e2e.fit_model(runs)
+        return model, e2e.predict(model, 1_000_000, docs_per_cluster=1000, metric="cpu_s")["cluster_assignments"]
+
+    model, at_1m = fitted(lambda n, k: 0.2 + 4e-5 * n)  # linear only
+    assert model["cluster_assignments"]["term"] == "N + N*k"
+    assert at_1m == pytest.approx(0.2 + 4e-5 * 1_000_000, rel=1e-6)
+    _, at_1m = fitted(lambda n, k: 0.2 + 4e-5 * n + 3e-8 * n * k)  # both
+    assert at_1m == pytest.approx(0.2 + 40 + 3e-8 * 1e9, rel=1e-6)
+    two = e2e.fit_model([run(n, k, {"cluster_assignments": (1 + 3e-8 * n * k,) * 2}) for n, k in sizes[1:]])
+    assert two["cluster_assignments"]["term"] == "N*k"  # two sizes: two terms

@@ -77,3 +77,26 @@ def test_an_event_committed_by_a_writer_killed_right_after_survives(tmp_path):
         with storage._connect() as conn:  # the pragmas every connection of this storage runs with
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_the_daemon_of_a_gmates_home_advances_backfills_every_few_seconds(tmp_path):
+    """Dagster's backfill daemon sleeps DEFAULT_DAEMON_INTERVAL_SECONDS (30) between loops, a name its loop
+    reads when it starts; once an instance of a gmates home exists (as in the daemon, before its threads start)
+    it is BACKFILL_LOOP_SECONDS. A home with Dagster's own storage keeps 30."""
+    from dagster._daemon import backfill
+
+    from gmates_assets.backfill_loop import BACKFILL_LOOP_SECONDS
+
+    assert "DEFAULT_DAEMON_INTERVAL_SECONDS" in backfill.execute_backfill_iteration_loop.__code__.co_varnames
+    ensure_local_instance(tmp_path / "gmates")
+    (tmp_path / "dagster").mkdir()
+    code = ("import sys; import dagster as dg; from dagster._core.instance.ref import InstanceRef; "
+            "instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])); "
+            "from dagster._daemon import controller; print(controller.DEFAULT_DAEMON_INTERVAL_SECONDS)")
+    seen = {}
+    for home in ("gmates", "dagster"):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / home)], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen[home] = done.stdout.strip().splitlines()[-1]
+    assert seen == {"gmates": str(BACKFILL_LOOP_SECONDS), "dagster": "30"}

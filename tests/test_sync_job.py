@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import dagster as dg
@@ -20,6 +19,7 @@ from gmates_assets.defs.launch import failure_summary
 from gmates_assets.defs.sync_job import DESCRIPTION_HINT, JOB_NAME, PARENT_TAG, SYNC_JOB_TAG
 
 from .pipeline import ROOT, store_key
+from .procs import wait_until
 
 IN_MEMORY_LAUNCHER = ("run_launcher:\n  module: dagster._core.launcher.sync_in_memory_run_launcher\n"
                       "  class: SyncInMemoryRunLauncher\n")
@@ -146,13 +146,6 @@ def _launch_thread(build, defs=None) -> threading.Thread:
     return thread
 
 
-def _wait_until(condition, what: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.25)
-
-
 def _sync_job_runs(build) -> list:
     with build.instance() as instance:
         return sorted(instance.get_run_records(dg.RunsFilter(tags={SYNC_JOB_TAG: "1"})),
@@ -181,11 +174,11 @@ def test_a_second_launch_while_the_first_is_building_builds_nothing_twice(job_bu
 
     with ArtifactStore(build.store).locked("eval_scores", key):
         first = _launch_thread(build)
-        _wait_until(lambda: _sync_job_runs(build) and in_flight_child(_sync_job_runs(build)[0].dagster_run),
-                    "the first launch to build eval_scores[mates]")
+        wait_until(lambda: _sync_job_runs(build) and in_flight_child(_sync_job_runs(build)[0].dagster_run),
+                    "the first launch to build eval_scores[mates]", timeout=300)
         second = _launch_process(build)
-        _wait_until(lambda: len(_sync_job_runs(build)) == 2 and started_or_waiting(_sync_job_runs(build)[1].dagster_run),
-                    "the second launch to start building or waiting")
+        wait_until(lambda: len(_sync_job_runs(build)) == 2 and started_or_waiting(_sync_job_runs(build)[1].dagster_run),
+                    "the second launch to start building or waiting", timeout=300)
     first.join(timeout=600)
     outcomes = [first.outcome, second.communicate(timeout=600)[0].split()[-2:]]
 
@@ -267,7 +260,7 @@ def test_the_job_waits_for_asset_runs_in_flight_and_refuses_a_manifest_edited_me
             return bool(runs) and any(m.startswith("waiting for 1 run(s)") and foreign.run_id in m
                                       for m in _messages(instance, runs[0].dagster_run.run_id))
 
-    _wait_until(waiting_for_it, "the job to wait for the run in flight")
+    wait_until(waiting_for_it, "the job to wait for the run in flight", timeout=300)
     _edit_random_baseline(build)
     with build.instance() as instance:
         instance.report_run_failed(foreign)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +24,7 @@ from gmates_assets.defs.sync import sync
 from gmates_assets.warm import WarmRunLauncher
 
 from .pipeline import ALL_ASSETS, ROOT, TESTS_MANIFEST, Build, store_key
+from .procs import wait_until
 
 WARM = {"launcher": "warm", "max_concurrent": 2, "executor": "in_process"}
 SCOPE = ["relational_model_init"]
@@ -71,13 +71,6 @@ def _sync_on_a_thread(build: Build, instance, runs, select: list[str]) -> tuple[
     thread = threading.Thread(target=run)
     thread.start()
     return thread, outcome
-
-
-def _wait_until(condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.1)
 
 
 def _started_run(build: Build, partition: str):
@@ -137,7 +130,7 @@ def test_a_warm_build_writes_the_same_bytes_as_in_process_runs_and_survives_a_ki
     with warm.instance() as instance, _warm_runs(warm, instance) as runs:
         with ArtifactStore(warm.store).locked("documents", store_key(warm, "documents", "shard-001")):  # holds its run
             thread, outcome = _sync_on_a_thread(warm, instance, runs, SCOPE)  # expected: documents[shard-001] fails
-            _wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
+            wait_until(lambda: _started_run(warm, "shard-001") is not None, "documents[shard-001] to start")
             held = _started_run(warm, "shard-001")
             killed = _worker_pid(instance, held.run_id)
             os.kill(killed, signal.SIGKILL)
@@ -174,7 +167,7 @@ def test_an_interrupted_sync_leaves_no_worker_running_and_no_run_started(tmp_pat
              "--select", "documents_index"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
         try:
-            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
+            wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
             workers = _children(sync_process.pid)
             assert len(workers) == 1, workers
             held = _started_run(build, "s1")
@@ -315,16 +308,16 @@ def test_terminate_from_another_process_stops_the_run_its_worker_executes(tmp_pa
     with build.instance() as instance, _warm_runs(build, instance) as runs:
         with ArtifactStore(build.store).locked("documents", store_key(build, "documents", "s1")):  # holds its run
             thread, outcome = _sync_on_a_thread(build, instance, runs, ["documents"])  # expected: s1 canceled
-            _wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
+            wait_until(lambda: _started_run(build, "s1") is not None, "documents[s1] to start")
             held = _started_run(build, "s1")
             webserver_launcher = ConfigurableClassData("gmates_assets.warm", "WarmRunLauncher", "workers: 1\n")
             with dg.DagsterInstance.from_ref(instance.get_ref()._replace(run_launcher_data=webserver_launcher)) \
                     as webserver:
                 assert webserver.run_launcher.terminate(held.run_id)
             # still holding the lock its step waits for: only an interrupt of its worker ends that step
-            _wait_until(lambda: instance.all_logs(held.run_id, of_type=dg.DagsterEventType.STEP_FAILURE),
+            wait_until(lambda: instance.all_logs(held.run_id, of_type=dg.DagsterEventType.STEP_FAILURE),
                         "the worker to interrupt the run's step", timeout=60)
-            _wait_until(lambda: instance.get_run_by_id(held.run_id).is_finished, "the run to end", timeout=60)
+            wait_until(lambda: instance.get_run_by_id(held.run_id).is_finished, "the run to end", timeout=60)
         thread.join(timeout=120)
         assert instance.get_run_by_id(held.run_id).status == dg.DagsterRunStatus.CANCELED
         assert "canceled" in str(outcome.get("error", "")).lower(), outcome

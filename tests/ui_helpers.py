@@ -20,6 +20,7 @@ from typing import Optional
 
 from gmates_assets.local_instance import ui_instance_yaml
 
+from . import procs
 from .procs import cpu_seconds, process_stats, tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -406,11 +407,4 @@ def check_results(gql: Gql, nodes: dict[str, dict], check: str) -> dict[str, Opt
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    return procs.wait_until(predicate, what, timeout, every)
