@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 EVENTS_DIR = "history/events"
-UI_WORKERS = 2  # each holds Dagster, the Definitions, torch and the encoder (~0.5 GiB here)
+UI_WORKERS = 2  # each holds Dagster, the Definitions and torch (and the encoder once a run embeds; ~0.5 GiB here)
 WARM_LAUNCHER_YAML = ("run_launcher:\n  module: gmates_assets.warm\n  class: WarmRunLauncher\n"
                       f"  config:\n    workers: {UI_WORKERS}\n")
 

@@ -41,10 +41,11 @@ gave 329 s (269 s CPU, load 2.7 -> 3.1); the rest came from the test's waits: pa
 every 2 s), and wait_fresh polls the sensor's ticks rather than the staleness of every partition.
 
 A run took 7-13 s from creation to start before (queue, a new process importing Dagster and the Definitions)
-and 1-7 s after (1 s once the workers are warm). Step 6 waits for Dagster's backfill daemon, whose loop is a
-fixed 30 s in 1.13.27 (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable): a
-backfill of two waves takes 60-90 s of it, so with it the scenario stays above the issue's 3 minutes
-(the other steps together: 169 s and 179 s). No fixed sleeps: every wait polls a condition against a deadline. The
+and 1-7 s after (1 s once the workers are warm). Step 6 waits for Dagster's backfill daemon, whose loop was a
+fixed 30 s (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable): a backfill of two waves
+took 60-90 s of it. gmates' local instance now sets that loop to 3 s (gmates_assets/backfill_loop.py): step 6
+took 22 s (15 s CPU) in a full-suite run at load 4-6, and the whole scenario 295 s there (252 s CPU).
+No fixed sleeps: every wait polls a condition against a deadline. The
 sensor is evaluated every SENSOR_INTERVAL seconds here ($GMATES_AUTOMATION_INTERVAL_S) and the run queue every
 second (RUN_QUEUE_YAML).
 """
