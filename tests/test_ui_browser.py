@@ -44,7 +44,10 @@ A run took 7-13 s from creation to start before (queue, a new process importing 
 and 1-7 s after (1 s once the workers are warm). Step 6 waits for Dagster's backfill daemon, whose loop was a
 fixed 30 s (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable): a backfill of two waves
 took 60-90 s of it. gmates' local instance now sets that loop to 3 s (gmates_assets/backfill_loop.py): step 6
-took 22 s (15 s CPU) in a full-suite run at load 4-6, and the whole scenario 295 s there (252 s CPU).
+took 22 s (15 s CPU) in a full-suite run at load 4-6, and the whole scenario 295 s there (252 s CPU). With warm
+workers that no longer load the encoder at their start (none of these runs embeds) and one torch thread: alone
+(load 0.8 -> 1.8) the test took 174 s with its fixtures, the scenario 148 s (123 s CPU; steps 5 + 6, 31, 31, 38,
+20, 16 s); in the full suite 190 s.
 No fixed sleeps: every wait polls a condition against a deadline. The
 sensor is evaluated every SENSOR_INTERVAL seconds here ($GMATES_AUTOMATION_INTERVAL_S) and the run queue every
 second (RUN_QUEUE_YAML).
