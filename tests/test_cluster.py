@@ -594,8 +594,9 @@ def _materialized(instance, run_ids) -> dict[tuple[str, Optional[str]], int]:
 
 
 def _twice(instance, runs, counts: dict, sync_output: str) -> str:
-    """What to read when a partition was built more than once (seen once in ~10 runs, cause not yet known): the
-    counts, each such partition's materializations (run, storage id, wave of its run) and the sync's output."""
+    """What to read when a partition was built more than once (_rebuilt_after_a_repair says when that is
+    tolerated): the counts, each such partition's materializations (run, storage id, time), every run's partition
+    and status, and the sync's output."""
     import dagster as dg
 
     lines = [repr(counts)]
@@ -628,16 +629,16 @@ def _rebuilt_after_a_repair(sync_output: str, counts: dict) -> set:
     which ended with the sync repairing an index entry."""
     import re
 
-    waves, repaired_after = [], {}
+    waves, repaired_after = [], set()  # the waves after which the sync repaired an index entry
     for line in sync_output.splitlines():
         if re.match(r"^wave \d+: ", line):
             waves.append(set(_waves(line)[0]))
         elif waves and line.strip().endswith("(two runs at once); repaired"):
-            repaired_after[len(waves) - 1] = True
+            repaired_after.add(len(waves) - 1)
     explained = set()
     for item, n in counts.items():
         built_in = [i for i, wave in enumerate(waves) if item in wave]
-        if n == 2 and len(built_in) == 2 and built_in[1] == built_in[0] + 1 and repaired_after.get(built_in[0]):
+        if n == 2 and len(built_in) == 2 and built_in[1] == built_in[0] + 1 and built_in[0] in repaired_after:
             explained.add(item)
     return explained
 

@@ -109,8 +109,9 @@ def fixed_tokenizer(root) -> None:
 def _write_pool_shard(root, i: int, docs: int) -> None:
     path = root / "pool" / f"s{i:03d}.jsonl"
     path.parent.mkdir(exist_ok=True)
-    path.write_text("".join(json.dumps({"text": f"shard {i} document {j} about topic {j % 5} and item {i * 7 % 11}"
-                                                }) + "\n" for j in range(docs)))
+    text = "shard {i} document {j} about topic {topic} and item {item}"
+    path.write_text("".join(json.dumps({"text": text.format(i=i, j=j, topic=j % 5, item=i * 7 % 11)}) + "\n"
+                            for j in range(docs)))
 
 
 def _append_shard(build, i: int, docs: int) -> None:

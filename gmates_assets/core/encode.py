@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .bundled_encoder import DEFAULT_ENCODER_PACKAGE, default_encoder_dir  # noqa: F401 (re-exported)
+from .bundled_encoder import default_encoder_dir
 from .devices import resolve_device as pick_device
 from .hashing import cached_sha256_file, hash_dir, stable_hash
 from .progress import PROGRESS_FILE, ChunkProgress, ProgressFn
