@@ -37,3 +37,33 @@ def test_an_asset_index_left_on_an_older_materialization_is_put_back_on_the_late
         assert repair_latest_materialization(instance, ["shard", "other"]) == ["shard"]
         assert _index_storage_id(instance, shard.key) == latest.storage_id
         assert repair_latest_materialization(instance, ["shard", "other"]) == []  # nothing left to repair
+
+
+def test_sync_repairs_index_entries_only_on_an_event_log_that_does_not_order_them_and_says_so(monkeypatch):
+    """gmates' event logs (sqlite and Postgres) order an event and its index entry in one transaction: sync
+    neither warns nor spends queries repairing there; on another storage (Dagster's own) it warns once and
+    repairs after each wave."""
+    import gmates_assets.defs.sync as sync_module
+    from gmates_assets.defs.asset_index import orders_asset_index
+    from gmates_assets.event_log import ConsolidatedEventLogStorage
+    from tests.test_sync_private_api import toy_defs
+
+    assert ConsolidatedEventLogStorage.orders_asset_index
+    repairs = []
+    real_repair = sync_module.repair_latest_materialization
+    monkeypatch.setattr(sync_module, "repair_latest_materialization",
+                        lambda instance, names: repairs.append(sorted(names)) or real_repair(instance, names))
+    for ordered in (False, True):
+        repairs.clear()
+        lines: list[str] = []
+        with dg.instance_for_test() as instance:
+            if ordered:
+                monkeypatch.setattr(instance.event_log_storage, "orders_asset_index", True, raising=False)
+            assert orders_asset_index(instance) == ordered
+            sync_module.sync(toy_defs({"p0": "a", "p1": "a"}), instance, log=lines.append)
+        warnings = [line for line in lines if line.startswith("warning: this instance's event log storage")]
+        if ordered:
+            assert warnings == [] and repairs == []
+        else:
+            assert len(warnings) == 1 and "OrderedPostgresEventLogStorage" in warnings[0]
+            assert repairs == [["docs"], ["agg"]]  # after each of the two waves

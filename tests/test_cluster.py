@@ -36,12 +36,16 @@ def test_deploy_dagster_yaml_passes_dagster_config_validation_with_the_cluster_i
         klass = getattr(importlib.import_module(data["module"]), data["class"])
         result = process_config(klass.config_type(), data.get("config") or {})
         assert result.success, f"deploy/dagster.yaml {section} ({data['class']}): {result.errors}"
-    from dagster_postgres import DagsterPostgresStorage
-
-    result = process_config(DagsterPostgresStorage.config_type(), config["storage"]["postgres"])
-    assert result.success, result.errors
-    # the URL Dagster builds must name a driver the integration installs (psycopg2), not SQLAlchemy's default
-    sqlalchemy.create_engine(pg_url_from_config(result.value))  # imports the DBAPI; connects to nothing
+    assert "storage" not in config  # three storages: the event log is gmates' ordered one
+    assert (config["event_log_storage"]["module"], config["event_log_storage"]["class"]) == (
+        "gmates_assets.postgres_event_log", "OrderedPostgresEventLogStorage")
+    for section in ("run_storage", "event_log_storage", "schedule_storage"):
+        data = config[section]
+        klass = getattr(importlib.import_module(data["module"]), data["class"])
+        result = process_config(klass.config_type(), data["config"])
+        assert result.success, f"deploy/dagster.yaml {section} ({data['class']}): {result.errors}"
+        # the URL Dagster builds must name a driver the integration installs (psycopg2), not SQLAlchemy's default
+        sqlalchemy.create_engine(pg_url_from_config(result.value))  # imports the DBAPI; connects to nothing
 
 
 # ------------------------------------------------------------------------------ item 4 and issue 19: the executor
@@ -452,6 +456,76 @@ def test_gmates_keeps_its_postgres_connections_pooled(postgres_server, tmp_path)
         assert connections_for(hold_connections(instance)) <= 1  # one, kept
 
 
+def _materialization(asset: str, partition: str):
+    import time
+
+    import dagster as dg
+    from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+    from dagster._core.events.log import EventLogEntry
+
+    materialization = dg.AssetMaterialization(asset_key=asset, partition=partition)
+    return EventLogEntry(error_info=None, level="debug", user_message="", run_id=f"run-{partition}",
+                         timestamp=time.time(), step_key=asset, job_name="job", dagster_event=DagsterEvent(
+                             DagsterEventType.ASSET_MATERIALIZATION.value, "job",
+                             event_specific_data=StepMaterializationData(materialization)))
+
+
+def _index_after_an_interleaving(storage_class, url: str, asset: str) -> tuple[int, int, bool]:
+    """Two processes (two storages, two engines) store materializations of two partitions of `asset` at once: A's
+    index update waits (up to 2 s) for B's whole store_event, as a slow process would. Returns the storage id the
+    asset's index entry names, the latest materialization's, and whether B had finished before A's index update."""
+    import threading
+
+    import dagster as dg
+
+    slow, fast = storage_class(url), storage_class(url)
+    a_inserted, b_done = threading.Event(), threading.Event()
+    b_was_done = []
+    index_update = slow._store_asset_event
+
+    def delayed_index_update(conn, event, event_id):
+        a_inserted.set()
+        b_was_done.append(b_done.wait(timeout=2))
+        index_update(conn, event, event_id)
+
+    slow._store_asset_event = delayed_index_update
+
+    def store_b():
+        a_inserted.wait(timeout=20)
+        fast.store_event(_materialization(asset, "s1"))
+        b_done.set()
+
+    other = threading.Thread(target=store_b)
+    other.start()
+    slow.store_event(_materialization(asset, "s0"))
+    other.join(timeout=30)
+    key = dg.AssetKey(asset)
+    indexed = slow.get_asset_records([key])[0].asset_entry.last_materialization_record.storage_id
+    latest = slow.fetch_materializations(key, limit=1).records[0].storage_id
+    for storage in (slow, fast):
+        storage.dispose()
+    return indexed, latest, b_was_done[0]
+
+
+def test_on_postgres_an_asset_index_follows_the_order_of_its_events_when_two_runs_store_at_once(postgres_server):
+    """dagster-postgres stores an asset event, then points the asset's index entry at it in a second transaction:
+    two runs materializing partitions of one asset at once can leave the index on the older event (seen in the
+    cluster test: a consumer built in the same wave recorded a wrong input version and was built twice). gmates'
+    Postgres event log takes a per-asset lock before the insert and updates the index in the same transaction."""
+    from dagster_postgres import PostgresEventLogStorage
+    from dagster_postgres.utils import get_conn_string
+
+    from gmates_assets.postgres_event_log import OrderedPostgresEventLogStorage
+
+    url = get_conn_string(username="dagster", password="", hostname=postgres_server["hostname"],
+                          db_name="dagster", port=str(postgres_server["port"]), scheme="postgresql+psycopg2")
+    indexed, latest, b_was_done = _index_after_an_interleaving(PostgresEventLogStorage, url, "plain")
+    assert b_was_done and indexed < latest  # Dagster's own storage: the race this guards against
+    indexed, latest, b_was_done = _index_after_an_interleaving(OrderedPostgresEventLogStorage, url, "ordered")
+    assert not b_was_done, "B stored its event while A held its transaction open"
+    assert indexed == latest
+
+
 def _tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process and its live descendants (with the children each reaped)."""
     from .procs import cpu_seconds, process_stats, tree
@@ -594,8 +668,7 @@ def _materialized(instance, run_ids) -> dict[tuple[str, Optional[str]], int]:
 
 
 def _twice(instance, runs, counts: dict, sync_output: str) -> str:
-    """What to read when a partition was built more than once (_rebuilt_after_a_repair says when that is
-    tolerated): the counts, each such partition's materializations (run, storage id, time), every run's partition
+    """What to read when a partition was built more than once: the counts, each such partition's materializations (run, storage id, time), every run's partition
     and status, and the sync's output."""
     import dagster as dg
 
@@ -617,41 +690,6 @@ def _waves(sync_output: str) -> list[list[tuple[str, Optional[str]]]]:
 
     return [[(name, partition or None) for name, partition in re.findall(r"(\w+)(?:\[([^\]]+)\])?", line)]
             for line in re.findall(r"^wave \d+: (.*)$", sync_output, re.M)]
-
-
-def _rebuilt_after_a_repair(sync_output: str, counts: dict) -> set:
-    """The partitions built twice because of Dagster's index race on Postgres (gmates_assets/defs/asset_index.py):
-    two runs materializing partitions of one asset at once can leave its index entry on the older event; a
-    consumer built in the same wave then records a wrong input version and the next wave rebuilds it once (the
-    store hands back the same artifact: nothing is computed twice). Reproduced alone 1 run in 2 this stop; the
-    root fix (event and index written in one ordered transaction on Postgres, as gmates' SQLite storage does) is
-    not done. Only what this explains is tolerated: built exactly twice, in two consecutive waves, the first of
-    which ended with the sync repairing an index entry."""
-    import re
-
-    waves, repaired_after = [], set()  # the waves after which the sync repaired an index entry
-    for line in sync_output.splitlines():
-        if re.match(r"^wave \d+: ", line):
-            waves.append(set(_waves(line)[0]))
-        elif waves and line.strip().endswith("(two runs at once); repaired"):
-            repaired_after.add(len(waves) - 1)
-    explained = set()
-    for item, n in counts.items():
-        built_in = [i for i, wave in enumerate(waves) if item in wave]
-        if n == 2 and len(built_in) == 2 and built_in[1] == built_in[0] + 1 and built_in[0] in repaired_after:
-            explained.add(item)
-    return explained
-
-
-def _once_each(waves: list, tolerated: set) -> list:
-    """The waves' partitions with the tolerated second builds left out (each of them once)."""
-    seen, items = set(), []
-    for item in (item for wave in waves for item in wave):
-        if item in tolerated and item in seen:
-            continue
-        seen.add(item)
-        items.append(item)
-    return items
 
 
 def _runs_for(waves: list[list[tuple[str, Optional[str]]]]) -> int:
@@ -840,12 +878,8 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             first = sync_runs()
             first_counts = _materialized(instance, [r.run_id for r in first])
             every = _partitions_of(manifest)
-            raced = _rebuilt_after_a_repair(outputs[-1], first_counts)  # see its docstring; printed when it happens
-            if raced:
-                print(f"sync 1: built twice after an index repair (Dagster's Postgres index race): {sorted(raced)}")
-            assert first_counts == {item: 2 if item in raced else 1 for item in every}, \
-                _twice(instance, first, first_counts, outputs[-1])
-            assert sorted(map(str, _once_each(first_waves, raced))) == sorted(map(str, every))  # each once
+            assert first_counts == {item: 1 for item in every}, _twice(instance, first, first_counts, outputs[-1])
+            assert sorted(map(str, (item for wave in first_waves for item in wave))) == sorted(map(str, every))
             assert len(first) == _runs_for(first_waves), (len(first), first_waves)  # one run per partition key and wave
 
             # 2. edit one shard's file: the plan, then a sync that materializes what the edit reaches, once each
@@ -859,11 +893,10 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
             lap("sync 2")
             second = sync_runs(frozenset(r.run_id for r in first))
             second_counts = _materialized(instance, [r.run_id for r in second])
-            raced_again = _rebuilt_after_a_repair(outputs[-1], second_counts)
-            if raced_again:
-                print(f"sync 2: built twice after an index repair (Dagster's Postgres index race): {sorted(raced_again)}")
-            assert all(n == (2 if item in raced_again else 1) for item, n in second_counts.items()), \
-                _twice(instance, second, second_counts, outputs[-1])
+            assert set(second_counts.values()) == {1}, _twice(instance, second, second_counts, outputs[-1])
+            # the instance's event log orders an asset's index entry (gmates_assets/postgres_event_log.py): no repair
+            assert not [o for o in outputs
+                        if "warning: this instance's event log" in o or "(two runs at once); repaired" in o], outputs
             assert set(second_counts) == {item for wave in second_waves for item in wave}
             assert len(second) == _runs_for(second_waves), (len(second), second_waves)
             assert ("documents", "s1") in second_counts and ("documents", "s0") not in second_counts
@@ -910,5 +943,5 @@ def test_whole_graph_through_postgres_daemon_and_celery_workers(tmp_path, postgr
     print(f"\ncluster_ci: {len(every)} partitions; sync 1: {len(first_waves)} waves, {len(first)} runs, "
           f"{sum(first_counts.values())} materializations; sync 2: {len(second_waves)} waves, {len(second)} runs, "
           f"{len(second_counts)} materializations (plan {len(plan)}); {time.monotonic() - started_at:.0f} s ({'; '.join(laps)}); {phases}; the syncs' own time: "
-          f"{'; '.join(own)}; asset index entries repaired: {sum(o.count('repaired') for o in outputs)}; CPU s of the servers "
+          f"{'; '.join(own)}; CPU s of the servers "
           f"(alive at the end): {', '.join(f'{name} {seconds:.0f}' for name, seconds in cpu.items())}")

@@ -100,3 +100,35 @@ def test_the_daemon_of_a_gmates_home_advances_backfills_every_few_seconds(tmp_pa
         assert done.returncode == 0, done.stderr[-2000:]
         seen[home] = done.stdout.strip().splitlines()[-1]
     assert seen == {"gmates": str(BACKFILL_LOOP_SECONDS), "dagster": "30"}
+
+
+def test_a_process_stores_events_over_one_kept_connection(tmp_path):
+    """Dagster's sqlite storages open and close a connection per query (NullPool): profiled in a sync, ~70
+    connections a run at 1-3 ms each (open, pragma, close: the close of the last one also checkpoints the WAL).
+    gmates' event log keeps its connections for the life of the storage."""
+    import sqlalchemy.event
+
+    ensure_local_instance(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        storage = instance.event_log_storage
+        opened = []
+        sqlalchemy.event.listen(storage._process_engine(), "connect", lambda *_: opened.append(1))  # noqa: SLF001
+        for i in range(20):
+            storage.store_event(_materialization("run", f"p{i}"))
+            instance.fetch_materializations(dg.AssetKey("oracle"), limit=1)
+        assert len(opened) <= 1, f"{len(opened)} connections opened for 20 events and 20 queries"
+
+
+def test_a_run_watcher_sees_events_a_writer_stores_while_it_keeps_its_connection(tmp_path):
+    """The UI follows a run's log through a file watcher on the event database (Dagster's sqlite storages); in WAL
+    mode a commit changes only the WAL file, and a kept connection never checkpoints it into the database file,
+    so a writer must signal each commit (it touches the database file)."""
+    ensure_local_instance(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as reader, \
+            dg.DagsterInstance.from_config(str(tmp_path / "home")) as writer:
+        writer.event_log_storage.store_event(_materialization("run", "p0"))  # the writer's connection is open
+        seen = threading.Event()
+        reader.event_log_storage.watch("run", None, lambda event, cursor: seen.set())
+        time.sleep(0.5)  # the watcher is scheduled
+        writer.event_log_storage.store_event(_materialization("run", "p1"))
+        assert seen.wait(timeout=10), "the watcher was not told of the new event"

@@ -3,18 +3,30 @@
 Dagster stores an asset event, then, in a second transaction, points the asset's index entry (the
 `asset_keys.last_materialization` column) at it. Two runs materializing partitions of one asset at the same
 moment can interleave: A stores event 100, B stores 101 and points the index at it, then A points it back at
-100. The index then names an older event than the latest, and Dagster's staleness, which uses it to skip
-queries, can judge partitions stale however often they are rebuilt: in the cluster test (Postgres, two warm run
-workers, two Celery workers) `eval_scores[random]` stayed stale after two rebuilds and the sync stopped with
-"made no progress". gmates' local event log stores an event and its index entry in one transaction
-(gmates_assets/event_log.py); dagster-postgres does not, so `sync` puts the index entry of every asset a wave
-built back on the latest materialization once the wave's runs have ended, before it judges the next wave.
+100. The index then names an older event than the latest, and Dagster's staleness, which uses it, can judge
+partitions stale however often they are rebuilt (seen in the cluster test on Postgres before gmates had its own
+Postgres event log). gmates' event logs store an event and its index entry in one transaction, in the order of
+the events (`orders_asset_index`: gmates_assets/event_log.py on sqlite, gmates_assets/postgres_event_log.py on
+Postgres). On any other event log (dagster-postgres' own, MySQL) `sync` says so once and puts the index entry
+of every asset a wave built back on the latest materialization once the wave's runs have ended; a consumer
+built in the same wave as a raced input can still be built a second time there.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import dagster as dg
+
+UNORDERED_INDEX_WARNING = (
+    "warning: this instance's event log storage ({name}) stores an asset event and its index entry in two "
+    "transactions; concurrent runs can leave an index entry on an older event, and a partition may then be built "
+    "twice. On Postgres, name gmates_assets.postgres_event_log.OrderedPostgresEventLogStorage as "
+    "event_log_storage in dagster.yaml (docs/deployment.md).")
+
+
+def orders_asset_index(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance's event log writes an asset event and its index entry in one ordered transaction."""
+    return bool(getattr(instance.event_log_storage, "orders_asset_index", False))
 
 
 def repair_latest_materialization(instance: dg.DagsterInstance, asset_names: Iterable[str]) -> list[str]:

@@ -23,7 +23,7 @@ from dagster._core.loader import LoadingContextForTest  # private
 from ..core.sources import ReadStats
 from ..core.store import Artifact, ArtifactStore, UnreadableRecord
 from ..errors import user_cause
-from .asset_index import repair_latest_materialization
+from .asset_index import UNORDERED_INDEX_WARNING, orders_asset_index, repair_latest_materialization
 from .factory import graph_for
 from .growth import growth_cause
 from .launch import RUN_CONFIG
@@ -388,6 +388,9 @@ def sync(
     run_id = observe_sources(defs, instance, failures)
     if run_id:
         report.runs.append(run_id)
+    repair_index = not orders_asset_index(instance)
+    if repair_index:
+        log(UNORDERED_INDEX_WARNING.format(name=type(instance.event_log_storage).__name__))
     for _ in range(max_waves):
         for failure in failures[len(report.failures):]:
             log(f"failed: {_failure_text(failure)}")
@@ -408,7 +411,7 @@ def sync(
                                                           for p in wave))
         report.runs.extend(runs.run_all(_run_groups(wave), log, failures))
         report.waves.append([(p.asset, p.partition) for p in wave])
-        for name in repair_latest_materialization(instance, {p.asset for p in wave}):
+        for name in repair_latest_materialization(instance, {p.asset for p in wave}) if repair_index else ():
             log(f"  {name}: its index entry named an older materialization than the latest (two runs at once); "
                 f"repaired")
     raise RuntimeError(f"sync did not converge after {max_waves} waves; still pending: {pending}")
