@@ -1,8 +1,9 @@
 """What storing one Dagster event costs in the local instance's event log, before and after gmates' changes.
 
-`dagster` is Dagster's own way on gmates' storage class: WAL with synchronous=FULL (an fsync per commit) and an
-asset event committed in two transactions (the event, then the asset index). `gmates` is what
-gmates_assets/event_log.py does now: synchronous=NORMAL and one transaction per asset event. Each stores the same
+`dagster` is Dagster's own way on gmates' storage class: a new engine and connection per query, WAL with
+synchronous=FULL (an fsync per commit) and an asset event committed in two transactions (the event, then the
+asset index). `gmates` is what gmates_assets/event_log.py does now: a kept connection (kept_sqlite.py),
+synchronous=NORMAL and one transaction per asset event. Each stores the same
 events (a run's worth of plain events and materializations, in a loop) into its own fresh home, measured side by
 side in one process.
 
@@ -48,10 +49,9 @@ def measure(way: str, n: int) -> dict:
         ensure_local_instance(Path(tmp))
         instance = dg.DagsterInstance.from_config(tmp)
         storage = instance.event_log_storage
-        if way == "dagster":
+        if way == "dagster":  # Dagster's own methods: an engine and connection per query, two transactions
             storage.store_event = super(event_log.ConsolidatedEventLogStorage, storage).store_event
-            storage._process_engine()  # noqa: SLF001: the engine, then without gmates' pragma
-            event_log.sqlalchemy.event.remove(storage._engine, "connect", event_log._wal_normal_sync)  # noqa: SLF001
+            storage._connect = super(event_log.ConsolidatedEventLogStorage, storage)._connect  # noqa: SLF001
         events = list(_events(n, "r"))
         started = time.perf_counter()
         for event in events:

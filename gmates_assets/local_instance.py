@@ -1,6 +1,8 @@
 """The local Dagster instance gmates creates when $DAGSTER_HOME has no dagster.yaml yet.
 
-All run events go to one sqlite database (Dagster's ConsolidatedSqliteEventLogStorage, with one SQLAlchemy engine
+Runs are in Dagster's sqlite run storage with kept connections (gmates_assets/run_storage.py); steps' stdout and
+stderr are captured as Dagster does, mirrored by a thread (gmates_assets/compute_logs.py). All run events go
+to one sqlite database (Dagster's ConsolidatedSqliteEventLogStorage, with one SQLAlchemy engine
 per process: gmates_assets/event_log.py) instead of one new database per run, which halves Dagster's bookkeeping
 per run on a laptop (profiled: creating the per-run database and connecting to it per event dominated).
 The event log's path is relative to the home, so a home can be copied or moved (Dagster's own sqlite storages
@@ -15,40 +17,61 @@ from __future__ import annotations
 from pathlib import Path
 
 EVENTS_DIR = "history/events"
+RUNS_DIR = "history"  # Dagster's own place for runs.db
+COMPUTE_LOGS_DIR = "storage"  # Dagster's own place for steps' stdout and stderr
 UI_WORKERS = 2  # each holds Dagster, the Definitions and torch (and the encoder once a run embeds; ~0.5 GiB here)
 WARM_LAUNCHER_YAML = ("run_launcher:\n  module: gmates_assets.warm\n  class: WarmRunLauncher\n"
                       f"  config:\n    workers: {UI_WORKERS}\n")
 
 
-def local_instance_yaml(home: Path | None = None, events: str | Path = EVENTS_DIR) -> str:
-    """The dagster.yaml of a local home (`home` is unused: the file is the same for every home)."""
+RUN_STORAGE_YAML = ("run_storage:\n  module: gmates_assets.run_storage\n  class: KeptSqliteRunStorage\n"
+                    f"  config:\n    base_dir: {RUNS_DIR}\n"
+                    "compute_logs:\n  module: gmates_assets.compute_logs\n  class: ThreadMirroredComputeLogManager\n"
+                    f"  config:\n    base_dir: {COMPUTE_LOGS_DIR}\n")
+
+
+def local_instance_yaml(home: Path | None = None, events: str | Path = EVENTS_DIR, runs: bool = True) -> str:
+    """The dagster.yaml of a local home (`home` is unused: the file is the same for every home). `runs=False`:
+    the file gmates wrote before its run storage and compute log manager (Dagster's defaults, the same files)."""
     return ("telemetry:\n  enabled: false\n"
             "event_log_storage:\n  module: gmates_assets.event_log\n"
-            f"  class: ConsolidatedEventLogStorage\n  config:\n    base_dir: {events}\n")
+            f"  class: ConsolidatedEventLogStorage\n  config:\n    base_dir: {events}\n"
+            + (RUN_STORAGE_YAML if runs else ""))
 
 
 def ensure_local_instance(home: Path) -> Path:
-    """Create the home's dagster.yaml, or relocate one gmates wrote with an absolute event-log path (homes made
-    before they were relocatable): after a copy, that path names the original's history."""
+    """Create the home's dagster.yaml, or bring a file an earlier gmates wrote, untouched, up to date: one with an
+    absolute event-log path (homes made before they were relocatable: after a copy, that path names the
+    original's history), or one without gmates' run storage and compute log manager (the same files, opened by
+    Dagster's classes)."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or _legacy_absolute(config.read_text()):
+    text = config.read_text() if config.exists() else None
+    if text is None or _legacy_absolute(text):
         config.write_text(local_instance_yaml(home))
+    elif text in _WITHOUT_RUN_STORAGE:
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_text(_WITHOUT_RUN_STORAGE[text])
+        tmp.replace(config)
     return config
 
 
 def _legacy_absolute(text: str) -> bool:
     """Is this exactly the file older gmates wrote (an absolute `.../history/events`), nothing customised?"""
-    prefix = local_instance_yaml(events="").rstrip("\n")
+    prefix = local_instance_yaml(events="", runs=False).rstrip("\n")
     events = text[len(prefix):].strip() if text.startswith(prefix) else ""
     return (Path(events).is_absolute() and Path(events).parts[-2:] == ("history", "events")
-            and text == local_instance_yaml(events=events))
+            and text == local_instance_yaml(events=events, runs=False))
 
 
 def ui_instance_yaml() -> str:
     """The dagster.yaml `gmates ui` gives a local home: gmates' local instance with warm run workers."""
     return local_instance_yaml() + WARM_LAUNCHER_YAML
+
+
+_WITHOUT_RUN_STORAGE = {local_instance_yaml(runs=False): local_instance_yaml(),
+                        local_instance_yaml(runs=False) + WARM_LAUNCHER_YAML: ui_instance_yaml()}
 
 
 def ensure_ui_instance(home: Path) -> Path:

@@ -1,5 +1,5 @@
 """The local instance's event log (gmates_assets/event_log.py) under concurrent writers, and what a killed writer
-leaves behind."""
+leaves behind; its run storage (gmates_assets/run_storage.py); both keep their connections."""
 from __future__ import annotations
 
 import subprocess
@@ -102,21 +102,65 @@ def test_the_daemon_of_a_gmates_home_advances_backfills_every_few_seconds(tmp_pa
     assert seen == {"gmates": str(BACKFILL_LOOP_SECONDS), "dagster": "30"}
 
 
-def test_a_process_stores_events_over_one_kept_connection(tmp_path):
-    """Dagster's sqlite storages open and close a connection per query (NullPool): profiled in a sync, ~70
-    connections a run at 1-3 ms each (open, pragma, close: the close of the last one also checkpoints the WAL).
-    gmates' event log keeps its connections for the life of the storage."""
-    import sqlalchemy.event
+def test_a_process_stores_events_and_runs_over_one_kept_connection_each(tmp_path, monkeypatch):
+    """Dagster's sqlite storages build an engine and open a connection per query (NullPool): profiled in a sync,
+    ~110 connections a run at 1-3 ms each (open, pragma, close: the close of the last one also checkpoints the
+    WAL). gmates' event log and run storage keep theirs for the life of the storage."""
+    import sqlalchemy
+
+    opened = []
+    real_connect = sqlalchemy.pool.QueuePool._create_connection
+
+    def counted(pool):
+        opened.append(1)
+        return real_connect(pool)
 
     ensure_local_instance(tmp_path / "home")
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        from dagster._core.storage.runs.sqlite import sqlite_run_storage
+
+        monkeypatch.setattr(sqlite_run_storage, "create_engine", _refuse_engines)  # Dagster's per-query engines
+        monkeypatch.setattr(sqlalchemy.pool.QueuePool, "_create_connection", counted)
         storage = instance.event_log_storage
-        opened = []
-        sqlalchemy.event.listen(storage._process_engine(), "connect", lambda *_: opened.append(1))  # noqa: SLF001
         for i in range(20):
             storage.store_event(_materialization("run", f"p{i}"))
             instance.fetch_materializations(dg.AssetKey("oracle"), limit=1)
-        assert len(opened) <= 1, f"{len(opened)} connections opened for 20 events and 20 queries"
+            instance.add_run(dg.DagsterRun(job_name="job", run_id=f"run{i}"))
+            assert instance.get_run_by_id(f"run{i}") is not None
+        assert len(opened) <= 2, f"{len(opened)} connections opened for 20 events, 20 runs and 40 queries"
+
+
+def _refuse_engines(*_args, **_kwargs):
+    raise AssertionError("Dagster's run storage built an engine for a query")
+
+
+def test_a_home_gmates_wrote_before_its_run_storage_keeps_its_runs_and_relocates(tmp_path):
+    """A dagster.yaml an earlier gmates wrote (Dagster's default run storage) is brought up to date by any gmates
+    command, with or without `gmates ui`'s warm launcher; its runs are in the same database and still there; a
+    copied home records runs in its own database."""
+    import shutil
+
+    from gmates_assets.local_instance import WARM_LAUNCHER_YAML, local_instance_yaml
+    from gmates_assets.run_storage import KeptSqliteRunStorage
+
+    for launcher in ("", WARM_LAUNCHER_YAML):
+        home = tmp_path / f"home{len(launcher)}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(local_instance_yaml(runs=False) + launcher)
+        with dg.DagsterInstance.from_config(str(home)) as instance:  # the earlier file: Dagster's run storage
+            assert type(instance.run_storage).__name__ != "KeptSqliteRunStorage"
+            instance.add_run(dg.DagsterRun(job_name="job", run_id="before"))
+        ensure_local_instance(home)
+        assert (home / "dagster.yaml").read_text() == local_instance_yaml() + launcher
+        copy = tmp_path / f"copy{len(launcher)}"
+        shutil.copytree(home, copy)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert isinstance(instance.run_storage, KeptSqliteRunStorage)
+            assert [r.run_id for r in instance.get_runs()] == ["before"]
+        with dg.DagsterInstance.from_config(str(copy)) as instance:
+            instance.add_run(dg.DagsterRun(job_name="job", run_id="in the copy"))
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert [r.run_id for r in instance.get_runs()] == ["before"]
 
 
 def test_a_run_watcher_sees_events_a_writer_stores_while_it_keeps_its_connection(tmp_path):
@@ -132,3 +176,49 @@ def test_a_run_watcher_sees_events_a_writer_stores_while_it_keeps_its_connection
         time.sleep(0.5)  # the watcher is scheduled
         writer.event_log_storage.store_event(_materialization("run", "p1"))
         assert seen.wait(timeout=10), "the watcher was not told of the new event"
+
+
+CAPTURING_STEP = """
+import os, subprocess, sys
+sys.path.insert(0, {root!r})
+import dagster as dg
+from gmates_assets.local_instance import ensure_local_instance
+ensure_local_instance({home!r})
+started = []
+real_popen = subprocess.Popen.__init__
+def counted(self, args, *rest, **kwargs):
+    started.append(args)
+    real_popen(self, args, *rest, **kwargs)
+with dg.DagsterInstance.from_config({home!r}) as instance:
+    manager = instance.compute_log_manager
+    subprocess.Popen.__init__ = counted
+    with manager.capture_logs(["run", "step"]):
+        print("from the step", flush=True)
+        os.write(2, b"progress on stderr\\n")
+        subprocess.Popen.__init__ = real_popen
+        subprocess.run(["sh", "-c", "echo from a child process"], check=True)
+        subprocess.Popen.__init__ = counted
+    subprocess.Popen.__init__ = real_popen
+    print("started during capture:", started)
+    for kind in ("out", "err"):
+        print(kind, "file:", repr(open(manager.get_captured_local_path(["run", "step"], kind)).read()))
+    print("complete:", manager.is_capture_complete(["run", "step"]))
+"""
+
+
+def test_a_steps_output_reaches_its_log_files_and_the_terminal_without_helper_processes(tmp_path):
+    """Dagster's local compute log manager mirrors each step's stdout and stderr through a `tail` process and a
+    Python watcher process each (four processes a step, ~0.1 s of CPU): gmates' copies with a thread. Output
+    still reaches both the step's log files (the UI's stdout/stderr view) and the terminal (a sync's progress
+    lines), child processes' output included."""
+    code = CAPTURING_STEP.format(root=str(ROOT), home=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "started during capture: []" in out, out
+    assert "out file: 'from the step\\nfrom a child process\\n'" in out, out
+    assert "err file: 'progress on stderr\\n'" in out, out
+    assert "complete: True" in out
+    terminal = out.split("started during capture:")[0]
+    assert terminal == "from the step\nfrom a child process\n", out
+    assert "progress on stderr" in done.stderr
