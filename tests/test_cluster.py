@@ -524,6 +524,17 @@ def test_on_postgres_an_asset_index_follows_the_order_of_its_events_when_two_run
     indexed, latest, b_was_done = _index_after_an_interleaving(OrderedPostgresEventLogStorage, url, "ordered")
     assert not b_was_done, "B stored its event while A held its transaction open"
     assert indexed == latest
+    # a batch of one asset's materializations (DAGSTER_EVENT_BATCH_SIZE): one transaction, the index on the last
+    import dagster as dg
+
+    storage = OrderedPostgresEventLogStorage(url)
+    storage.store_event_batch([_materialization("batched", f"s{i}") for i in range(3)])
+    key = dg.AssetKey("batched")
+    records = storage.fetch_materializations(key, limit=5).records
+    assert sorted(r.partition_key for r in records) == ["s0", "s1", "s2"]
+    indexed = storage.get_asset_records([key])[0].asset_entry.last_materialization_record
+    assert indexed.storage_id == max(r.storage_id for r in records) and indexed.partition_key == "s2"
+    storage.dispose()
 
 
 def _tree_cpu_seconds(pid: int) -> float:
