@@ -4,7 +4,8 @@ Dagster's `LocalComputeLogManager` points a step's stdout and stderr at files (t
 mirrors each file back to the terminal through a `tail -F` process, watched by a Python process that kills the
 tail if the step's process dies: four processes a step, ~0.1 s of CPU (two Python starts), paid by every step
 of every run, in process or not. Here one thread per stream copies what the file gains to the original
-terminal, every 0.1 s and once more when the step ends; nothing outlives the process. The files, their place
+terminal, every 0.1 s and once more when the step ends (waiting at most 5 s: a terminal that nobody reads, a
+full pipe, blocks the copy but not the step); nothing outlives the process. The files, their place
 (`storage/` in the home, Dagster's default) and the UI's view of them are Dagster's.
 
 Relocatable like the event log: a relative `base_dir` (what gmates writes: `storage`) is resolved against the
@@ -27,6 +28,7 @@ from dagster._utils import ensure_file, touch_file
 
 POLL_SECONDS = 0.1  # how often output reaches the terminal while a step runs
 READ_BYTES = 1 << 16
+FINAL_COPY_SECONDS = 5.0  # how long a step's end waits for the last output to reach the terminal
 
 
 class ThreadMirroredComputeLogManager(LocalComputeLogManager):
@@ -76,18 +78,21 @@ def _mirrored(stream, path: str):
             yield
     finally:
         stop.set()
-        copier.join()
-        os.close(terminal)
+        copier.join(FINAL_COPY_SECONDS)  # a terminal nobody reads blocks the copy: the step ends anyway
 
 
 def _copy_until(path: str, terminal: int, stop: threading.Event) -> None:
-    with open(path, "rb") as source:
-        while True:
-            stopping = stop.wait(POLL_SECONDS)
-            while chunk := source.read(READ_BYTES):
-                try:
-                    os.write(terminal, chunk)
-                except OSError:  # the terminal went away (a closed pipe): the file still has everything
-                    pass
-            if stopping:
-                return
+    """Copy until `stop`, then what is left; owns `terminal` (closed when done, or never if a write blocks)."""
+    try:
+        with open(path, "rb") as source:
+            while True:
+                stopping = stop.wait(POLL_SECONDS)
+                while chunk := source.read(READ_BYTES):
+                    try:
+                        os.write(terminal, chunk)
+                    except OSError:  # the terminal went away (a closed pipe): the file still has everything
+                        pass
+                if stopping:
+                    return
+    finally:
+        os.close(terminal)

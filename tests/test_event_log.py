@@ -222,3 +222,34 @@ def test_a_steps_output_reaches_its_log_files_and_the_terminal_without_helper_pr
     terminal = out.split("started during capture:")[0]
     assert terminal == "from the step\nfrom a child process\n", out
     assert "progress on stderr" in done.stderr
+
+
+STALLED_TERMINAL = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import dagster as dg
+from gmates_assets.local_instance import ensure_local_instance
+ensure_local_instance({home!r})
+with dg.DagsterInstance.from_config({home!r}) as instance:
+    manager = instance.compute_log_manager
+    read_end, write_end = os.pipe()  # a terminal nobody reads: full after 64 KiB
+    os.dup2(write_end, 1)
+    started = time.monotonic()
+    with manager.capture_logs(["run", "step"]):
+        sys.stdout.write("x" * 300_000 + "\\n")
+        sys.stdout.flush()
+    os.write(2, f"capture ended after {{time.monotonic() - started:.1f}} s\\n".encode())
+    size = os.path.getsize(manager.get_captured_local_path(["run", "step"], "out"))
+    os.write(2, f"file holds {{size}} bytes\\n".encode())
+"""
+
+
+def test_a_step_ends_when_the_terminal_it_mirrors_to_stops_reading(tmp_path):
+    """A sync whose output goes to a pipe nobody drains (a wrapper that reads only at the end): the mirror thread
+    blocks writing to it; the step must still end (its log file holds everything)."""
+    code = STALLED_TERMINAL.format(root=str(ROOT), home=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seconds = float(done.stderr.split("capture ended after ")[1].split(" s")[0])
+    assert seconds < 15, done.stderr
+    assert "file holds 300001 bytes" in done.stderr
