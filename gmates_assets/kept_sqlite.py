@@ -17,7 +17,9 @@ from dagster._core.storage.sql import create_engine  # private, pinned dagster
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS  # private, pinned dagster
 from sqlalchemy.pool import QueuePool
 
-OVERFLOW = 8  # connections beyond the kept one while threads query at once; closed when given back
+# Connections beyond the kept one while threads query at once (the UI's), closed when given back: no limit, so a
+# thread never waits for a connection (nor deadlocks holding one while it asks for a second), as with NullPool.
+OVERFLOW = -1
 WROTE = "gmates_wrote"  # connection.info key: a statement other than a read ran since the key was last cleared
 _READS = ("SELECT", "PRAGMA")
 

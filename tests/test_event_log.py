@@ -253,3 +253,17 @@ def test_a_step_ends_when_the_terminal_it_mirrors_to_stops_reading(tmp_path):
     seconds = float(done.stderr.split("capture ended after ")[1].split(" s")[0])
     assert seconds < 15, done.stderr
     assert "file holds 300001 bytes" in done.stderr
+
+
+def test_kept_connections_never_make_a_query_wait_for_another(tmp_path):
+    """The UI's threads query at once, and a thread may hold a connection while it asks for a second; with a
+    bounded pool the next one would wait (30 s, then fail). Beyond the kept connection, any number open."""
+    from contextlib import ExitStack
+
+    ensure_local_instance(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance, ExitStack() as held:
+        started = time.monotonic()
+        for _ in range(16):
+            held.enter_context(instance.event_log_storage._connect())  # noqa: SLF001
+            held.enter_context(instance.run_storage.connect())
+        assert time.monotonic() - started < 10
