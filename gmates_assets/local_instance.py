@@ -24,7 +24,7 @@ WARM_LAUNCHER_YAML = ("run_launcher:\n  module: gmates_assets.warm\n  class: War
                       f"  config:\n    workers: {UI_WORKERS}\n")
 
 
-RUN_STORAGE_YAML = ("run_storage:\n  module: gmates_assets.run_storage\n  class: KeptSqliteRunStorage\n"
+RUNS_AND_LOGS_YAML = ("run_storage:\n  module: gmates_assets.run_storage\n  class: KeptSqliteRunStorage\n"
                     f"  config:\n    base_dir: {RUNS_DIR}\n"
                     "compute_logs:\n  module: gmates_assets.compute_logs\n  class: ThreadMirroredComputeLogManager\n"
                     f"  config:\n    base_dir: {COMPUTE_LOGS_DIR}\n")
@@ -36,7 +36,7 @@ def local_instance_yaml(home: Path | None = None, events: str | Path = EVENTS_DI
     return ("telemetry:\n  enabled: false\n"
             "event_log_storage:\n  module: gmates_assets.event_log\n"
             f"  class: ConsolidatedEventLogStorage\n  config:\n    base_dir: {events}\n"
-            + (RUN_STORAGE_YAML if runs else ""))
+            + (RUNS_AND_LOGS_YAML if runs else ""))
 
 
 def ensure_local_instance(home: Path) -> Path:
@@ -50,9 +50,9 @@ def ensure_local_instance(home: Path) -> Path:
     text = config.read_text() if config.exists() else None
     if text is None or _legacy_absolute(text):
         config.write_text(local_instance_yaml(home))
-    elif text in _WITHOUT_RUN_STORAGE:
+    elif text in _EARLIER_FILES:
         tmp = config.with_name(config.name + ".tmp")
-        tmp.write_text(_WITHOUT_RUN_STORAGE[text])
+        tmp.write_text(_EARLIER_FILES[text])
         tmp.replace(config)
     return config
 
@@ -70,7 +70,7 @@ def ui_instance_yaml() -> str:
     return local_instance_yaml() + WARM_LAUNCHER_YAML
 
 
-_WITHOUT_RUN_STORAGE = {local_instance_yaml(runs=False): local_instance_yaml(),
+_EARLIER_FILES = {local_instance_yaml(runs=False): local_instance_yaml(),
                         local_instance_yaml(runs=False) + WARM_LAUNCHER_YAML: ui_instance_yaml()}
 
 
