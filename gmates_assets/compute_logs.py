@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import StringSource
 from dagster._core.execution.compute_logs import redirect_to_file  # private, pinned dagster
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
@@ -35,10 +34,6 @@ class ThreadMirroredComputeLogManager(LocalComputeLogManager):
     def __init__(self, base_dir: str, polling_timeout: float | None = None, inst_data=None):
         super().__init__(base_dir, polling_timeout, inst_data)
         self._configured_dir = str(base_dir)
-
-    @classmethod
-    def config_type(cls):
-        return {"base_dir": StringSource}
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):
