@@ -14,7 +14,8 @@ One scenario on the `tests` profile (the steps depend on each other; counts come
      (it ignores stale partitions); sensor on: it finishes the stale partitions, each built once in all;
   5. sensor off, revert, reload: `gmates_sync` launched from the Launchpad rebuilds the same partitions once;
   6. sensor on: "Materialize all" on the graph filtered to eval_scores+ starts a backfill; the sensor's ticks
-     wait for it, and the first or second tick after it says fresh; each partition was built once;
+     wait for it (when one falls inside it) and request nothing, and the first or second tick after it says fresh;
+     each partition was built once;
      `gmates status` is fresh after each step; the webserver listens on loopback only, and every process it
      started is gone afterwards.
 
@@ -660,17 +661,19 @@ def test_ui_every_natural_path_ends_fresh(server, page, capsys):
     toggle_sensor(page, server, running=True)
     backfill = press_materialize_all(page, server, f"key:{EDITED}+", 1 + len(DOWNSTREAM))
     park(page)
-    wait(lambda: any(f"backfill {backfill}" in (t["skipReason"] or "") for t in
-                             h.sensor_ticks(server.gql, SENSOR, limit=20) if t["timestamp"] > t_all),
-                 PHASE_TIMEOUT, "a tick that waits for the backfill", every=1)
     wait(lambda: all(b["status"] != "REQUESTED" for b in h.backfills(server.gql)), PHASE_TIMEOUT,
                  "the backfill to end")
     t_done = time.time()
     wait_fresh(server, nodes, t_done)
-    ticks = sorted((t for t in h.sensor_ticks(server.gql, SENSOR, limit=20) if t["timestamp"] > t_done),
-                   key=lambda t: t["timestamp"])
+    since_press = h.sensor_ticks(server.gql, SENSOR, limit=40)
+    # A backfill that outlasts a tick is seen by it ("waiting for backfill ..."); one that ends between two ticks
+    # (7 s here once runs got faster) is not. Either way the sensor requested nothing since the press.
+    waited = [t for t in since_press if t["timestamp"] > t_all and f"backfill {backfill}" in (t["skipReason"] or "")]
+    print(f"ticks that waited for the backfill: {len(waited)}")
+    assert not [t for t in since_press if t["timestamp"] > t_all and t["runIds"]], f"the sensor raced: {since_press}"
+    ticks = sorted((t for t in since_press if t["timestamp"] > t_done), key=lambda t: t["timestamp"])
     first_fresh = next(i for i, t in enumerate(ticks) if (t["skipReason"] or "").startswith("fresh"))
-    assert first_fresh <= 1 and not [t for t in ticks if t["runIds"]], f"not fresh within two ticks: {ticks}"
+    assert first_fresh <= 1, f"not fresh within two ticks: {ticks}"
     assert rebuilt_since(server, nodes, built) == reached(nodes), "a partition was built twice, or not at all"
 
     clock.start("screenshots and loopback")
