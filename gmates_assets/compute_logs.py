@@ -25,6 +25,8 @@ from dagster._core.storage.compute_log_manager import CapturedLogContext, Comput
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._utils import ensure_file, touch_file
 
+from .local_instance import in_home
+
 POLL_SECONDS = 0.1  # how often output reaches the terminal while a step runs
 READ_BYTES = 1 << 16
 FINAL_COPY_SECONDS = 5.0  # how long a step's end waits for the last output to reach the terminal
@@ -40,8 +42,7 @@ class ThreadMirroredComputeLogManager(LocalComputeLogManager):
         return cls(inst_data=inst_data, **config_value)
 
     def register_instance(self, instance) -> None:
-        if not os.path.isabs(self._configured_dir):
-            self._base_dir = str(Path(instance.root_directory).resolve() / self._configured_dir)
+        self._base_dir = in_home(instance, self._configured_dir)
         super().register_instance(instance)
 
     @contextmanager

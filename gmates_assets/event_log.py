@@ -6,7 +6,8 @@ paid ~15 times per run. Here one engine per process keeps its connections (gmate
 with synchronous=NORMAL, no fsync per commit). An asset event and its index entry are stored in one
 transaction (store_event), for concurrent runs (warm workers, launched runs). Kept connections leave commits in
 the WAL file (nothing closes the last connection, which used to checkpoint it into the database file), so each
-write touches the database file: the UI follows a run's log through a file watcher on it. Clusters use
+stored event touches the database file: the UI follows a run's log through a file watcher on it (every event,
+batches included, is stored through store_event). Clusters use
 Postgres instead (gmates_assets/postgres_event_log.py).
 
 Relocatable: a relative `base_dir` (what gmates writes: `history/events`) is resolved against the home of the
@@ -23,7 +24,8 @@ from dagster._core.events import ASSET_EVENTS  # private, pinned dagster
 from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage  # the class dagster.yaml names
 
 from .backfill_loop import quicken_backfill_loop
-from .kept_sqlite import KeptEngine, wrote
+from .kept_sqlite import KeptEngine
+from .local_instance import in_home
 
 
 class EventLogElsewhere(RuntimeError):
@@ -44,7 +46,7 @@ class ConsolidatedEventLogStorage(ConsolidatedSqliteEventLogStorage):
     def register_instance(self, instance) -> None:
         home = Path(instance.root_directory).resolve()
         if not os.path.isabs(self._configured_dir):
-            super().__init__(str(home / self._configured_dir), self._inst_data)
+            super().__init__(in_home(instance, self._configured_dir), self._inst_data)
         elif not Path(self._configured_dir).resolve().is_relative_to(home):
             raise EventLogElsewhere(
                 f"{home / 'dagster.yaml'}: event_log_storage.config.base_dir {self._configured_dir} points into "
@@ -58,12 +60,10 @@ class ConsolidatedEventLogStorage(ConsolidatedSqliteEventLogStorage):
         with self._process_engine().connect() as conn:
             with conn.begin():
                 yield conn
-            if wrote(conn):
-                os.utime(self._db_path)  # a commit the run watchers (the UI's run logs) must see: see the module doc
 
     def _process_engine(self):
         if getattr(self, "_kept", None) is None:
-            self._kept, self._db_path = KeptEngine(self._conn_string), self.get_db_path()
+            self._kept = KeptEngine(self._conn_string)
         return self._kept.get()
 
     def dispose(self) -> None:
@@ -83,8 +83,9 @@ class ConsolidatedEventLogStorage(ConsolidatedSqliteEventLogStorage):
         if not (event.is_dagster_event and event.dagster_event_type in ASSET_EVENTS
                 and event.dagster_event.asset_key):
             super().store_event(event)
-            return
-        with self._connect() as conn:
-            event_id = conn.execute(self.prepare_insert_event(event)).inserted_primary_key[0]
-            self._store_asset_event_tags(conn, [event], [event_id])
-            self._store_asset_event(conn, event, event_id)
+        else:
+            with self._connect() as conn:
+                event_id = conn.execute(self.prepare_insert_event(event)).inserted_primary_key[0]
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+        os.utime(self.get_db_path())  # tells the run watchers (the UI's run logs): see the module doc

@@ -20,8 +20,6 @@ from sqlalchemy.pool import QueuePool
 # Connections beyond the kept one while threads query at once (the UI's), closed when given back: no limit, so a
 # thread never waits for a connection (nor deadlocks holding one while it asks for a second), as with NullPool.
 OVERFLOW = -1
-WROTE = "gmates_wrote"  # connection.info key: a statement other than a read ran since the key was last cleared
-_READS = ("SELECT", "PRAGMA")
 
 
 class KeptEngine:
@@ -39,7 +37,6 @@ class KeptEngine:
                                          pool_recycle=-1, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
                                                                         "check_same_thread": False})
             sqlalchemy.event.listen(self._engine, "connect", wal_normal_sync)
-            sqlalchemy.event.listen(self._engine, "before_cursor_execute", _note_writes)
             self._pid = os.getpid()
         return self._engine
 
@@ -48,16 +45,6 @@ class KeptEngine:
         if self._pid == os.getpid():
             self._engine.dispose()
         self._engine, self._pid = None, None
-
-
-def wrote(conn) -> bool:
-    """Whether a statement other than a read ran on this connection since the last call (and clear that)."""
-    return bool(conn.info.pop(WROTE, False))
-
-
-def _note_writes(conn, _cursor, statement: str, _parameters, _context, _executemany) -> None:
-    if not statement.lstrip().upper().startswith(_READS):
-        conn.info[WROTE] = True
 
 
 def wal_normal_sync(dbapi_connection, _record) -> None:

@@ -39,6 +39,12 @@ def local_instance_yaml(home: Path | None = None, events: str | Path = EVENTS_DI
             + (RUNS_AND_LOGS_YAML if runs else ""))
 
 
+def in_home(instance, base_dir: str) -> str:
+    """A storage's `base_dir` as gmates' local storages read it: a relative one (what gmates writes) lies under the
+    home of the instance that opens it, so a copied or moved home uses its own files; an absolute one as it is."""
+    return str(Path(instance.root_directory).resolve() / base_dir)
+
+
 def ensure_local_instance(home: Path) -> Path:
     """Create the home's dagster.yaml, or bring a file an earlier gmates wrote, untouched, up to date: one with an
     absolute event-log path (homes made before they were relocatable: after a copy, that path names the

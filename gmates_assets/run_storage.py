@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from pathlib import Path
 
 from dagster import StringSource
 from dagster._core.storage.runs import SqliteRunStorage  # the class Dagster's default instance uses
 
 from .kept_sqlite import KeptEngine
+from .local_instance import in_home
 
 
 class KeptSqliteRunStorage(SqliteRunStorage):
@@ -37,7 +37,7 @@ class KeptSqliteRunStorage(SqliteRunStorage):
 
     def register_instance(self, instance) -> None:
         if not os.path.isabs(self._configured_dir):
-            self._open(str(Path(instance.root_directory).resolve() / self._configured_dir))
+            self._open(in_home(instance, self._configured_dir))
         super().register_instance(instance)
 
     def _open(self, base_dir: str) -> None:
